@@ -1,0 +1,107 @@
+"""Typed configuration of a generation run, with the defaults of the recipe (CONVENTIONS.md).
+
+Impossible parameters are refused here, before any work, with a message that names the parameter
+and its limit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SAMPLE_ROOT = str(Path(__file__).parent / "data" / "coco-sample")
+"""The bundled demo images: 32 COCO train2017 photographs in the COCO layout."""
+
+PhotometricLevel = Literal["none", "easy", "hard", "tough"]
+
+
+def workdir() -> Path:
+    """The project's working folder (datasets, MLflow store, checkpoints): ``$HOMOGEN_WORKDIR`` or ``./work``."""
+    return Path(os.environ.get("HOMOGEN_WORKDIR", "work"))
+
+
+class SamplingConfig(BaseModel):
+    """How pairs are drawn from one image (DeTone et al. 2016)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image_width: int = Field(320, ge=1, description="width W the source image is resized to")
+    image_height: int = Field(240, ge=1, description="height H the source image is resized to")
+    patch_size: int = Field(128, ge=8, description="side P of the square patch")
+    rho: int = Field(32, description="maximum corner perturbation, pixels")
+    pairs_per_image: int = Field(4, ge=1, description="pairs drawn from each source image")
+    seed: int = Field(0, ge=0, description="global seed; each pair derives from (seed, image id, pair index)")
+    photometric: PhotometricLevel = Field(
+        "none", description="independent brightness/contrast/noise changes on A and B"
+    )
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> "SamplingConfig":
+        if self.rho < 0:
+            raise ValueError(f"rho must be >= 0 (got rho={self.rho})")
+        p, w, h = self.patch_size, self.image_width, self.image_height
+        if p > w or p > h:
+            raise ValueError(
+                f"patch_size={p} is larger than the image {w}x{h}: "
+                f"use patch_size <= {min(w, h)} or a larger image_width/image_height"
+            )
+        if p + 2 * self.rho > min(w, h):
+            raise ValueError(
+                f"patch_size + 2*rho = {p + 2 * self.rho} exceeds the image side {min(w, h)} "
+                f"({w}x{h}): use rho <= {(min(w, h) - p) // 2} or a smaller patch_size"
+            )
+        return self
+
+
+class SourceConfig(BaseModel):
+    """Where the images come from.
+
+    ``root`` is a COCO layout (``root/<split>/*.jpg`` + ``root/annotations/instances_<split>.json``)
+    or a plain folder of images; local paths or fsspec URLs.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: str = Field(SAMPLE_ROOT, description="COCO root or image folder (path or fsspec URL)")
+    kind: Literal["auto", "coco", "folder"] = "auto"
+    train_split: str = Field("train2017", description="COCO split read for training pairs")
+    test_split: str | None = Field(
+        None, description="COCO split read for test pairs (e.g. val2017); None: hash-split the train split"
+    )
+    test_fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of images hashed into test")
+    categories: tuple[str, ...] = Field((), description="keep only images containing these COCO categories")
+    max_images: int | None = Field(None, ge=1, description="use only the first N images (by id) per split")
+
+
+class GenerateConfig(BaseModel):
+    """A whole generation run: source, sampling, and where and how to store it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: SourceConfig = SourceConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    output: str | None = Field(
+        None, description="store path or URL; default <workdir>/datasets/<version>.zarr|.h5"
+    )
+    format: Literal["zarr", "hdf5"] | None = Field(
+        None, description="store format; default from the output suffix (.h5/.hdf5) else zarr"
+    )
+    shard_size: int = Field(16, ge=1, description="images per shard (the unit of parallel work)")
+    chunk_size: int = Field(256, ge=1, description="pairs per storage chunk")
+    overwrite: bool = Field(False, description="replace an output that holds another dataset version")
+
+    def store_format(self) -> str:
+        if self.format:
+            return self.format
+        if self.output and self.output.rstrip("/").endswith((".h5", ".hdf5")):
+            return "hdf5"
+        return "zarr"
+
+    def resolved_output(self, version: str) -> str:
+        if self.output:
+            return self.output
+        suffix = ".h5" if self.store_format() == "hdf5" else ".zarr"
+        return str(workdir() / "datasets" / f"{version}{suffix}")

@@ -1,0 +1,126 @@
+"""Turning images into labelled pairs: one image, one shard, or a whole dataset in this process.
+
+The Prefect flows fan :func:`generate_shard` out over Dask workers; :func:`generate` is the same
+recipe in one process (the CLI, tests and benchmarks use it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from homogen.config import GenerateConfig, SamplingConfig
+from homogen.images import BadImage, load_gray
+from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
+from homogen.sources import ImageRecord, Shard, list_images, make_shards, source_digest
+from homogen.stores import SPLIT_CODES, StoreWriter, open_writer
+from homogen.versions import dataset_version
+from homogen.warping import cut_pair
+
+
+@dataclass
+class ShardResult:
+    """What one shard produced: pair count and the images it quarantined (with reasons)."""
+
+    index: int
+    pairs: int
+    images: int
+    quarantined: list[dict] = field(default_factory=list)
+    skipped: bool = False
+
+
+def empty_arrays(n: int, patch_size: int) -> dict[str, np.ndarray]:
+    """Arrays of the store schema for ``n`` pairs."""
+    p = patch_size
+    return {
+        "pairs": np.empty((n, 2, p, p), np.uint8),
+        "offsets": np.empty((n, 8), np.float32),
+        "homography": np.empty((n, 3, 3), np.float64),
+        "corners": np.empty((n, 4, 2), np.float32),
+        "image_id": np.empty((n,), np.int64),
+        "split": np.empty((n,), np.uint8),
+    }
+
+
+def image_pairs(image: np.ndarray, record: ImageRecord, cfg: SamplingConfig, out: dict, start: int) -> None:
+    """Write ``cfg.pairs_per_image`` pairs of one decoded frame into ``out[...][start:]``."""
+    p = cfg.patch_size
+    for k in range(cfg.pairs_per_image):
+        rng = pair_rng(cfg.seed, record.image_id, k)
+        g = sample_geometry(rng, cfg)
+        h = patch_homography(g.offsets, p)
+        a, b = cut_pair(image, g.x, g.y, h, p)
+        i = start + k
+        out["pairs"][i, 0] = photometric(rng, a, cfg.photometric)
+        out["pairs"][i, 1] = photometric(rng, b, cfg.photometric)
+        out["offsets"][i] = g.offsets
+        out["homography"][i] = h
+        out["corners"][i] = patch_corners(p, g.x, g.y)
+        out["image_id"][i] = record.image_id
+        out["split"][i] = SPLIT_CODES[record.split]
+
+
+def shard_arrays(records: tuple[ImageRecord, ...] | list[ImageRecord], cfg: SamplingConfig) -> tuple[dict, list[dict]]:
+    """All pairs of a run of images, one decode per image; bad images are quarantined.
+
+    Returns:
+        arrays of the store schema (N = pairs_per_image * good images), quarantine entries.
+    """
+    out = empty_arrays(len(records) * cfg.pairs_per_image, cfg.patch_size)
+    quarantined: list[dict] = []
+    n = 0
+    for record in records:
+        try:
+            image = load_gray(record.path, cfg.image_width, cfg.image_height, min_side=cfg.patch_size)
+        except BadImage as exc:
+            quarantined.append({"image_id": record.image_id, "path": record.path, "reason": exc.reason})
+            continue
+        image_pairs(image, record, cfg, out, n)
+        n += cfg.pairs_per_image
+    return {k: v[:n] for k, v in out.items()}, quarantined
+
+
+def generate_shard(writer: StoreWriter, shard: Shard, cfg: SamplingConfig) -> ShardResult:
+    """Generate and atomically write one shard; a shard already complete is skipped."""
+    done = writer.shard_info(shard.index)
+    if done is not None:
+        return ShardResult(shard.index, done["pairs"], done["images"], done["quarantined"], skipped=True)
+    arrays, quarantined = shard_arrays(shard.records, cfg)
+    info = {"pairs": len(arrays["image_id"]), "images": len(shard.records), "quarantined": quarantined}
+    writer.write_shard(shard.index, arrays, info)
+    return ShardResult(shard.index, info["pairs"], info["images"], quarantined)
+
+
+@dataclass
+class Plan:
+    """Everything decided before any pixel is made: the version, the output, the shards."""
+
+    config: GenerateConfig
+    version: str
+    output: str
+    digest: str
+    num_images: int
+    shards: list[Shard]
+
+
+def plan(config: GenerateConfig) -> Plan:
+    """List the source, compute the dataset version and cut the shards (cheap; no decoding)."""
+    records = list_images(config.source)
+    digest = source_digest(records)
+    version = dataset_version(config, digest)
+    return Plan(config, version, config.resolved_output(version), digest, len(records), make_shards(records, config.shard_size))
+
+
+def generate(config: GenerateConfig, progress: bool = True) -> dict:
+    """Generate (or finish) a whole dataset in this process and return its manifest."""
+    p = plan(config)
+    writer = open_writer(p.output, config.store_format(), config.chunk_size)
+    with writer.lock():
+        writer.prepare(p, overwrite=config.overwrite)
+        results = [
+            generate_shard(writer, shard, config.sampling)
+            for shard in tqdm(p.shards, desc=f"generate {p.version}", unit="shard", disable=not progress)
+        ]
+        return writer.commit(p, results)
