@@ -1,0 +1,176 @@
+"""The ``homogen`` command line: generate, validate, info, show.
+
+Commands that need torch (``train``, ``evaluate``, ``predict``) or Prefect (``run``) live beside
+the code they drive and plug in through the ``homogen.cli`` entry-point group, so this module
+(and the library) imports neither.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import entry_points
+from typing import List, Optional
+
+import typer
+from pydantic import ValidationError
+
+from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig
+from homogen.sources import SourceError
+from homogen.stores import StoreError, open_dataset
+
+app = typer.Typer(
+    help="Versioned synthetic homography datasets from image collections (COCO by default).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'parameters'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
+
+
+@app.command()
+def generate(
+    source: str = typer.Option(SAMPLE_ROOT, help="COCO root or image folder (path or fsspec URL); default: bundled sample"),
+    kind: str = typer.Option("auto", help="auto | coco | folder"),
+    train_split: str = typer.Option("train2017", help="COCO split for training pairs"),
+    test_split: Optional[str] = typer.Option(None, help="COCO split for test pairs (e.g. val2017); default: hash split"),
+    test_fraction: float = typer.Option(0.1, help="share of images hashed into the test split"),
+    category: List[str] = typer.Option([], help="keep only images with this COCO category (repeatable)"),
+    max_images: Optional[int] = typer.Option(None, help="use only the first N images by id"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="store path/URL; default work/datasets/<version>.zarr"),
+    format: Optional[str] = typer.Option(None, help="zarr | hdf5 (default: from the output suffix)"),
+    rho: int = typer.Option(32, help="maximum corner perturbation (px)"),
+    patch_size: int = typer.Option(128, help="patch side P (px)"),
+    image_width: int = typer.Option(320),
+    image_height: int = typer.Option(240),
+    pairs_per_image: int = typer.Option(4),
+    seed: int = typer.Option(0),
+    photometric: str = typer.Option("none", help="none | easy | hard | tough"),
+    shard_size: int = typer.Option(16, help="images per shard"),
+    chunk_size: int = typer.Option(256, help="pairs per storage chunk"),
+    overwrite: bool = typer.Option(False, help="replace an output holding another dataset version"),
+) -> None:
+    """Generate a dataset (or finish an interrupted one) in this process."""
+    from homogen.generate import generate as run_generate
+
+    try:
+        cfg = GenerateConfig(
+            source=SourceConfig(
+                root=source, kind=kind, train_split=train_split, test_split=test_split,
+                test_fraction=test_fraction, categories=tuple(category), max_images=max_images,
+            ),
+            sampling=SamplingConfig(
+                image_width=image_width, image_height=image_height, patch_size=patch_size, rho=rho,
+                pairs_per_image=pairs_per_image, seed=seed, photometric=photometric,
+            ),
+            output=output, format=format, shard_size=shard_size, chunk_size=chunk_size, overwrite=overwrite,
+        )
+    except ValidationError as exc:
+        fail(f"invalid parameters: {_errors(exc)}")
+    try:
+        manifest = run_generate(cfg)
+    except (SourceError, StoreError) as exc:
+        fail(str(exc))
+    q = manifest["quarantine"]
+    typer.echo(
+        f"dataset {manifest['dataset_version']}: {manifest['num_pairs']} pairs "
+        f"(train {manifest['splits']['train']}, test {manifest['splits']['test']}) from "
+        f"{manifest['num_images']} images in {len(manifest['shards'])} shards, {len(q)} quarantined"
+    )
+    for entry in q:
+        typer.echo(f"  quarantined {entry['path']}: {entry['reason']}")
+    typer.echo(f"store: {manifest['config']['output']}")
+
+
+def _open(store: str):
+    try:
+        return open_dataset(store)
+    except StoreError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def info(store: str, as_json: bool = typer.Option(False, "--json", help="print the whole manifest as JSON")) -> None:
+    """Print a store's version, counts and manifest."""
+    ds = _open(store)
+    m = ds.manifest
+    if as_json:
+        typer.echo(json.dumps(m, indent=2))
+        return
+    s = m["config"]["sampling"]
+    typer.echo(f"dataset version   {m['dataset_version']}  (schema {m['schema_version']}, generator {m['generator_version']})")
+    typer.echo(f"store             {ds.uri}  ({m['format']}, {m['chunk_size']} pairs/chunk)")
+    typer.echo(f"pairs             {len(ds)}  train {m['splits']['train']}  test {m['splits']['test']}")
+    typer.echo(f"images            {m['num_images']} used, {len(m['quarantine'])} quarantined, {len(m['shards'])} shards")
+    typer.echo(
+        f"recipe            {s['image_width']}x{s['image_height']} P={s['patch_size']} rho={s['rho']} "
+        f"pairs/image={s['pairs_per_image']} seed={s['seed']} photometric={s['photometric']}"
+    )
+    typer.echo(f"source            {m['source']['root']}  (digest {m['source']['digest'][:16]})")
+    for entry in m["quarantine"]:
+        typer.echo(f"  quarantined {entry['path']}: {entry['reason']}")
+
+
+@app.command()
+def validate(
+    store: str,
+    regenerate: int = typer.Option(0, help="also regenerate N random pairs from the source images and compare bytes"),
+    source_root: Optional[str] = typer.Option(None, help="where the source images are now (for --regenerate)"),
+    report: Optional[str] = typer.Option(None, help="write the report as JSON here"),
+) -> None:
+    """Check a store's consistency; exit 1 if any check fails."""
+    from homogen.validate import validate_dataset
+
+    result = validate_dataset(_open(store), regenerate=regenerate, source_root=source_root)
+    typer.echo(result.to_markdown())
+    if report:
+        with open(report, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def show(
+    store: str,
+    out: str = typer.Option("samples.png", "--out", "-o", help="PNG to write"),
+    n: int = typer.Option(8, help="number of pairs"),
+    start: int = typer.Option(0, help="first pair index"),
+) -> None:
+    """Write a PNG grid of pairs: the perturbed quadrilateral on A, its image on B."""
+    from homogen.render import sample_grid, save_png
+
+    ds = _open(store)
+    if not 0 <= start < len(ds):
+        fail(f"--start {start} is outside the store's {len(ds)} pairs")
+    indices = list(range(start, min(start + n, len(ds))))
+    save_png(sample_grid(ds, n=len(indices), indices=indices), out)
+    typer.echo(f"wrote {out} ({len(indices)} pairs of {ds.version})")
+
+
+def _load_plugins() -> None:
+    for ep in entry_points(group="homogen.cli"):
+        try:
+            register = ep.load()
+        except ImportError as exc:  # a broken install: say so, keep the core commands working
+            typer.secho(f"warning: commands from {ep.value} unavailable ({exc})", fg=typer.colors.YELLOW, err=True)
+            continue
+        register(app)
+
+
+def main() -> None:
+    _load_plugins()
+    app()
+
+
+if __name__ == "__main__":
+    main()
