@@ -398,6 +398,10 @@ class Dataset:
     def __repr__(self) -> str:
         return f"Dataset({redact(self.uri)!r}, version={self.version}, pairs={len(self)})"
 
+    def __reduce__(self):
+        # reopen by URI in another process (h5py handles cannot be pickled; this keeps both formats alike)
+        return (open_dataset, (self.uri,))
+
     # -- data -----------------------------------------------------------------------------
     def read(self, start: int, stop: int, fields: tuple[str, ...] = FIELDS) -> dict[str, np.ndarray]:
         """Pairs ``start:stop`` (global indices), concatenated across shards."""
