@@ -15,6 +15,8 @@ shards never touch the same files, so shards can be written by many processes at
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
@@ -145,6 +147,7 @@ class StoreWriter:
         missing = [s.index for s in plan.shards if self.shard_info(s.index) is None]
         if missing:
             raise StoreError(f"cannot commit {redact(self.url)}: shards {missing[:10]} are not complete; re-run generation")
+        self.remove_debris()
         manifest = _header(plan, "complete", self)
         infos = [self.shard_info(s.index) for s in plan.shards]
         manifest["shards"] = [
@@ -167,6 +170,18 @@ class StoreWriter:
     def remove(self) -> None: ...
     def shard_info(self, index: int) -> dict | None: ...
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None: ...
+    def remove_debris(self) -> None:
+        """Delete temporaries left by writes that died part-way (a killed process)."""
+
+
+def _write_failed(url: str, index: int, exc: BaseException) -> StoreError:
+    """A shard write that failed (disk full, permissions), as an error that says what to do."""
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or f"errno = {errno.ENOSPC}," in str(exc)
+    why = "the disk is full" if full else f"{type(exc).__name__}: {exc}"
+    return StoreError(
+        f"could not write {_shard_name(index)} of {redact(url)} ({why}): free space or fix the output, "
+        f"then re-run the same generation; the shards already complete are kept"
+    )
 
 
 def _header(plan: "Plan", state: str, writer: StoreWriter) -> dict:
@@ -252,15 +267,28 @@ class ZarrWriter(StoreWriter):
             try:
                 self._write_group(tmp, arrays, info)
                 os.rename(tmp, base)  # atomic: the shard appears complete or not at all
-            except OSError:
+            except OSError as exc:
                 if self.shard_info(index) is None:
-                    raise
+                    raise _write_failed(self.url, index, exc) from exc
                 # another writer finished the same shard first: same bytes, keep theirs
             finally:
                 if os.path.exists(tmp):
                     shutil.rmtree(tmp, ignore_errors=True)
         else:
-            self._write_group(final, arrays, info)
+            try:
+                self._write_group(final, arrays, info)
+            except OSError as exc:
+                raise _write_failed(self.url, index, exc) from exc
+
+    def remove_debris(self) -> None:
+        if not is_local(self.url):
+            return  # object stores: a shard is written in place; a rerun overwrites it
+        root = glob.escape(local_path(self.url))
+        for tmp in glob.glob(os.path.join(root, "shards", ".tmp-shard-*")):
+            shutil.rmtree(tmp, ignore_errors=True)
+        for partial in glob.glob(os.path.join(root, "*.partial")):  # zarr's own atomic-write temporaries
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(partial)
 
     def _write_group(self, url: str, arrays: dict[str, np.ndarray], info: dict) -> None:
         g = zarr.open_group(url, mode="w")
@@ -332,19 +360,32 @@ class HDF5Writer(StoreWriter):
         info = {**info, "splits": _split_counts(arrays)}
         os.makedirs(self.parts, exist_ok=True)
         tmp = self._part(index) + f".tmp-{uuid.uuid4().hex[:8]}"
+        # Built in memory, written with plain file I/O: a write error (disk full) is then an
+        # OSError here, not a failed flush inside libhdf5 (which leaves the process to crash at exit).
+        with h5py.File(f"{_shard_name(index)}.h5", "w", driver="core", backing_store=False) as f:
+            for name in FIELDS:
+                data = arrays[name]
+                chunks = (max(1, min(self.chunk_size, len(data))),) + data.shape[1:]
+                f.create_dataset(
+                    name, data=data, chunks=chunks, maxshape=(None,) + data.shape[1:],
+                    compression="gzip", compression_opts=4, shuffle=data.dtype != np.uint8,
+                )
+            f.attrs["complete"] = json.dumps(info)
+            f.flush()
+            image = f.id.get_file_image()
         try:
-            with h5py.File(tmp, "w") as f:
-                for name in FIELDS:
-                    data = arrays[name]
-                    chunks = (max(1, min(self.chunk_size, len(data))),) + data.shape[1:]
-                    f.create_dataset(
-                        name, data=data, chunks=chunks, maxshape=(None,) + data.shape[1:],
-                        compression="gzip", compression_opts=4, shuffle=data.dtype != np.uint8,
-                    )
-                f.attrs["complete"] = json.dumps(info)
+            with open(tmp, "wb") as out:
+                out.write(image)
             os.replace(tmp, self._part(index))
+        except OSError as exc:
+            raise _write_failed(self.url, index, exc) from exc
         finally:
             if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def remove_debris(self) -> None:
+        for tmp in glob.glob(os.path.join(glob.escape(self.parts), "*.h5.tmp-*")) + glob.glob(glob.escape(self.url) + ".tmp-*"):
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
 
 

@@ -1,0 +1,183 @@
+"""Faults during generation: a killed process, a full disk, two runs on one output.
+
+The promise under test: whatever happens, nothing already done is lost, the store never looks
+complete when it is not, and re-running the same generation finishes it with exactly the bytes an
+uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+
+from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+from homogen.generate import generate
+from homogen.stores import FIELDS, StoreError, open_dataset, open_writer
+from faultlib import (
+    enospc,
+    leftovers,
+    patch_file_writes,
+    run_cli,
+    run_generation,
+    small_disk,
+    start_generation,
+    tree_digest,
+    wait_for,
+)
+
+FORMATS = {"zarr": "data.zarr", "hdf5": "data.h5"}
+
+
+def config(output: str, **kw) -> GenerateConfig:
+    """12 bundled images, 4 per shard (3 shards), 2 pairs each: 24 pairs."""
+    return GenerateConfig(
+        source=SourceConfig(max_images=12),
+        sampling=SamplingConfig(pairs_per_image=2),
+        output=output, shard_size=4, **kw,
+    )
+
+
+def arrays(output) -> dict[str, np.ndarray]:
+    ds = open_dataset(str(output))
+    return ds.read(0, len(ds))
+
+
+def assert_same_arrays(a: dict, b: dict) -> None:
+    for name in FIELDS:
+        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
+        assert np.array_equal(a[name], b[name]), f"field {name} differs"
+
+
+@pytest.fixture(scope="module")
+def clean_runs(tmp_path_factory) -> dict:
+    """One uninterrupted run per format, in its own folder, with the same relative output name."""
+    out = {}
+    for fmt, name in FORMATS.items():
+        folder = tmp_path_factory.mktemp(f"clean-{fmt}")
+        proc = run_generation(config(name).model_dump(mode="json"), folder)
+        assert proc.returncode == 0, proc.stderr
+        out[fmt] = folder / name
+    return out
+
+
+# ------------------------------------------------------------------------------- killed process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_process_killed_mid_shard_then_rerun_gives_the_clean_bytes(fmt, tmp_path, clean_runs):
+    name = FORMATS[fmt]
+    cfg = config(name).model_dump(mode="json")
+    output = tmp_path / name
+
+    # Zarr: die in the 5th file of shard 1 (a chunk); HDF5: in the shard's one file write
+    after_writes = {"zarr": 5, "hdf5": 1}[fmt]
+    killed = run_generation(cfg, tmp_path, hook={"kind": "kill", "shard": 1, "after_writes": after_writes})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # the kill really was part-way through shard 1: its partial files are on disk ...
+    assert any("shard-00001" in p for p in leftovers(output)), leftovers(output)
+    # ... yet the store does not pretend to be usable, and shard 0 is complete
+    with pytest.raises(StoreError, match="incomplete.*re-run the same generation"):
+        open_dataset(str(output))
+    writer = open_writer(str(output))
+    assert writer.shard_info(0) is not None and writer.shard_info(1) is None
+
+    rerun = run_generation(cfg, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+
+    assert leftovers(output) == []
+    assert not (tmp_path / f"{name}.lock").exists()
+    # every file (arrays, chunk layout, manifest) is byte-for-byte the clean run's
+    assert tree_digest(output) == tree_digest(clean_runs[fmt])
+    assert_same_arrays(arrays(output), arrays(clean_runs[fmt]))
+
+
+# ------------------------------------------------------------------------------------ disk full
+
+
+def inject_disk_full(monkeypatch, shard: str) -> None:
+    """Every file write of ``shard`` fails with ENOSPC (a disk that fills up at that shard)."""
+
+    def charge(nbytes, path):
+        raise enospc(path)
+
+    patch_file_writes(monkeypatch, lambda path: shard in path, charge)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_disk_full_while_writing_a_shard_is_a_clear_error_and_a_rerun_completes(fmt, tmp_path, monkeypatch, clean_runs):
+    output = tmp_path / FORMATS[fmt]
+    cfg = config(str(output))
+    with monkeypatch.context() as m:
+        inject_disk_full(m, "shard-00002")
+        with pytest.raises(StoreError) as info:
+            generate(cfg, progress=False)
+    message = str(info.value)
+    assert "shard-00002" in message and str(output) in message
+    assert "disk is full" in message and "re-run" in message
+
+    writer = open_writer(str(output))
+    assert [writer.shard_info(i) is not None for i in range(3)] == [True, True, False]
+    assert leftovers(output) == []  # the failed shard's partial files are gone (space given back)
+    assert not (tmp_path / f"{output.name}.lock").exists()  # the lock is released
+
+    manifest = generate(cfg, progress=False)
+    assert manifest["num_pairs"] == 24 and manifest["quarantine"] == []
+    assert_same_arrays(arrays(output), arrays(clean_runs[fmt]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_disk_full_on_a_small_filesystem(fmt, tmp_path, monkeypatch, clean_runs):
+    """A real full disk (tmpfs; a write budget where mounting is not allowed): the same promise."""
+    clean_size_kib = sum(p.stat().st_size for root in [clean_runs[fmt].parent] for p in root.rglob("*") if p.is_file()) // 1024
+    with small_disk(tmp_path / "disk", size_kib=clean_size_kib // 2, monkeypatch=monkeypatch) as disk:
+        output = disk.path / FORMATS[fmt]
+        cfg = config(str(output))
+        with pytest.raises(StoreError) as info:
+            generate(cfg, progress=False)
+        assert "disk is full" in str(info.value) and "re-run" in str(info.value), str(info.value)
+
+        writer = open_writer(str(output))
+        done = [i for i in range(3) if writer.shard_info(i) is not None]
+        assert done and len(done) < 3  # some shards fitted, some did not
+        before = {i: writer.shard_info(i) for i in done}
+        assert leftovers(output) == []
+
+        disk.grow(clean_size_kib * 4)
+        manifest = generate(cfg, progress=False)
+        assert manifest["num_pairs"] == 24
+        assert {i: writer.shard_info(i) for i in done} == before  # kept, not rewritten
+        assert_same_arrays(arrays(output), arrays(clean_runs[fmt]))
+
+
+# -------------------------------------------------------------------------- two runs, one output
+
+
+@pytest.mark.slow
+def test_second_generation_into_the_same_output_is_refused_and_the_first_completes(tmp_path, clean_runs):
+    name = FORMATS["zarr"]
+    output = tmp_path / name
+    holding, release = tmp_path / "holding", tmp_path / "release"
+    first = start_generation(
+        config(name).model_dump(mode="json"), tmp_path,
+        hook={"kind": "hold", "shard": 1, "holding": str(holding), "release": str(release)},
+    )
+    try:
+        wait_for(holding, first)  # the first run holds the output, shard 0 written
+        # the same run again, and a different dataset with --overwrite: both refused at once
+        same = run_cli(["generate", "-o", name, "--max-images", "12", "--shard-size", "4", "--pairs-per-image", "2"], tmp_path)
+        other = run_cli(["generate", "-o", name, "--max-images", "12", "--seed", "7", "--overwrite"], tmp_path)
+        for second in (same, other):
+            assert second.returncode == 2, second.stderr
+            assert f"pid {first.pid}" in second.stderr and "wait for that run to finish" in second.stderr
+            assert "Traceback" not in second.stderr
+        assert open_writer(str(output)).shard_info(0) is not None  # --overwrite removed nothing
+    finally:
+        release.touch()
+        out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert tree_digest(output) == tree_digest(clean_runs["zarr"])
+    assert not (tmp_path / f"{name}.lock").exists()
