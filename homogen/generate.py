@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from homogen.config import GenerateConfig, SamplingConfig
 from homogen.images import BadImage, load_gray
 from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
-from homogen.sources import ImageRecord, Shard, list_images, make_shards, source_digest
+from homogen.sources import ImageRecord, Shard, list_images, make_shards, redact, source_digest
 from homogen.stores import SPLIT_CODES, StoreWriter, open_writer
 from homogen.versions import dataset_version
 from homogen.warping import cut_pair
@@ -75,7 +75,8 @@ def shard_arrays(records: tuple[ImageRecord, ...] | list[ImageRecord], cfg: Samp
         try:
             image = load_gray(record.path, cfg.image_width, cfg.image_height, min_side=cfg.patch_size)
         except BadImage as exc:
-            quarantined.append({"image_id": record.image_id, "path": record.path, "reason": exc.reason})
+            # recorded in the shard's attributes: never with the credentials of a source URL
+            quarantined.append({"image_id": record.image_id, "path": redact(record.path), "reason": exc.reason})
             continue
         image_pairs(image, record, cfg, out, n)
         n += cfg.pairs_per_image
