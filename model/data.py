@@ -1,0 +1,242 @@
+"""Feeding homogen stores to torch: chunk-wise, shuffled, uint8 until the device.
+
+:class:`PairStream` is an :class:`~torch.utils.data.IterableDataset` that yields ready batches
+``(pairs, offsets)``. It reads the store one storage chunk at a time (never one sample at a time),
+shuffles the chunk order per epoch, shuffles rows within a buffer of a few chunks, and keeps the
+pixels ``uint8`` (4x less to copy, pin and transfer than float32; the network normalises on the
+device). With ``num_workers`` background processes each worker reads a disjoint subset of chunks.
+The order is a function of ``(seed, epoch, num_workers)`` only.
+
+Shapes: ``pairs`` :math:`(B, 2, P, P)` ``uint8`` (channel 0 = A, 1 = B); ``offsets``
+:math:`(B, 8)` ``float32`` in the label order of CONVENTIONS.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from homogen.stores import SPLIT_CODES, open_dataset
+
+__all__ = [
+    "SUPPORTED_SCHEMA_VERSIONS",
+    "IncompatibleStoreError",
+    "PairStream",
+    "as_dataset",
+    "check_compatible",
+    "load_split",
+    "make_loader",
+]
+
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+"""Store schema versions this training code understands (``manifest["schema_version"]``)."""
+
+FIELDS = ("pairs", "offsets", "split")
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class IncompatibleStoreError(ValueError):
+    """The store cannot feed this model (schema version or patch size); the message says the fix."""
+
+
+def as_dataset(source: Any):
+    """An opened store: ``source`` itself if already opened, else ``open_dataset(source)``."""
+    if isinstance(source, (str, os.PathLike)):
+        return open_dataset(os.fspath(source))
+    return source
+
+
+def check_compatible(ds, patch_size: int) -> None:
+    """Refuse a store the model cannot train on, naming both values and the fix.
+
+    Raises:
+        IncompatibleStoreError: schema version not in :data:`SUPPORTED_SCHEMA_VERSIONS`, or the
+            store's patch size differs from the model's ``patch_size``.
+    """
+    schema = ds.manifest.get("schema_version")
+    if schema not in SUPPORTED_SCHEMA_VERSIONS:
+        raise IncompatibleStoreError(
+            f"store {ds.uri} has schema_version {schema!r}, but this trainer reads schema_version "
+            f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}: regenerate the dataset with the "
+            f"installed homogen, or install the homogen version that wrote it"
+        )
+    if int(ds.patch_size) != int(patch_size):
+        raise IncompatibleStoreError(
+            f"store {ds.uri} has patch_size {ds.patch_size}, but the model expects patch_size "
+            f"{patch_size}: train with TrainConfig(patch_size={ds.patch_size}), or regenerate the "
+            f"dataset with sampling.patch_size={patch_size}"
+        )
+
+
+def _split_code(split: str | None) -> int | None:
+    if split is None:
+        return None
+    if split not in SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r}: use one of {sorted(SPLIT_CODES)} or None")
+    return SPLIT_CODES[split]
+
+
+class PairStream(IterableDataset):
+    """Batches of one split of a homogen store, read chunk by chunk.
+
+    Args:
+        source: a store path/URL, or a dataset opened with :func:`homogen.stores.open_dataset`
+            (worker processes reopen it from ``ds.uri``).
+        split: ``'train'``, ``'test'`` or ``None`` (all pairs).
+        batch_size: pairs per batch; the last batch of each worker may be smaller.
+        shuffle: shuffle chunk order and rows (within a buffer of ``buffer_chunks`` chunks).
+        seed: base seed; with :meth:`set_epoch` it fixes the order.
+        buffer_chunks: chunks mixed together by the row shuffle.
+        drop_last: drop each worker's final incomplete batch.
+
+    Yields:
+        ``(pairs, offsets)``: :math:`(B, 2, P, P)` ``uint8`` and :math:`(B, 8)` ``float32`` CPU
+        tensors. Every pair of the split appears exactly once per epoch (unless ``drop_last``).
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        split: str | None = "train",
+        batch_size: int = 64,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_chunks: int = 4,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or buffer_chunks < 1:
+            raise ValueError(f"batch_size and buffer_chunks must be >= 1, got {batch_size}, {buffer_chunks}")
+        self._ds = as_dataset(source)
+        self.uri = self._ds.uri
+        self.split = split
+        self._code = _split_code(split)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.buffer_chunks = int(buffer_chunks)
+        self.drop_last = bool(drop_last)
+        self.epoch = 0
+        self.chunks: list[tuple[int, int]] = list(self._ds.chunks())
+
+    # -- pickling to worker processes: the open store stays behind, workers reopen by uri ---------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_ds"] = None
+        return state
+
+    @property
+    def ds(self):
+        if self._ds is None:
+            self._ds = open_dataset(self.uri)
+        return self._ds
+
+    # -- order ---------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration produces (set before each epoch)."""
+        self.epoch = int(epoch)
+
+    def num_samples(self) -> int:
+        """Pairs of the split (from the manifest's split counts when present)."""
+        if self._code is None:
+            return len(self.ds)
+        counts = self.ds.manifest.get("splits") or {}
+        if self.split in counts:
+            return int(counts[self.split])
+        return sum(int(np.count_nonzero(self.ds.read(a, b, ("split",))["split"] == self._code)) for a, b in self.chunks)
+
+    def chunk_plan(self, worker_id: int = 0, num_workers: int = 1) -> list[tuple[int, int]]:
+        """This worker's chunks for the current epoch: a disjoint, strided share of the order."""
+        order = np.arange(len(self.chunks))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
+        return [self.chunks[i] for i in order[worker_id::num_workers]]
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _read_chunk(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        block = self.ds.read(start, stop, FIELDS)
+        pairs, offsets = block["pairs"], block["offsets"]
+        if self._code is not None:
+            keep = block["split"] == self._code
+            if not keep.all():
+                pairs, offsets = pairs[keep], offsets[keep]
+        return pairs, offsets
+
+    def _read_buffer(
+        self, chunks: list[tuple[int, int]], carry: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``carry``'s rows followed by those of ``chunks``, in one array each."""
+        parts = ([carry] if carry is not None else []) + [self._read_chunk(a, b) for a, b in chunks]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = np.random.default_rng([self.seed, self.epoch, wid, 1])
+        plan, bs, k = self.chunk_plan(wid, nw), self.batch_size, self.buffer_chunks
+        carry: tuple[np.ndarray, np.ndarray] | None = None
+        for i in range(0, len(plan), k):
+            pairs, offsets = self._read_buffer(plan[i : i + k], carry)
+            # rows carried over from the previous buffer (already shuffled) go first
+            n_carried = 0 if carry is None else len(carry[0])
+            fresh = np.arange(n_carried, len(pairs))
+            order = np.concatenate([np.arange(n_carried), rng.permutation(fresh) if self.shuffle else fresh])
+            full = len(order) - len(order) % bs
+            for j in range(0, full, bs):
+                idx = order[j : j + bs]  # a gather: each batch owns its memory
+                yield torch.from_numpy(pairs[idx]), torch.from_numpy(offsets[idx])
+            rest = order[full:]
+            carry = (pairs[rest], offsets[rest]) if len(rest) else None
+        if carry is not None and not self.drop_last:
+            yield torch.from_numpy(carry[0]), torch.from_numpy(carry[1])
+
+
+def make_loader(
+    source: Any,
+    split: str | None = "train",
+    batch_size: int = 64,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool | None = None,
+    buffer_chunks: int = 4,
+    drop_last: bool = False,
+    prefetch_factor: int = 4,
+) -> DataLoader:
+    """A :class:`~torch.utils.data.DataLoader` over a :class:`PairStream`.
+
+    Batching happens in the stream (``batch_size=None`` here), so nothing is collated per sample.
+    Call ``loader.dataset.set_epoch(e)`` before each epoch. ``pin_memory=None`` pins when CUDA is
+    available. Workers are not persistent, so each epoch's workers see the new epoch.
+    """
+    stream = PairStream(source, split, batch_size, shuffle, seed, buffer_chunks, drop_last)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )
+
+
+def load_split(source: Any, split: str | None = "test") -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of a split in memory, in store order (for evaluating small test sets).
+
+    Returns:
+        ``pairs`` :math:`(N, 2, P, P)` ``uint8`` and ``offsets`` :math:`(N, 8)` ``float32``.
+    """
+    ds = as_dataset(source)
+    p = ds.patch_size
+    pairs, offsets = [np.empty((0, 2, p, p), np.uint8)], [np.empty((0, 8), np.float32)]
+    for block in ds.iter_chunks(split=split, fields=("pairs", "offsets")):
+        pairs.append(block["pairs"])
+        offsets.append(block["offsets"])
+    return np.concatenate(pairs), np.concatenate(offsets)

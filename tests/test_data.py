@@ -1,0 +1,169 @@
+"""The chunk-wise loader over real generated stores (zarr and HDF5)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+from homogen.generate import generate
+from homogen.stores import SPLIT_CODES, open_dataset
+from model.data import IncompatibleStoreError, PairStream, check_compatible, load_split, make_loader
+
+FORMATS = {"zarr": ("ds.zarr", None), "h5": ("ds.h5", None), "hdf5-flag": ("ds-store", "hdf5")}
+
+
+@pytest.fixture(scope="session", params=sorted(FORMATS))
+def store(request, tmp_path_factory):
+    """64 real pairs (16 COCO photographs x 4) in 8 storage chunks of 8, each format in turn."""
+    name, fmt = FORMATS[request.param]
+    out = tmp_path_factory.mktemp(f"data-{request.param}") / name
+    generate(
+        GenerateConfig(
+            output=str(out), format=fmt, chunk_size=8, shard_size=4,
+            sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=16, test_fraction=0.25),
+        )
+    )
+    ds = open_dataset(str(out))
+    assert ds.manifest["format"] == ("zarr" if request.param == "zarr" else "hdf5")
+    assert len(ds.chunks()) == 8
+    return ds
+
+
+@pytest.fixture(scope="session")
+def everything(store):
+    """All rows of the store in order: {field: array}."""
+    return store.read(0, len(store))
+
+
+def row_ids(offsets: np.ndarray, everything: dict) -> list[int]:
+    """Global index of each row, recognised by its (unique, random) offsets."""
+    index = {row.tobytes(): i for i, row in enumerate(everything["offsets"])}
+    assert len(index) == len(everything["offsets"])
+    return [index[row.tobytes()] for row in np.asarray(offsets, np.float32)]
+
+
+def epoch_rows(loader, epoch: int, everything: dict) -> list[int]:
+    loader.dataset.set_epoch(epoch)
+    ids = []
+    for pairs, offsets in loader:
+        batch_ids = row_ids(offsets.numpy(), everything)
+        np.testing.assert_array_equal(pairs.numpy(), everything["pairs"][batch_ids])  # pixels follow labels
+        ids += batch_ids
+    return ids
+
+
+def test_batches_are_uint8_pairs_and_float_offsets(store):
+    pairs, offsets = next(iter(make_loader(store, "train", batch_size=5)))
+    assert pairs.dtype == torch.uint8 and pairs.shape == (5, 2, 128, 128)
+    assert offsets.dtype == torch.float32 and offsets.shape == (5, 8)
+
+
+def test_reads_whole_chunks_never_single_samples(store, monkeypatch):
+    calls = []
+    real_read = store.read
+
+    def counting_read(start, stop, *args, **kwargs):
+        calls.append((start, stop))
+        return real_read(start, stop, *args, **kwargs)
+
+    monkeypatch.setattr(store, "read", counting_read)
+    n = sum(len(p) for p, _ in make_loader(store, None, batch_size=3, buffer_chunks=2))
+    assert n == len(store)
+    assert sorted(calls) == store.chunks()  # one read per storage chunk, each chunk once
+    assert all(b - a == 8 for a, b in calls)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("batch_size", [7, 64])
+def test_every_sample_exactly_once_per_epoch(store, everything, num_workers, batch_size):
+    loader = make_loader(store.uri, None, batch_size=batch_size, num_workers=num_workers, seed=1)
+    for epoch in (0, 1):
+        ids = epoch_rows(loader, epoch, everything)
+        assert sorted(ids) == list(range(len(store)))
+
+
+def test_workers_take_disjoint_chunk_subsets(store):
+    stream = PairStream(store, None, shuffle=True, seed=5)
+    plans = [stream.chunk_plan(w, 3) for w in range(3)]
+    flat = [c for plan in plans for c in plan]
+    assert sorted(flat) == store.chunks()
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_split_filtering_has_no_leakage(store, everything, split):
+    ids = epoch_rows(make_loader(store, split, batch_size=4, num_workers=2), 0, everything)
+    code = SPLIT_CODES[split]
+    expected = np.flatnonzero(everything["split"] == code)
+    assert len(expected) > 0
+    assert sorted(ids) == expected.tolist()
+    other_images = set(everything["image_id"][everything["split"] != code].tolist())
+    assert other_images and not other_images & set(everything["image_id"][ids].tolist())
+    assert PairStream(store, split).num_samples() == len(expected)
+
+
+def test_deterministic_for_seed_and_epoch(store, everything):
+    def order(seed, epoch, workers=0):
+        return epoch_rows(make_loader(store, "train", batch_size=5, seed=seed, num_workers=workers), epoch, everything)
+
+    first = order(seed=3, epoch=0)
+    assert order(seed=3, epoch=0) == first
+    assert order(seed=3, epoch=1) != first
+    assert order(seed=4, epoch=0) != first
+    assert sorted(order(seed=4, epoch=0)) == sorted(first)
+    assert order(seed=3, epoch=2, workers=2) == order(seed=3, epoch=2, workers=2)
+
+
+def test_shuffles_chunk_order_and_mixes_rows_across_chunks(store, everything):
+    chunk_of = np.repeat(np.arange(8), 8)
+    ids = epoch_rows(make_loader(store, None, batch_size=16, buffer_chunks=4, seed=0), 0, everything)
+    first_batch_chunks = set(chunk_of[ids[:16]].tolist())
+    assert len(first_batch_chunks) > 2  # rows of several chunks in one batch
+    stream = PairStream(store, None, seed=0)
+    orders = []
+    for epoch in range(3):
+        stream.set_epoch(epoch)
+        orders.append(stream.chunk_plan())
+    assert len({tuple(o) for o in orders}) == 3
+
+
+def test_unshuffled_stream_is_store_order(store, everything):
+    ids = epoch_rows(make_loader(store, None, batch_size=10, shuffle=False), 0, everything)
+    assert ids == list(range(len(store)))
+
+
+def test_drop_last_keeps_only_full_batches(store):
+    sizes = [len(p) for p, _ in make_loader(store, None, batch_size=10, drop_last=True)]
+    assert sizes == [10] * (len(store) // 10)
+
+
+def test_stream_pickles_without_its_open_store(store):
+    stream = PairStream(store, "train")
+    clone = pickle.loads(pickle.dumps(stream))
+    assert clone._ds is None
+    assert clone.num_samples() == stream.num_samples()  # reopens from the uri
+
+
+def test_load_split_returns_the_split_in_store_order(store, everything):
+    pairs, offsets = load_split(store, "test")
+    keep = everything["split"] == SPLIT_CODES["test"]
+    assert pairs.dtype == np.uint8 and offsets.dtype == np.float32
+    np.testing.assert_array_equal(pairs, everything["pairs"][keep])
+    np.testing.assert_array_equal(offsets, everything["offsets"][keep])
+
+
+def test_check_compatible_names_both_values_and_the_fix(store, monkeypatch):
+    check_compatible(store, 128)
+    with pytest.raises(IncompatibleStoreError, match=r"patch_size 128.*patch_size 64.*patch_size=128"):
+        check_compatible(store, 64)
+    monkeypatch.setitem(store.manifest, "schema_version", 99)
+    with pytest.raises(IncompatibleStoreError, match=r"schema_version 99.*schema_version 1.*regenerate"):
+        check_compatible(store, 128)
+
+
+def test_unknown_split_is_refused(store):
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        PairStream(store, "val")
