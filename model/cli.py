@@ -1,0 +1,192 @@
+"""``homogen train | evaluate | predict``: the torch commands, plugged into the root CLI.
+
+``homogen/cli.py`` calls :func:`register` through the ``homogen.cli`` entry-point group
+(pyproject). Heavy imports (torch, MLflow) happen inside the commands, so ``homogen --help`` stays
+fast.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+__all__ = ["register"]
+
+DEFAULT_MODEL = "models:/homographynet@champion"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _methods(values: List[str]) -> list[str]:
+    from model.baselines import BASELINES
+
+    out: list[str] = []
+    for v in values:
+        out += [m.strip() for m in v.split(",") if m.strip()]
+    if out == ["none"]:
+        return []
+    bad = [m for m in out if m not in BASELINES]
+    if bad:
+        _fail(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(BASELINES)} (or 'none')")
+    return out
+
+
+def _open(store: str):
+    from homogen.stores import StoreError, open_dataset
+
+    try:
+        return open_dataset(store)
+    except StoreError as exc:
+        _fail(str(exc))
+
+
+def _load(model: str, tracking_uri: Optional[str]):
+    from model.tracking import TrackingError, load_model
+
+    try:
+        return load_model(model, tracking_uri=tracking_uri)
+    except (TrackingError, ValueError, OSError, RuntimeError) as exc:
+        from model.tracking import strip_credentials
+
+        _fail(f"cannot load model {strip_credentials(model)}: {strip_credentials(str(exc))}")
+
+
+def evaluate(
+    store: str = typer.Argument(..., help="dataset store (path or URL)"),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="models:/homographynet@champion, runs:/RUN_ID, an MLflow model folder or a checkpoint .pt"
+    ),
+    methods: List[str] = typer.Option(
+        ["identity,orb,sift,ecc"], "--methods", help="baselines, comma-separated or repeated: identity, orb, sift, ecc, or 'none'"
+    ),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="only the first N pairs of the split"),
+    split: str = typer.Option("test", help="test | train | all"),
+    batch_size: int = typer.Option(64, min=1, help="network batch size"),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for OpenCV and torch (default: theirs)"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store for models:/ and runs:/ URIs (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"),
+) -> None:
+    """MACE (mean, median, p95), failures and ms/pair of the baselines and a model on the same pairs."""
+    from model.evaluate import evaluate_methods, format_table, load_test_pairs
+
+    chosen = _methods(methods)
+    ds = _open(store)
+    pairs, offsets = load_test_pairs(ds, split=None if split == "all" else split, limit=limit)
+    if len(pairs) == 0:
+        _fail(f"store {ds.uri} has no {split} pairs")
+    net = _load(model, tracking_uri) if model else None
+    if not chosen and net is None:
+        _fail("nothing to evaluate: give --model or at least one method")
+    if threads:
+        import cv2
+        import torch
+
+        cv2.setNumThreads(threads)
+        torch.set_num_threads(threads)
+    results = evaluate_methods(pairs, offsets, methods=chosen, model=net, batch_size=batch_size, progress=True)
+    typer.echo(f"dataset {ds.version}, {split} split, {len(pairs)} pairs (rho {ds.rho}, P {ds.patch_size})\n")
+    typer.echo(format_table(results))
+
+
+def predict(
+    image_a: str = typer.Argument(..., help="image A (the reference frame)"),
+    image_b: str = typer.Argument(..., help="image B"),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="MLflow model URI or checkpoint .pt"),
+    overlay: Optional[str] = typer.Option(None, "--overlay", "-o", help="write B warped into A's frame, blended with A, to this PNG"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"),
+) -> None:
+    """Print the 3x3 homography H mapping B's pixels to A's (a ~ H b, input pixel coordinates).
+
+    Both images are read as grayscale and resized whole to the model's P x P (see model.predict).
+    """
+    import cv2
+
+    from model.predict import format_homography, overlay as make_overlay, predict_homography, read_gray
+
+    try:
+        a, b = read_gray(image_a), read_gray(image_b)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    net = _load(model, tracking_uri)
+    pred = predict_homography(net, a, b)
+    typer.echo(f"H (maps B pixels to A pixels; A {a.shape[1]}x{a.shape[0]}, B {b.shape[1]}x{b.shape[0]}):")
+    typer.echo(format_homography(pred.homography))
+    typer.echo("patch offsets (px, P=%d): %s" % (pred.patch_size, " ".join(f"{v:.2f}" for v in pred.offsets)))
+    if overlay:
+        if not cv2.imwrite(overlay, make_overlay(a, b, pred.homography)):
+            _fail(f"could not write {overlay}")
+        typer.echo(f"wrote {overlay}")
+
+
+def train(
+    store: str = typer.Argument(..., help="dataset store (path or URL)"),
+    epochs: int = typer.Option(10, min=1),
+    batch_size: int = typer.Option(64, min=1),
+    lr: float = typer.Option(1e-3),
+    width: float = typer.Option(1.0, help="channel multiplier (1.0 = the paper's network)"),
+    max_samples: Optional[int] = typer.Option(None, min=1, help="stop after this many training samples"),
+    patience: Optional[int] = typer.Option(5, min=1, help="early stopping patience (epochs)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    num_workers: int = typer.Option(0, min=0),
+    seed: int = typer.Option(0, min=0),
+    checkpoint_dir: Optional[str] = typer.Option(None, help="default work/checkpoints/<dataset version>"),
+    resume: bool = typer.Option(False, help="continue from checkpoint_dir/last.pt"),
+    methods: List[str] = typer.Option(["identity,orb,sift,ecc"], "--methods", help="baselines logged beside the model, or 'none'"),
+    track: bool = typer.Option(True, help="log to MLflow and register the model"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"),
+    experiment: str = typer.Option("homographynet", help="MLflow experiment"),
+    run_name: Optional[str] = typer.Option(None),
+) -> None:
+    """Train HomographyNet on a store, evaluate it beside the baselines on the test split, log and register it."""
+    from pydantic import ValidationError
+
+    from model.tracking import TrackingError, log_training_run, setup_tracking, strip_credentials
+    from model.train import TrainConfig, train as run_train
+
+    chosen = _methods(methods)
+    try:
+        cfg = TrainConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, width=width, max_samples=max_samples, patience=patience,
+            device=device, num_workers=num_workers, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
+        )
+    except ValidationError as exc:
+        _fail(f"invalid parameters: {exc}")
+    ds = _open(store)
+    if track:
+        try:  # fail before hours of training, not after
+            setup_tracking(tracking_uri, experiment)
+        except TrackingError as exc:
+            _fail(f"{exc}; or pass --no-track")
+    try:
+        result = run_train(ds, cfg, progress=True)
+    except (ValueError, RuntimeError) as exc:
+        _fail(strip_credentials(str(exc)))
+    ckpt = result.best_checkpoint or result.last_checkpoint
+    typer.echo(f"trained: best val MACE {result.best_val_mace:.3f} px at epoch {result.best_epoch}; checkpoint {ckpt}")
+    if not track:
+        return
+    try:
+        tracked = log_training_run(
+            result.model, ds, config=cfg, history=result.history, baselines=chosen, checkpoint=ckpt,
+            tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
+            tags={"device": result.device, "best_epoch": str(result.best_epoch)},
+        )
+    except Exception as exc:  # noqa: BLE001 - the checkpoint is safe on disk; say where
+        _fail(f"MLflow logging failed ({strip_credentials(str(exc))[:300]}); the checkpoint is kept at {ckpt}", code=1)
+    from model.evaluate import format_table
+
+    typer.echo(format_table({"homographynet": tracked.test, **tracked.baselines}))
+    typer.echo(
+        f"run {tracked.run_id}: model homographynet v{tracked.model_version}"
+        f"{' is now champion' if tracked.champion else ''} ({tracked.promotion})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``evaluate`` and ``predict`` to the root ``homogen`` app."""
+    app.command("train")(train)
+    app.command("evaluate")(evaluate)
+    app.command("predict")(predict)

@@ -1,0 +1,165 @@
+"""Prediction on two real images: H direction and coordinates, checkpoints, the CLI commands."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+import homogen
+from model.baselines import homography_from_offsets
+from model.cli import register
+from model.network import HomographyNet
+from model.predict import overlay, predict_homography, resize_matrix
+from model.tracking import load_model
+
+PHOTO = sorted((Path(homogen.__file__).parent / "data" / "coco-sample" / "train2017").glob("*.jpg"))[5]
+P = 128
+OFF = np.array([-20, 12, 25, -7, 14, 22, -9, -26], np.float32)
+
+
+def oracle_net(offsets) -> HomographyNet:
+    """Tiny HomographyNet that always outputs ``offsets`` (stands in for a perfectly trained one)."""
+    torch.manual_seed(0)
+    net = HomographyNet(width=0.125).eval()
+    with torch.no_grad():
+        net.head[-1].weight.zero_()
+        net.head[-1].bias.copy_(torch.as_tensor(offsets, dtype=torch.float32))
+    return net
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Patches A, B of a real photograph by the recipe (CONVENTIONS.md), corners moved by OFF."""
+    img = cv2.resize(cv2.imread(str(PHOTO), cv2.IMREAD_GRAYSCALE), (320, 240), interpolation=cv2.INTER_AREA)
+    x, y = 80, 50
+    c = np.float32([[x, y], [x + P, y], [x + P, y + P], [x, y + P]])
+    h_ab = cv2.getPerspectiveTransform(c, c + OFF.reshape(4, 2))
+    warped = cv2.warpPerspective(img, np.linalg.inv(h_ab), (320, 240))
+    return img[y : y + P, x : x + P].copy(), warped[y : y + P, x : x + P].copy()
+
+
+def photometric_error(a, b, h):
+    """Mean |A - B warped by h into A's frame| over the interior of A."""
+    w = cv2.warpPerspective(b, h, (a.shape[1], a.shape[0]), flags=cv2.INTER_LINEAR)
+    hh, ww = a.shape
+    inner = (slice(int(0.35 * hh), int(0.65 * hh)), slice(int(0.35 * ww), int(0.65 * ww)))
+    return float(np.abs(w[inner].astype(float) - a[inner].astype(float)).mean())
+
+
+def test_patch_sized_inputs_give_the_patch_homography(pair):
+    a, b = pair
+    pred = predict_homography(oracle_net(OFF), a, b)
+    np.testing.assert_allclose(pred.offsets, OFF, atol=1e-4)
+    hp = homography_from_offsets(OFF, P)
+    np.testing.assert_allclose(pred.homography, hp / hp[2, 2], atol=1e-6)
+    assert photometric_error(a, b, pred.homography) < 0.4 * photometric_error(a, b, np.linalg.inv(pred.homography))
+
+
+def test_homography_is_in_input_pixel_coordinates_and_maps_b_to_a(pair):
+    a, b = pair
+    big_a = cv2.resize(a, (200, 160), interpolation=cv2.INTER_CUBIC)  # different sizes and aspect ratios
+    big_b = cv2.resize(b, (256, 224), interpolation=cv2.INTER_CUBIC)
+    pred = predict_homography(oracle_net(OFF), big_a, big_b)
+    s_a, s_b = resize_matrix((200, 160), (P, P)), resize_matrix((256, 224), (P, P))
+    expect = np.linalg.inv(s_a) @ homography_from_offsets(OFF, P) @ s_b
+    np.testing.assert_allclose(pred.homography, expect / expect[2, 2], rtol=1e-5, atol=1e-6)
+    # Photometric: B warped by H lands on A; the other direction does not.
+    good = photometric_error(big_a, big_b, pred.homography)
+    bad = photometric_error(big_a, big_b, np.linalg.inv(pred.homography))
+    assert good < 0.4 * bad
+    # resize_matrix is cv2.resize's pixel map: a bright dot moves where it says.
+    dot = np.zeros((50, 40), np.uint8)
+    dot[20:23, 10:13] = 255
+    r = cv2.resize(dot, (80, 150), interpolation=cv2.INTER_LINEAR).astype(float)
+    ys, xs = np.mgrid[: r.shape[0], : r.shape[1]]
+    centre = np.array([(xs * r).sum() / r.sum(), (ys * r).sum() / r.sum(), 1.0])
+    np.testing.assert_allclose(resize_matrix((40, 50), (80, 150)) @ [11, 21, 1], centre, atol=0.1)
+
+
+def test_overlay_is_in_a_frame(pair):
+    a, b = pair
+    h = homography_from_offsets(OFF, P)
+    out = overlay(a, b, h)
+    assert out.shape == (P, P, 3) and out.dtype == np.uint8
+    # Where both exist, green is A and red/blue are warped B; near the centre they agree.
+    c = out[54:74, 54:74].astype(float)
+    assert np.abs(c[..., 1] - c[..., 2]).mean() < 15
+
+
+def test_load_model_from_checkpoints(tmp_path):
+    from model.train import save_checkpoint
+
+    net = oracle_net(OFF)
+    x = torch.randint(0, 255, (2, 2, P, P), dtype=torch.uint8)
+    ckpt = save_checkpoint(tmp_path / "best.pt", {"format": 1, "model": net.state_dict(), "width": 0.125, "patch_size": P})
+    bare = tmp_path / "bare.pt"
+    torch.save(net.state_dict(), bare)
+    for path in (ckpt, bare):
+        loaded = load_model(str(path))
+        assert isinstance(loaded, HomographyNet) and not loaded.training
+        assert loaded.patch_size == P
+        torch.testing.assert_close(loaded(x), net(x))
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": object()}, evil)  # needs full unpickling: refused by weights_only=True
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_model(str(evil))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError):
+        load_model(str(junk))
+    with pytest.raises(ValueError, match="not an MLflow URI"):
+        load_model(str(tmp_path / "missing.pt"))
+
+
+@pytest.fixture()
+def cli():
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_cli_predict_prints_h_and_writes_overlay(cli, pair, tmp_path):
+    from model.train import save_checkpoint
+
+    a, b = pair
+    big_b = cv2.resize(b, (256, 256), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(tmp_path / "a.png"), a)
+    cv2.imwrite(str(tmp_path / "b.png"), big_b)
+    ckpt = save_checkpoint(tmp_path / "m.pt", {"format": 1, "model": oracle_net(OFF).state_dict(), "width": 0.125, "patch_size": P})
+    res = CliRunner().invoke(cli, ["predict", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", str(ckpt),
+                                   "--overlay", str(tmp_path / "o.png")])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("H (maps B pixels to A pixels"))
+    h = np.array([[float(v) for v in lines[i + r].split()] for r in (1, 2, 3)])
+    expect = homography_from_offsets(OFF, P) @ resize_matrix((256, 256), (P, P))
+    np.testing.assert_allclose(h, expect / expect[2, 2], rtol=1e-4, atol=1e-5)
+    o = cv2.imread(str(tmp_path / "o.png"))
+    assert o is not None and o.shape == (P, P, 3)
+
+    missing = CliRunner().invoke(cli, ["predict", str(tmp_path / "nope.png"), str(tmp_path / "b.png"), "--model", str(ckpt)])
+    assert missing.exit_code == 2 and "no image file" in missing.output
+
+
+def test_cli_evaluate_table(cli, tmp_path):
+    from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+    from homogen.generate import generate
+    from model.train import save_checkpoint
+
+    out = tmp_path / "ds.zarr"
+    generate(GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=8)))
+    ckpt = save_checkpoint(tmp_path / "m.pt", {"format": 1, "model": oracle_net(np.zeros(8)).state_dict(), "width": 0.125, "patch_size": P})
+    res = CliRunner().invoke(cli, ["evaluate", str(out), "--model", str(ckpt), "--methods", "identity,sift", "--limit", "6"])
+    assert res.exit_code == 0, res.output
+    rows = [line for line in res.output.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| method |") and len(rows) == 4
+    net_row, id_row = rows[1].split("|"), rows[2].split("|")
+    assert "HomographyNet" in net_row[1] and "identity" in id_row[1]
+    assert net_row[2] == id_row[2]  # the zero-offset net scores exactly the identity's MACE
+    assert "6 pairs" in res.output
+    bad = CliRunner().invoke(cli, ["evaluate", str(out), "--methods", "magic"])
+    assert bad.exit_code == 2 and "unknown method" in bad.output
