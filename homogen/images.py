@@ -63,6 +63,8 @@ def _check_header(data: bytes, min_side: int) -> tuple[str, int, int]:
         if not data.rstrip(b"\x00")[-2:] == b"\xff\xd9" and b"\xff\xd9" not in data[-4096:]:
             raise BadImage("truncated JPEG (no end-of-image marker)")
     elif fmt == "PNG":
+        if data[12:16] == b"IHDR" and data[24] == 16:  # PIL opens 16-bit colour PNGs as 8-bit RGB
+            raise BadImage(f"16-bit PNG ({mode}): convert it to 8-bit first")
         if b"IEND" not in data[-64:]:
             raise BadImage("truncated PNG (no IEND chunk)")
         if w * h > MAX_PIXELS_FULL_DECODE:

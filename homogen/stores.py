@@ -30,7 +30,7 @@ import fsspec
 import h5py
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, ZstdCodec
 
 from homogen.sources import redact
 from homogen.versions import GENERATOR_VERSION, SCHEMA_VERSION
@@ -295,14 +295,23 @@ class ZarrWriter(StoreWriter):
         for name in FIELDS:
             data = arrays[name]
             chunks = (max(1, min(self.chunk_size, len(data))),) + data.shape[1:]
-            shuffle = "bitshuffle" if data.dtype == np.uint8 else "shuffle"
             arr = g.create_array(
-                name, shape=data.shape, dtype=data.dtype, chunks=chunks,
-                compressors=BloscCodec(cname="zstd", clevel=3, shuffle=shuffle),
+                name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=_compressor(data),
+                # every chunk holds data: skip zarr's scan of each chunk for all-fill-value (~30% of the write)
+                config={"write_empty_chunks": True},
             )
             if len(data):
                 arr[...] = data
         g.attrs["complete"] = info  # last: on object stores this marks the shard complete
+
+
+def _compressor(data: np.ndarray):
+    """Plain zstd level 1 for pixels (overlapping crops of one frame compress ~1.5x, 3x faster than
+    Blosc zstd-3 with bitshuffle, which compresses 8-bit photographs worse); Blosc with byte shuffle
+    for the small numeric label arrays."""
+    if data.dtype == np.uint8 and data.ndim > 1:
+        return ZstdCodec(level=1)
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 
 class HDF5Writer(StoreWriter):
