@@ -281,6 +281,9 @@ def pairs_grid_png(
                 if np.all(np.isfinite(pts)) and np.abs(pts).max() < 10 * p:
                     _quad(canvas, pts, color, margin)
             cv2.putText(canvas, "A" if side == 0 else "B", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1)
+            if i == 0 and side == 1:
+                cv2.putText(canvas, "true", (24, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, green, 1)
+                cv2.putText(canvas, "predicted", (64, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, red, 1)
             panels.append(canvas)
         rows.append(np.concatenate(panels, axis=1))
     if not rows:

@@ -32,11 +32,12 @@ def const_net(bias: float) -> HomographyNet:
 
 
 def zero_mace(offsets: np.ndarray) -> float:
-    """MACE of predicting (b, b) for... here b = 0: mean over pairs of mean corner offset norm, by hand."""
+    """MACE of predicting zero offsets, by hand: mean over pairs of the mean corner offset norm."""
     return float(np.mean([np.mean([np.hypot(o[2 * k], o[2 * k + 1]) for k in range(4)]) for o in offsets]))
 
 
 def const_mace(offsets: np.ndarray, b: float) -> float:
+    """MACE of predicting ``b`` for every offset."""
     return zero_mace(np.asarray(offsets, np.float64) - b)
 
 
