@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "Prediction",
+    "format_homography",
     "overlay",
     "predict_homography",
     "read_gray",

@@ -49,6 +49,8 @@ __all__ = [
     "MODEL_NAME",
     "TrackedRun",
     "TrackingError",
+    "artifact_location",
+    "config_params",
     "dataset_input",
     "default_tracking_uri",
     "error_histogram_png",
