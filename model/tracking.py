@@ -56,6 +56,7 @@ __all__ = [
     "error_histogram_png",
     "load_checkpoint",
     "load_model",
+    "load_model_folder",
     "log_training_run",
     "pairs_grid_png",
     "promote_if_better",
@@ -517,7 +518,8 @@ def log_training_run(
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "kornia", "numpy"],
             # Pickle keeps the HomographyNet class (eval(), patch_size, any batch size); MLflow's
             # default 'pt2' export fixes the batch to the example's 1 and loads as a bare graph.
-            # Loading therefore unpickles: only load models from a registry you trust.
+            # load_model reads it back with torch.load(weights_only=True) (load_model_folder),
+            # never mlflow.pytorch.load_model, so a tampered model file cannot run code.
             serialization_format="pickle",
         )
         tracked.model_uri = info.model_uri
@@ -671,18 +673,48 @@ def load_model(uri: str, tracking_uri: str | None = None, map_location: str = "c
     if os.path.isdir(uri):
         if not os.path.isfile(os.path.join(uri, "MLmodel")):
             raise ValueError(f"{uri} is a folder but not an MLflow model (no MLmodel file)")
-        import mlflow.pytorch
-
-        return mlflow.pytorch.load_model(uri, map_location=map_location).eval()
+        return load_model_folder(uri, map_location=map_location)
     if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
         uri = uri.rstrip("/") + "/model"
     if "://" not in uri and not uri.startswith(("models:/", "runs:/")):
         raise ValueError(f"no checkpoint file {uri!r}, and it is not an MLflow URI (models:/NAME@ALIAS, runs:/RUN_ID)")
-    import mlflow.pytorch
+    import mlflow.artifacts
 
     setup_tracking(tracking_uri, experiment=None)
     try:
-        return mlflow.pytorch.load_model(uri, map_location=map_location).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            return load_model_folder(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp), map_location)
     except Exception as exc:  # noqa: BLE001
         raise TrackingError(f"cannot load model {strip_credentials(uri)} from {strip_credentials(resolve_tracking_uri(tracking_uri))}: "
                             f"{strip_credentials(str(exc))[:300]}") from None
+
+
+def load_model_folder(folder: str | os.PathLike, map_location: str = "cpu"):
+    """The HomographyNet of a local MLflow pytorch model folder (what ``log_training_run`` logs).
+
+    ``mlflow.pytorch.load_model`` would unpickle ``data/model.pth`` in full, running any code a
+    tampered file holds. Here it goes through ``torch.load(weights_only=True)``, which admits only
+    tensors, plain containers and the module classes a HomographyNet is built of.
+
+    Raises:
+        ValueError: no ``data/model.pth``, or the file needs anything else to unpickle (refused).
+    """
+    import torch
+
+    from model.network import HomographyNet
+
+    weights = os.path.join(os.fspath(folder), "data", "model.pth")
+    if not os.path.isfile(weights):
+        raise ValueError(f"{folder} is not a HomographyNet MLflow model (no data/model.pth)")
+    classes = sorted({type(m) for m in HomographyNet(width=0.125).modules()}, key=lambda c: c.__qualname__)
+    try:
+        with torch.serialization.safe_globals(classes):
+            net = torch.load(weights, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{weights} is refused: it needs more than a HomographyNet's classes to unpickle "
+            f"(torch.load(weights_only=True): {str(exc).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(net, HomographyNet):
+        raise ValueError(f"{weights} holds a {type(net).__name__}, not a HomographyNet")
+    return net.eval()

@@ -96,3 +96,105 @@ def test_a_source_error_does_not_echo_the_credentials(http_coco):
         list_images(SourceConfig(root=missing, kind="coco"))
     assert "127.0.0.1" in str(info.value) and "instances_train2017.json" in str(info.value)
     assert URL_SECRET not in str(info.value)
+
+
+# ------------------------------------------------------------- models: no pickled code is run
+
+
+class Payload:
+    """Unpickling this runs code: it writes ``marker`` (what an attacker's checkpoint would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def malicious_checkpoint(path: Path, marker: Path) -> Path:
+    """A checkpoint shaped like the trainer's, whose model weights are a code-running pickle."""
+    import torch
+
+    torch.save({"format": 1, "model": Payload(marker), "width": 0.125, "patch_size": 32, "dataset_version": "x"}, path)
+    return path
+
+
+def test_the_payload_really_runs_when_unpickled(tmp_path):
+    """The control: a plain ``torch.load`` (weights_only=False) of the file does write the marker."""
+    import torch
+
+    marker = tmp_path / "pwned"
+    torch.load(malicious_checkpoint(tmp_path / "evil.pt", marker), weights_only=False)
+    assert marker.read_text() == "pwned"
+
+
+def test_checkpoint_loaders_refuse_pickled_code(tmp_path):
+    from model import tracking
+    from model import train as training
+
+    marker = tmp_path / "pwned"
+    evil = malicious_checkpoint(tmp_path / "evil.pt", marker)
+    with pytest.raises(training.CheckpointError, match=str(evil)):
+        training.load_checkpoint(evil)
+    with pytest.raises(training.CheckpointError):
+        training.load_model(evil)
+    with pytest.raises(Exception, match="weights_only"):
+        tracking.load_model(str(evil))
+    assert not marker.exists()
+
+
+def test_resuming_from_a_malicious_checkpoint_is_refused_without_running_it(tmp_path):
+    from model.train import CheckpointError, TrainConfig, train
+
+    store = tmp_path / "ds.zarr"
+    generate(
+        GenerateConfig(source=SourceConfig(max_images=4), output=str(store),
+                       sampling=SamplingConfig(patch_size=32, rho=8, pairs_per_image=4)),
+        progress=False,
+    )
+    marker = tmp_path / "pwned"
+    (tmp_path / "ck").mkdir()
+    malicious_checkpoint(tmp_path / "ck" / "last.pt", marker)
+    cfg = TrainConfig(epochs=1, width=0.125, patch_size=32, batch_size=8, checkpoint_dir=str(tmp_path / "ck"), resume=True)
+    with pytest.raises(CheckpointError, match="last.pt"):
+        train(store, cfg, progress=False)
+    assert not marker.exists()
+
+
+def test_cli_predict_refuses_a_malicious_checkpoint(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from model.cli import register
+
+    app = typer.Typer()
+    register(app)
+    marker = tmp_path / "pwned"
+    evil = malicious_checkpoint(tmp_path / "evil.pt", marker)
+    photos = sorted((Path(SAMPLE_ROOT) / "train2017").glob("*.jpg"))
+    result = CliRunner().invoke(app, ["predict", str(photos[0]), str(photos[1]), "--model", str(evil)])
+    assert result.exit_code == 2 and "cannot load model" in result.output
+    assert not marker.exists()
+
+
+def test_mlflow_model_folder_with_pickled_code_is_refused(tmp_path):
+    """A model folder (what ``models:/`` and ``runs:/`` URIs download to) whose weights file runs
+    code: loading it must refuse, not execute it."""
+    import mlflow.pytorch
+    import torch
+
+    from model.network import HomographyNet
+    from model.tracking import load_model
+
+    folder = tmp_path / "model"
+    mlflow.pytorch.save_model(
+        HomographyNet(width=0.125, patch_size=32).eval(), str(folder), serialization_format="pickle",
+        pip_requirements=["torch"],  # skip inferring requirements (a minute in a subprocess)
+    )
+    assert isinstance(load_model(str(folder)), HomographyNet)  # the genuine folder loads
+    weights = next(folder.rglob("model.pth"))
+    marker = tmp_path / "pwned"
+    torch.save(Payload(marker), weights)
+    with pytest.raises(ValueError, match="refused"):
+        load_model(str(folder))
+    assert not marker.exists()
