@@ -55,7 +55,7 @@ def generate(
     pairs_per_image: int = typer.Option(4),
     seed: int = typer.Option(0),
     photometric: str = typer.Option("none", help="none | easy | hard | tough"),
-    shard_size: int = typer.Option(16, help="images per shard"),
+    shard_size: int = typer.Option(64, help="images per shard (64 x 4 pairs = one 256-pair chunk)"),
     chunk_size: int = typer.Option(256, help="pairs per storage chunk"),
     overwrite: bool = typer.Option(False, help="replace an output holding another dataset version"),
 ) -> None:

@@ -89,7 +89,9 @@ class GenerateConfig(BaseModel):
     format: Literal["zarr", "hdf5"] | None = Field(
         None, description="store format; default from the output suffix (.h5/.hdf5) else zarr"
     )
-    shard_size: int = Field(16, ge=1, description="images per shard (the unit of parallel work)")
+    shard_size: int = Field(
+        64, ge=1, description="images per shard (the unit of parallel work; 64 x 4 pairs fill one chunk)"
+    )
     chunk_size: int = Field(256, ge=1, description="pairs per storage chunk")
     overwrite: bool = Field(False, description="replace an output that holds another dataset version")
 
