@@ -174,7 +174,7 @@ def _folder_records(cfg: SourceConfig) -> list[ImageRecord]:
 
 
 def list_images(cfg: SourceConfig) -> list[ImageRecord]:
-    """Every image of the source with its split, sorted by (split order, image id).
+    """Every image of the source with its split, sorted by image id.
 
     COCO with ``test_split`` set: train_split -> 'train', test_split -> 'test'. Otherwise the
     split is a stable hash of the image id (``test_fraction`` of them in 'test').

@@ -418,8 +418,9 @@ class Dataset:
     arrays; :meth:`chunks` and :meth:`iter_chunks` walk it in storage-aligned blocks.
     """
 
-    def __init__(self, uri: str, manifest: dict, shards: list[dict]):
+    def __init__(self, uri: str, manifest: dict, shards: list[dict], files: list | None = None):
         self.uri = uri
+        self._files = list(files or [])  # open HDF5 parts, closed by close()
         self.manifest = manifest
         self._shards = shards  # one {field: array-like} per shard, in order
         sizes = [s["image_id"].shape[0] for s in shards]
@@ -447,6 +448,18 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"Dataset({redact(self.uri)!r}, version={self.version}, pairs={len(self)})"
+
+    def close(self) -> None:
+        """Release open files (HDF5 parts); Zarr arrays hold none."""
+        for f in self._files:
+            f.close()
+        self._files = []
+
+    def __enter__(self) -> "Dataset":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __reduce__(self):
         # reopen by URI in another process (h5py handles cannot be pickled; this keeps both formats alike)
@@ -567,8 +580,9 @@ def _open_hdf5(path: str) -> Dataset:
         raise StoreError(f"{path} is not a readable HDF5 file ({exc})") from None
     manifest = _check_manifest(path, json.loads(raw) if raw is not None else None)
     parts = path + ".parts"
-    shards = []
+    shards, files = [], []
     for s in manifest["shards"]:
         f = h5py.File(os.path.join(parts, s["name"] + ".h5"), "r")
+        files.append(f)
         shards.append({name: f[name] for name in FIELDS})
-    return Dataset(path, manifest, shards)
+    return Dataset(path, manifest, shards, files)
