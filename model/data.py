@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -97,7 +97,9 @@ class PairStream(IterableDataset):
 
     Yields:
         ``(pairs, offsets)``: :math:`(B, 2, P, P)` ``uint8`` and :math:`(B, 8)` ``float32`` CPU
-        tensors. Every pair of the split appears exactly once per epoch (unless ``drop_last``).
+        tensors, each batch in its own memory (one copy from the decoded chunks; rows inside a
+        batch are in store order, batches are drawn from the shuffled buffer). Every pair of the
+        split appears exactly once per epoch (unless ``drop_last``).
     """
 
     def __init__(
@@ -159,42 +161,79 @@ class PairStream(IterableDataset):
         return [self.chunks[i] for i in order[worker_id::num_workers]]
 
     # -- reading ---------------------------------------------------------------------------------
-    def _read_chunk(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def _read_chunk(self, start: int, stop: int) -> _Block:
+        """One storage chunk; rows of other splits are skipped by index, not copied out."""
         block = self.ds.read(start, stop, FIELDS)
-        pairs, offsets = block["pairs"], block["offsets"]
+        rows = None
         if self._code is not None:
             keep = block["split"] == self._code
             if not keep.all():
-                pairs, offsets = pairs[keep], offsets[keep]
-        return pairs, offsets
-
-    def _read_buffer(
-        self, chunks: list[tuple[int, int]], carry: tuple[np.ndarray, np.ndarray] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``carry``'s rows followed by those of ``chunks``, in one array each."""
-        parts = ([carry] if carry is not None else []) + [self._read_chunk(a, b) for a, b in chunks]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+                rows = np.flatnonzero(keep)
+        return _Block(block["pairs"], block["offsets"], rows)
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, wid, 1])
         plan, bs, k = self.chunk_plan(wid, nw), self.batch_size, self.buffer_chunks
-        carry: tuple[np.ndarray, np.ndarray] | None = None
+        carry: list[_Block] = []
         for i in range(0, len(plan), k):
-            pairs, offsets = self._read_buffer(plan[i : i + k], carry)
             # rows carried over from the previous buffer (already shuffled) go first
-            n_carried = 0 if carry is None else len(carry[0])
-            fresh = np.arange(n_carried, len(pairs))
+            buffer = _Buffer(carry + [self._read_chunk(a, b) for a, b in plan[i : i + k]])
+            n_carried = len(carry[0]) if carry else 0
+            fresh = np.arange(n_carried, len(buffer))
             order = np.concatenate([np.arange(n_carried), rng.permutation(fresh) if self.shuffle else fresh])
             full = len(order) - len(order) % bs
             for j in range(0, full, bs):
-                idx = order[j : j + bs]  # a gather: each batch owns its memory
-                yield torch.from_numpy(pairs[idx]), torch.from_numpy(offsets[idx])
-            rest = order[full:]
-            carry = (pairs[rest], offsets[rest]) if len(rest) else None
-        if carry is not None and not self.drop_last:
-            yield torch.from_numpy(carry[0]), torch.from_numpy(carry[1])
+                pairs, offsets = buffer.take(order[j : j + bs])
+                yield torch.from_numpy(pairs), torch.from_numpy(offsets)
+            carry = [_Block(*buffer.take(order[full:]))] if full < len(order) else []
+        if carry and not self.drop_last:
+            yield torch.from_numpy(carry[0].pairs), torch.from_numpy(carry[0].offsets)
+
+
+class _Block(NamedTuple):
+    """Arrays of one chunk and, when a split filter drops some, the indices of the rows kept."""
+
+    pairs: np.ndarray
+    offsets: np.ndarray
+    rows: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.pairs) if self.rows is None else len(self.rows)
+
+
+class _Buffer:
+    """Several blocks seen as one sequence of rows, gathered into batches with a single copy."""
+
+    def __init__(self, blocks: list[_Block]) -> None:
+        self.blocks = [b for b in blocks if len(b)]
+        self.starts = np.cumsum([0] + [len(b) for b in self.blocks])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def take(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``idx`` (sorted first: order inside a batch does not matter) in fresh arrays.
+
+        Shape: ``(b,)`` -> :math:`(b, 2, P, P)` ``uint8``, :math:`(b, 8)` ``float32``.
+        """
+        idx = np.sort(idx)
+        ref = self.blocks[0]
+        pairs = np.empty((len(idx),) + ref.pairs.shape[1:], ref.pairs.dtype)
+        offsets = np.empty((len(idx),) + ref.offsets.shape[1:], ref.offsets.dtype)
+        which = np.searchsorted(self.starts, idx, side="right") - 1
+        bounds = np.searchsorted(which, np.arange(len(self.blocks) + 1))
+        for j, block in enumerate(self.blocks):
+            lo, hi = bounds[j], bounds[j + 1]
+            if lo == hi:
+                continue
+            local = idx[lo:hi] - self.starts[j]
+            if block.rows is not None:
+                local = block.rows[local]
+            np.take(block.pairs, local, axis=0, out=pairs[lo:hi])
+            np.take(block.offsets, local, axis=0, out=offsets[lo:hi])
+        return pairs, offsets
 
 
 def make_loader(

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from homogen.config import workdir
+from homogen.sources import redact
 from model.data import as_dataset, check_compatible, make_loader
 from model.metrics import pair_errors, summarize
 from model.network import HomographyNet
@@ -387,7 +388,9 @@ def train(
         best_path.unlink(missing_ok=True)  # a fresh run never reports another run's best
 
     step_model = torch.compile(model) if cfg.compile else model
-    loader_kw = dict(num_workers=cfg.num_workers, buffer_chunks=cfg.buffer_chunks, seed=cfg.seed)
+    loader_kw = dict(
+        num_workers=cfg.num_workers, buffer_chunks=cfg.buffer_chunks, seed=cfg.seed, pin_memory=device.type == "cuda"
+    )
     train_loader = make_loader(ds, "train", batch_size=cfg.batch_size, shuffle=True, **loader_kw)
     val_loader = make_loader(ds, "test", batch_size=cfg.val_batch_size, shuffle=False, **loader_kw)
     n_train = train_loader.dataset.num_samples()
@@ -443,7 +446,7 @@ def train(
             "rng": _rng_state(),
             "config": cfg.model_dump(mode="json"),
             "dataset_version": ds.version,
-            "dataset_uri": ds.uri,
+            "dataset_uri": ds.uri,  # a checkpoint never holds the credentials of a store URL
             "patch_size": cfg.patch_size,
             "width": cfg.width,
             "state": state.as_dict(),
