@@ -446,7 +446,7 @@ def train(
             "rng": _rng_state(),
             "config": cfg.model_dump(mode="json"),
             "dataset_version": ds.version,
-            "dataset_uri": ds.uri,  # a checkpoint never holds the credentials of a store URL
+            "dataset_uri": redact(ds.uri),  # a checkpoint never holds the credentials of a store URL
             "patch_size": cfg.patch_size,
             "width": cfg.width,
             "state": state.as_dict(),

@@ -42,22 +42,42 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 @pytest.fixture(scope="module")
-def http_coco(tmp_path_factory):
-    """A COCO layout (3 bundled images + one corrupt file listed in the annotations) served over
-    HTTP on 127.0.0.1; yields its URL with credentials ``alice:<URL_SECRET>@`` in it."""
-    root = tmp_path_factory.mktemp("http") / "coco"
+def http_root(tmp_path_factory):
+    """A folder served over HTTP on 127.0.0.1: (folder, its URL with ``alice:<URL_SECRET>@`` in it)."""
+    root = tmp_path_factory.mktemp("http")
+    server = _QuietServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://alice:{URL_SECRET}@127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def http_coco(http_root):
+    """A served COCO layout (3 bundled images + one corrupt file listed in the annotations); its
+    URL with credentials."""
+    folder, url = http_root
+    root = folder / "coco"
     shutil.copytree(SAMPLE_ROOT, root)
     ann_path = root / "annotations" / "instances_train2017.json"
     ann = json.loads(ann_path.read_text())
     ann["images"] = ann["images"][:3] + [{"id": 999, "file_name": "broken.jpg", "width": 640, "height": 480}]
     ann_path.write_text(json.dumps(ann))
     (root / "train2017" / "broken.jpg").write_bytes(b"this is not a JPEG")
-    server = _QuietServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root.parent)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://alice:{URL_SECRET}@127.0.0.1:{server.server_port}/coco"
-    server.shutdown()
-    server.server_close()
+    return f"{url}/coco"
+
+
+@pytest.fixture(scope="module")
+def http_store(http_root):
+    """A small finished store (P=32, 8 images, train and test pairs) served over HTTP; its URL with credentials."""
+    folder, url = http_root
+    generate(
+        GenerateConfig(source=SourceConfig(max_images=8, test_fraction=0.3), output=str(folder / "ds.zarr"),
+                       sampling=SamplingConfig(patch_size=32, rho=8, pairs_per_image=4)),
+        progress=False,
+    )
+    return f"{url}/ds.zarr"
 
 
 @pytest.fixture
@@ -96,6 +116,33 @@ def test_a_source_error_does_not_echo_the_credentials(http_coco):
         list_images(SourceConfig(root=missing, kind="coco"))
     assert "127.0.0.1" in str(info.value) and "instances_train2017.json" in str(info.value)
     assert URL_SECRET not in str(info.value)
+
+
+@pytest.mark.slow
+def test_no_secret_reaches_checkpoints_the_mlflow_run_or_its_artifacts(tmp_path, http_store, secret_env):
+    """Train on a store read over HTTP with credentials in its URL, tokens in the environment, then
+    log and register the model: no byte of the checkpoints, the MLflow database or the artifacts
+    (model, evaluation, dataset manifest) holds a secret."""
+    import mlflow
+
+    from model.tracking import log_training_run
+    from model.train import TrainConfig, train
+
+    ds = open_dataset(http_store)
+    assert ds.split_counts()["test"] > 0
+    cfg = TrainConfig(epochs=1, width=0.125, patch_size=32, batch_size=8, checkpoint_dir=str(tmp_path / "ck"))
+    result = train(ds, cfg, progress=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    tracked = log_training_run(
+        result.model, ds, config=cfg, history=result.history, baselines=("identity",),
+        checkpoint=result.best_checkpoint, tracking_uri=uri,
+    )
+    assert tracked.model_version == "1"
+    run = mlflow.MlflowClient(uri).get_run(tracked.run_id)
+    public = http_store.replace(f"alice:{URL_SECRET}@", "")
+    assert run.data.tags["store_uri"] == public  # where the data came from is recorded, minus credentials
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["best.pt", "last.pt"]
+    assert files_containing(tmp_path, URL_SECRET, ENV_SECRET) == []
 
 
 # ------------------------------------------------------------- models: no pickled code is run
