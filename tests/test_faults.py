@@ -181,3 +181,82 @@ def test_second_generation_into_the_same_output_is_refused_and_the_first_complet
     assert first.returncode == 0, err
     assert tree_digest(output) == tree_digest(clean_runs["zarr"])
     assert not (tmp_path / f"{name}.lock").exists()
+
+
+# ----------------------------------------------------------------------- tracking store lost
+
+
+@pytest.fixture(scope="module")
+def p128_store(tmp_path_factory):
+    """16 pairs (P = 128, the only patch size the train command takes) with train and test pairs."""
+    out = tmp_path_factory.mktemp("p128") / "ds.zarr"
+    generate(
+        GenerateConfig(source=SourceConfig(max_images=8, test_fraction=0.3), sampling=SamplingConfig(pairs_per_image=2),
+                       output=str(out)),
+        progress=False,
+    )
+    return out
+
+
+def train_cli():
+    import typer
+
+    from model.cli import register
+
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def train_args(store, checkpoints, tracking_uri) -> list[str]:
+    return ["train", str(store), "--epochs", "1", "--width", "0.125", "--batch-size", "8", "--methods", "none",
+            "--checkpoint-dir", str(checkpoints), "--tracking-uri", tracking_uri]
+
+
+@pytest.mark.slow
+def test_tracking_store_lost_during_training_keeps_the_checkpoint_and_names_the_uri(tmp_path, monkeypatch, p128_store):
+    import shutil
+
+    import torch
+    from typer.testing import CliRunner
+
+    import model.train as training
+
+    tracking = tmp_path / "tracking"
+    uri = f"sqlite:///{tracking}/mlflow.db"
+    trained = {}
+
+    def train_then_lose_the_store(*args, **kw):
+        result = trained["result"] = real_train(*args, **kw)
+        shutil.rmtree(tracking)  # the tracking volume goes away while the model trains
+        tracking.write_text("not a folder any more")
+        return result
+
+    real_train = training.train
+    monkeypatch.setattr(training, "train", train_then_lose_the_store)
+    ck = tmp_path / "ck"
+    result = CliRunner().invoke(train_cli(), train_args(p128_store, ck, uri))
+
+    assert result.exit_code == 1, result.output
+    assert "result" in trained  # training ran to the end: the store was reachable when it started
+    assert f"MLflow tracking store {uri} is unreachable" in result.output
+    assert f"the checkpoint is kept at {ck / 'best.pt'}" in result.output
+    kept = training.load_model(ck / "best.pt")
+    best = trained["result"].model.state_dict()
+    assert all(torch.equal(v, best[k]) for k, v in kept.state_dict().items())
+
+
+def test_tracking_store_unreachable_at_start_fails_before_training(tmp_path, p128_store):
+    import socket
+
+    from typer.testing import CliRunner
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    ck = tmp_path / "ck"
+    result = CliRunner().invoke(train_cli(), train_args(p128_store, ck, uri))
+    assert result.exit_code == 2, result.output
+    assert f"MLflow tracking store {uri} is unreachable" in result.output and "--no-track" in result.output
+    assert not ck.exists()  # no time spent training a model that could not be recorded
