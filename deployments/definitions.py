@@ -1,0 +1,82 @@
+"""The deployment objects, built without a server (``flow.to_deployment``).
+
+``generate-and-train/local``: on demand, the defaults of :class:`flows.config.PipelineConfig`.
+
+``generate-and-train/regenerate``: one weekly schedule per perturbation range (:data:`REGENERATE_CYCLE`),
+each carrying its own parameters (Prefect 3 per-schedule parameters, ``Cron(..., parameters=...)``):
+rho 16 on Mondays, 24 on Wednesdays, 32 on Fridays at 03:00 UTC. Each range makes its own dataset
+version and each run registers a new model version, so MLflow compares models across ranges.
+A schedule's parameters are laid over the deployment's (``--param`` on a manual run likewise).
+
+``train-model/gpu``: the ``train-model`` flow on a work pool (default ``gpu``) served by a worker on
+a GPU machine; entrypoint by module path (``flows.train.train_model``), so the worker needs the
+package installed, not this checkout.
+
+Entrypoints are module paths, so serving works from any directory once the package is installed.
+"""
+
+from __future__ import annotations
+
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.schedules import Cron
+
+from flows.generate_and_train import generate_and_train
+from flows.train import train_model
+
+TAGS = ["homogen"]
+
+REGENERATE_CYCLE: tuple[tuple[int, str], ...] = (
+    (16, "0 3 * * 1"),  # Mondays 03:00
+    (24, "0 3 * * 3"),  # Wednesdays 03:00
+    (32, "0 3 * * 5"),  # Fridays 03:00
+)
+"""(rho, cron) of the ``regenerate`` deployment's weekly schedules."""
+
+GPU_POOL = "gpu"
+"""Default work pool of ``train-model/gpu``."""
+
+GPU_TRAIN = {"device": "cuda", "width": 1.0, "epochs": 10, "batch_size": 64, "num_workers": 4}
+"""``train-model/gpu``'s default training parameters (full-width network on CUDA)."""
+
+
+def local_deployment() -> RunnerDeployment:
+    """``generate-and-train/local``: run on demand with the defaults (override with ``--param``)."""
+    return generate_and_train.to_deployment(
+        name="local",
+        description="Generate a dataset on Dask, validate it, train and register HomographyNet (defaults: bundled images, short training).",
+        tags=TAGS,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def regenerate_schedules(cycle=REGENERATE_CYCLE, timezone: str = "UTC") -> list:
+    """One cron schedule per (rho, cron), each with its own ``{"rho": rho}`` parameters and slug ``rho-<rho>``."""
+    return [Cron(cron, timezone=timezone, parameters={"rho": rho}, slug=f"rho-{rho}") for rho, cron in cycle]
+
+
+def regenerate_deployment() -> RunnerDeployment:
+    """``generate-and-train/regenerate``: the weekly cycle of perturbation ranges."""
+    return generate_and_train.to_deployment(
+        name="regenerate",
+        description="Weekly: a new dataset per perturbation range (rho 16, 24, 32), a new model version on each.",
+        schedules=regenerate_schedules(),
+        tags=TAGS + ["scheduled"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def gpu_deployment(pool: str = GPU_POOL) -> RunnerDeployment:
+    """``train-model/gpu``: training on the work pool ``pool`` (a worker on a GPU machine)."""
+    return train_model.to_deployment(
+        name="gpu",
+        description="Train, evaluate and register HomographyNet on a GPU machine (store and MLflow must be shared).",
+        work_pool_name=pool,
+        parameters={"config": GPU_TRAIN},
+        tags=TAGS + ["gpu"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def served_deployments() -> list[RunnerDeployment]:
+    """What ``python -m deployments.serve`` serves."""
+    return [local_deployment(), regenerate_deployment()]

@@ -1,0 +1,147 @@
+"""The ``generate-and-train`` flow: generate a dataset, validate it, train and register a model on it.
+
+One typed parameter, ``config`` (:class:`flows.config.PipelineConfig`, partial sections deep-merged
+into the defaults), plus flat shortcuts (``rho``, ``epochs``, ... see
+:data:`flows.config.FLAT_OVERRIDES`; ``None`` = not given) that win over it. Invalid parameters
+fail the run before any work, naming the parameter.
+
+Subflows: ``generate-dataset`` (shards on Dask), ``validate-dataset`` (a failed check stops the
+run before training), ``train-model`` (in-process, or the deployment named by
+``config.train_deployment``, e.g. ``train-model/gpu`` on a GPU work pool).
+
+``python -m flows.generate_and_train`` runs it once in Prefect's ephemeral mode (no server needed)
+with the defaults: the 32 bundled images, 1,024 pairs, 2 short epochs, a model registered in
+``./work/mlflow.db`` (``$HOMOGEN_WORKDIR`` moves ``./work``). Arguments ``key=value`` are the flat
+shortcuts, e.g. ``python -m flows.generate_and_train rho=24 epochs=3``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
+
+from flows.config import FLAT_OVERRIDES, PipelineConfig, apply_overrides
+from flows.generate import generate_dataset_on
+from flows.train import FLOW_RUN_TAG, train_model
+from flows.ui import rename_current_run
+from flows.validate import validate_dataset_flow
+
+
+def run_name(config: PipelineConfig, version: str | None = None) -> str:
+    """``generate-and-train rho=32 epochs=2``, then with ``v=<dataset version>``."""
+    v = f" v={version}" if version else ""
+    return f"generate-and-train rho={config.generate.sampling.rho}{v} epochs={config.train.epochs}"
+
+
+def _initial_run_name() -> str:
+    params = dict(flow_run.parameters)
+    config = params.pop("config", None) or PipelineConfig()
+    try:
+        return run_name(apply_overrides(PipelineConfig.model_validate(config), **params))
+    except ValueError:  # invalid parameters: the run itself says why, at once
+        return "generate-and-train (invalid parameters)"
+
+
+def train_remotely(deployment: str, dataset_uri: str, config: PipelineConfig) -> dict:
+    """Run ``train-model`` as ``deployment`` (e.g. on a GPU work pool), wait, and read its model from MLflow.
+
+    The deployment's flow run tags its MLflow run with its id; the registered version is found by
+    that tag, so no Prefect result storage has to be shared between the machines.
+    """
+    from model.tracking import setup_tracking
+
+    run = run_deployment(
+        deployment,
+        parameters={
+            "dataset": dataset_uri,
+            "config": config.train.model_dump(mode="json"),
+            "evaluate": config.evaluate.model_dump(mode="json"),
+            "tracking": config.tracking.model_dump(mode="json"),
+        },
+        timeout=None,
+    )
+    if not run.state or not run.state.is_completed():
+        raise RuntimeError(f"deployment {deployment} run {run.name} ended {run.state.name if run.state else 'without a state'}")
+    import mlflow
+
+    setup_tracking(config.tracking.uri, experiment=None)
+    found = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.{FLOW_RUN_TAG} = '{run.id}'", output_format="list"
+    )
+    if not found:
+        raise RuntimeError(
+            f"deployment {deployment} run {run.name} completed but no MLflow run carries {FLOW_RUN_TAG}={run.id}: "
+            f"do both machines use the same tracking server (tracking.uri / MLFLOW_TRACKING_URI)?"
+        )
+    tags = found[0].data.tags
+    return {
+        "model_name": config.tracking.model_name,
+        "model_version": tags.get("model_version"),
+        "run_id": found[0].info.run_id,
+        "champion": tags.get("champion") == "true",
+        "flow_run": run.name,
+    }
+
+
+@flow(name="generate-and-train", flow_run_name=_initial_run_name)
+def generate_and_train(
+    config: PipelineConfig = PipelineConfig(),
+    rho: int | None = None,
+    pairs_per_image: int | None = None,
+    max_images: int | None = None,
+    source: str | None = None,
+    output: str | None = None,
+    seed: int | None = None,
+    epochs: int | None = None,
+    width: float | None = None,
+    device: str | None = None,
+    dask_address: str | None = None,
+    n_workers: int | None = None,
+) -> dict:
+    """Generate, validate, train, register. Returns the dataset version and the registered model version.
+
+    Returns:
+        ``{"dataset_version", "dataset_uri", "pairs", "model_name", "model_version", "champion", ...}``.
+    """
+    cfg = apply_overrides(
+        config, rho=rho, pairs_per_image=pairs_per_image, max_images=max_images, source=source, output=output,
+        seed=seed, epochs=epochs, width=width, device=device, dask_address=dask_address, n_workers=n_workers,
+    )
+    log = get_run_logger()
+    dataset = generate_dataset_on(cfg.dask)(cfg.generate)
+    rename_current_run(run_name(cfg, dataset["version"]))
+    validate_dataset_flow(dataset["uri"], regenerate=cfg.validate_regenerate)
+    if cfg.train_deployment:
+        log.info("training as deployment %s", cfg.train_deployment)
+        model = train_remotely(cfg.train_deployment, dataset["uri"], cfg)
+    else:
+        model = train_model(dataset["uri"], cfg.train, cfg.evaluate, cfg.tracking)
+    log.info("dataset %s -> %s version %s", dataset["version"], model["model_name"], model["model_version"])
+    return {
+        "dataset_version": dataset["version"],
+        "dataset_uri": dataset["uri"],
+        "pairs": dataset["pairs"],
+        **model,
+    }
+
+
+def parse_flat(args: list[str]) -> dict:
+    """``["rho=24", "epochs=3"]`` -> ``{"rho": 24, "epochs": 3}`` (values as JSON when they parse, else strings)."""
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in FLAT_OVERRIDES:
+            raise SystemExit(f"expected key=value with key one of {sorted(FLAT_OVERRIDES)}, got {arg!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(generate_and_train(**parse_flat(sys.argv[1:])), indent=2, default=str))

@@ -1,0 +1,119 @@
+"""Prefect tasks over the dataset library: plan, prepare, one shard, commit, validate, report.
+
+Each task calls one ``homogen`` function and adds only orchestration (retries, logging). They
+receive configs and paths, never open handles, so a task runs the same on any Dask worker that
+can reach the source and the output (local paths or fsspec URLs). ``task.fn`` is the plain
+function (the unit tests call it).
+
+This module imports neither torch nor the flows' config: Dask workers import it to run shards.
+
+Caching: the store is the cache. A shard that is already complete is skipped by the library
+(:func:`homogen.generate.generate_shard`), whatever run wrote it, so Prefect's result cache is
+off (``NO_CACHE``): it would only duplicate that bookkeeping and hash large inputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import replace
+
+import cv2
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from homogen.config import GenerateConfig, SamplingConfig
+from homogen.generate import Plan, ShardResult, generate_shard, plan
+from homogen.sources import Shard
+from homogen.stores import StoreWriter, is_local, local_path, open_dataset, open_writer
+
+SHARD_RETRIES = 3
+"""Attempts after the first for one shard (a killed worker, a transient I/O error)."""
+
+
+def absolute_output(p: Plan) -> Plan:
+    """``p`` with a relative local output made absolute, so that every worker writes the same place."""
+    if is_local(p.output) and not os.path.isabs(local_path(p.output)):
+        return replace(p, output=os.path.abspath(local_path(p.output)))
+    return p
+
+
+def writer_for(p: Plan) -> StoreWriter:
+    """A writer of ``p``'s output (format and chunking from its config)."""
+    return open_writer(p.output, p.config.store_format(), p.config.chunk_size)
+
+
+@task(name="list-shards", cache_policy=NO_CACHE)
+def list_shards(config: GenerateConfig) -> Plan:
+    """List the source, compute the dataset version and cut the shards (no decoding)."""
+    return absolute_output(plan(config))
+
+
+@task(name="prepare-store", cache_policy=NO_CACHE)
+def prepare_store(p: Plan) -> str:
+    """Create ``p``'s output, or resume it when it holds the same version; returns the output."""
+    writer_for(p).prepare(p, overwrite=p.config.overwrite)
+    return p.output
+
+
+@task(
+    name="generate-shard",
+    task_run_name="shard-{shard.index}",
+    retries=SHARD_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    cache_policy=NO_CACHE,
+)
+def generate_shard_task(output: str, store_format: str, chunk_size: int, shard: Shard, sampling: SamplingConfig) -> ShardResult:
+    """Generate and atomically write one shard; a shard already complete in the store is skipped.
+
+    A failed attempt leaves nothing behind (the library writes a shard under a temporary name and
+    renames it), so a retry, or a re-run of the whole flow, never duplicates pairs.
+    """
+    writer = open_writer(output, store_format, chunk_size)
+    return generate_shard(writer, shard, sampling)
+
+
+@task(name="commit-dataset", cache_policy=NO_CACHE)
+def commit_dataset(p: Plan, results: list[ShardResult]) -> dict:
+    """Write the final manifest once every shard is complete; returns it."""
+    return writer_for(p).commit(p, results)
+
+
+def sample_grid_png(uri: str, n: int = 8) -> bytes:
+    """PNG bytes of the library's sample grid of the first ``n`` pairs of a finished store."""
+    from homogen.render import sample_grid
+
+    ok, buf = cv2.imencode(".png", sample_grid(open_dataset(uri), n=n))
+    if not ok:
+        raise RuntimeError(f"could not encode the sample grid of {uri} as PNG")
+    return np.asarray(buf).tobytes()
+
+
+def data_url(png: bytes) -> str:
+    """A ``data:image/png;base64,...`` URL of PNG bytes (shows inline in the Prefect UI, no file server needed)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+@task(name="validate", cache_policy=NO_CACHE)
+def validate_task(uri: str, regenerate: int = 0, source_root: str | None = None):
+    """Every check of :func:`homogen.validate.validate_dataset` on a finished store; returns the report."""
+    from homogen.validate import validate_dataset
+
+    return validate_dataset(uri, regenerate=regenerate, source_root=source_root, progress=False)
+
+
+def label_statistics(uri: str) -> list[dict]:
+    """Per label column (dx_TL ... dy_BL): mean, std, min, max of the offsets of a finished store, pixels."""
+    ds = open_dataset(uri)
+    blocks = [b["offsets"] for b in ds.iter_chunks(fields=("offsets",))]
+    off = np.concatenate(blocks).astype(np.float64) if blocks else np.zeros((0, 8))
+    names = ("dx_TL", "dy_TL", "dx_TR", "dy_TR", "dx_BR", "dy_BR", "dx_BL", "dy_BL")
+    if not len(off):
+        return [{"label": n, "mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")} for n in names]
+    return [
+        {"label": n, "mean": float(off[:, k].mean()), "std": float(off[:, k].std()), "min": float(off[:, k].min()), "max": float(off[:, k].max())}
+        for k, n in enumerate(names)
+    ]

@@ -1,0 +1,114 @@
+"""What people see in the Prefect UI: run names, the progress artifact, the dataset report.
+
+Artifact keys (the Artifacts page groups the versions of a key across runs):
+``dataset-<version>-progress`` (shards done, updated as shards finish), ``dataset-<version>-report``
+(markdown: counts, quarantine, label statistics, every check, the sample grid),
+``dataset-<version>-samples`` (the grid as an image artifact) and ``model-<name>-evaluation``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
+from prefect.exceptions import MissingContextError
+from prefect.futures import PrefectFuture, as_completed
+
+R = TypeVar("R")
+
+
+def artifact_key(*parts: Any) -> str:
+    """A valid artifact key (lowercase letters, digits, dashes) from ``parts``: ``dataset-abc123-report``."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run logger inside a run; the ``flows`` logger when a task's ``.fn`` is called directly."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("flows")
+
+
+def rename_current_run(name: str) -> None:
+    """Rename the running flow run (once facts known only inside the run, like the version, are in)."""
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(ctx.flow_run.id, name=name)
+
+
+def with_progress(futures: list[PrefectFuture[R]], key: str, description: str) -> Iterator[R]:
+    """Results of ``futures`` as they finish, while a progress artifact ``key`` shows the share done.
+
+    Raises the first failed future's exception (after its retries), which fails the flow; shards
+    already written stay in the store for the next run.
+    """
+    total = max(1, len(futures))
+    artifact = create_progress_artifact(0.0, key=key, description=description)
+    for done, future in enumerate(as_completed(futures), start=1):
+        result = future.result()
+        update_progress_artifact(artifact, 100.0 * done / total)
+        yield result
+
+
+def markdown_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    """A markdown table (cells rendered with ``str``; pipes escaped)."""
+    head = list(header)
+
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def dataset_summary_markdown(manifest: dict) -> str:
+    """Version, counts, recipe and quarantined images (with reasons) of a finished store's manifest."""
+    s = manifest["config"]["sampling"]
+    splits = manifest.get("splits", {})
+    rows = [
+        ("dataset version", f"`{manifest['dataset_version']}`"),
+        ("store", f"`{manifest['config']['output']}` ({manifest['format']})"),
+        ("pairs", f"{manifest['num_pairs']} (train {splits.get('train', 0)}, test {splits.get('test', 0)})"),
+        ("images", f"{manifest['num_images']} used, {len(manifest['quarantine'])} quarantined"),
+        ("shards", len(manifest["shards"])),
+        ("recipe", f"{s['image_width']}x{s['image_height']}, P={s['patch_size']}, rho={s['rho']}, "
+                   f"{s['pairs_per_image']} pairs/image, seed {s['seed']}, photometric {s['photometric']}"),
+        ("source", f"`{manifest['source']['root']}` (digest {manifest['source']['digest'][:16]})"),
+    ]
+    out = [f"# Dataset `{manifest['dataset_version']}`", "", markdown_table(("", ""), rows), ""]
+    quarantine = manifest.get("quarantine", [])
+    out.append(f"## Quarantined images ({len(quarantine)})")
+    out.append("")
+    if quarantine:
+        out.append(markdown_table(("image id", "path", "reason"), ((q["image_id"], q["path"], q["reason"]) for q in quarantine)))
+    else:
+        out.append("none")
+    return "\n".join(out)
+
+
+def label_statistics_markdown(stats: list[dict], rho: float) -> str:
+    """The label statistics table; a uniform law on [-rho, rho] has mean 0 and std rho/sqrt(3)."""
+    expected = f"uniform on [-{rho:g}, {rho:g}]: mean 0, std {rho / 3 ** 0.5:.2f}"
+    rows = ((s["label"], f"{s['mean']:.2f}", f"{s['std']:.2f}", f"{s['min']:.2f}", f"{s['max']:.2f}") for s in stats)
+    return "\n".join([f"## Label statistics (px; {expected})", "", markdown_table(("label", "mean", "std", "min", "max"), rows)])
+
+
+def dataset_report_markdown(manifest: dict, checks_markdown: str, stats: list[dict], grid_url: str | None) -> str:
+    """The dataset report: summary and quarantine, label statistics, every check with its counts, the sample grid."""
+    checks = checks_markdown.replace("\n# ", "\n## ", 1)
+    if checks.startswith("# "):
+        checks = "#" + checks
+    parts = [dataset_summary_markdown(manifest), "", label_statistics_markdown(stats, manifest["config"]["sampling"]["rho"]), "", checks]
+    if grid_url:
+        parts += ["", "## Sample pairs (true quadrilateral in green)", "", f"![sample pairs]({grid_url})"]
+    return "\n".join(parts)

@@ -1,0 +1,64 @@
+"""The ``validate-dataset`` flow: every check on a finished store, the report as an artifact.
+
+The run fails (:class:`ValidationFailed`) when any check fails, after the report is attached, so
+the reason is one click away in the UI. Artifacts: ``dataset-<version>-report`` (markdown: summary,
+quarantined images and why, label statistics, every check with its counts, the sample grid inline)
+and ``dataset-<version>-samples`` (the grid as an image artifact).
+
+Run directly: ``python -m flows.validate STORE``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.tasks import data_url, label_statistics, sample_grid_png, validate_task
+from flows.ui import artifact_key, dataset_report_markdown, rename_current_run
+from homogen.stores import open_dataset
+
+
+class ValidationFailed(RuntimeError):
+    """A dataset failed at least one check; the message names them and where the report is."""
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish_report(uri: str, report) -> str:
+    """Attach the dataset report (markdown) and the sample grid (image) to this run; returns the markdown."""
+    ds = open_dataset(uri)
+    grid = data_url(sample_grid_png(uri, n=8)) if len(ds) else None
+    markdown = dataset_report_markdown(ds.manifest, report.to_markdown(), label_statistics(uri), grid)
+    verdict = "passed" if report.passed else "FAILED: " + ", ".join(report.failed_checks)
+    create_markdown_artifact(markdown, key=artifact_key("dataset", ds.version, "report"), description=f"dataset {ds.version}: validation {verdict}")
+    if grid:
+        create_image_artifact(grid, key=artifact_key("dataset", ds.version, "samples"), description=f"sample pairs of dataset {ds.version}")
+    return markdown
+
+
+@flow(name="validate-dataset", flow_run_name="validate {uri}")
+def validate_dataset_flow(uri: str, regenerate: int = 8, source_root: str | None = None) -> dict:
+    """Validate the store at ``uri``; returns the report as a dict, fails the run if a check fails.
+
+    Args:
+        uri: a finished store (path or fsspec URL).
+        regenerate: pairs remade from the source images and compared byte for byte (0: skip).
+        source_root: where the source images are now, if not where the manifest says.
+    """
+    report = validate_task(uri, regenerate, source_root)
+    rename_current_run(f"validate v={report.dataset_version}")
+    publish_report(uri, report)
+    log = get_run_logger()
+    if not report.passed:
+        raise ValidationFailed(
+            f"dataset {report.dataset_version} at {report.uri} failed checks {report.failed_checks}: "
+            f"see the artifact {artifact_key('dataset', report.dataset_version, 'report')}"
+        )
+    log.info("dataset %s passed every check (%d pairs)", report.dataset_version, report.num_pairs)
+    return report.to_dict()
+
+
+if __name__ == "__main__":
+    print(validate_dataset_flow(sys.argv[1])["passed"])

@@ -1,0 +1,253 @@
+"""Unit tests of the flows' tasks (``task.fn``, no Prefect server), the config overrides and the report."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from flows.config import FLAT_OVERRIDES, QUICK_GENERATE, InvalidParameters, PipelineConfig, apply_overrides
+from flows.tasks import (
+    commit_dataset,
+    generate_shard_task,
+    label_statistics,
+    list_shards,
+    prepare_store,
+    sample_grid_png,
+    validate_task,
+)
+from flows.ui import artifact_key, dataset_report_markdown
+from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig
+from homogen.generate import generate, plan
+from homogen.stores import FIELDS, open_dataset
+
+
+def small_config(output: str, root: str = SAMPLE_ROOT, kind: str = "auto") -> GenerateConfig:
+    """8 bundled images, 2 pairs each, 3 images per shard (3 shards)."""
+    return GenerateConfig(
+        source=SourceConfig(root=root, kind=kind, max_images=8),
+        sampling=SamplingConfig(pairs_per_image=2),
+        shard_size=3,
+        chunk_size=4,
+        output=output,
+    )
+
+
+def run_tasks(cfg: GenerateConfig) -> dict:
+    """The generate-dataset flow's task sequence, in this process, via ``.fn``."""
+    p = list_shards.fn(cfg)
+    prepare_store.fn(p)
+    results = [generate_shard_task.fn(p.output, cfg.store_format(), cfg.chunk_size, s, cfg.sampling) for s in p.shards]
+    return commit_dataset.fn(p, results)
+
+
+def arrays(uri: str) -> dict:
+    ds = open_dataset(uri)
+    return {f: ds[:][f] for f in FIELDS}
+
+
+# ------------------------------------------------------------------------------------ generation
+
+
+def test_list_shards_plans_the_library_version_with_an_absolute_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = small_config("relative/ds.zarr")
+    p = list_shards.fn(cfg)
+    assert p.version == plan(cfg).version
+    assert p.output == str(tmp_path / "relative" / "ds.zarr")  # workers elsewhere write the same place
+    assert [s.index for s in p.shards] == [0, 1, 2]
+    assert sum(len(s.records) for s in p.shards) == 8
+
+
+def test_list_shards_leaves_urls_alone():
+    cfg = small_config("memory://bucket/ds.zarr")
+    assert list_shards.fn(cfg).output == "memory://bucket/ds.zarr"
+
+
+def test_shard_tasks_make_the_same_dataset_as_the_library_in_one_process(tmp_path):
+    manifest = run_tasks(small_config(str(tmp_path / "flow.zarr")))
+    reference = generate(small_config(str(tmp_path / "direct.zarr")), progress=False)
+    assert manifest["dataset_version"] == reference["dataset_version"]
+    assert manifest["num_pairs"] == reference["num_pairs"] == 16
+    got, want = arrays(str(tmp_path / "flow.zarr")), arrays(str(tmp_path / "direct.zarr"))
+    for f in FIELDS:
+        np.testing.assert_array_equal(got[f], want[f], err_msg=f)
+
+
+def test_a_complete_shard_is_skipped_and_left_unchanged(tmp_path):
+    cfg = small_config(str(tmp_path / "ds.zarr"))
+    run_tasks(cfg)
+    before = arrays(cfg.output)
+    p = list_shards.fn(cfg)
+    again = generate_shard_task.fn(p.output, cfg.store_format(), cfg.chunk_size, p.shards[1], cfg.sampling)
+    assert again.skipped and again.pairs == 2 * len(p.shards[1].records)
+    after = arrays(cfg.output)
+    for f in FIELDS:
+        np.testing.assert_array_equal(after[f], before[f])
+
+
+def test_commit_refuses_while_a_shard_is_missing(tmp_path):
+    cfg = small_config(str(tmp_path / "ds.zarr"))
+    p = list_shards.fn(cfg)
+    prepare_store.fn(p)
+    results = [generate_shard_task.fn(p.output, cfg.store_format(), cfg.chunk_size, s, cfg.sampling) for s in p.shards[:2]]
+    with pytest.raises(Exception, match="not complete"):
+        commit_dataset.fn(p, results)
+
+
+def test_shard_task_retries_with_backoff():
+    assert generate_shard_task.retries >= 2
+    delays = generate_shard_task.retry_delay_seconds
+    assert len(delays) == generate_shard_task.retries and all(b > a for a, b in zip(delays, delays[1:]))
+
+
+# ------------------------------------------------------------------------------------ validation and report
+
+
+@pytest.fixture
+def folder_with_a_bad_image(tmp_path) -> Path:
+    """6 bundled photographs plus one truncated JPEG, as a plain folder."""
+    root = tmp_path / "images"
+    root.mkdir()
+    for src in sorted(Path(SAMPLE_ROOT, "train2017").glob("*.jpg"))[:6]:
+        shutil.copy(src, root / src.name)
+    good = sorted(root.glob("*.jpg"))[0].read_bytes()
+    (root / "999999999999.jpg").write_bytes(good[: len(good) // 3])
+    return root
+
+
+def test_validate_and_report_show_counts_checks_labels_and_quarantine(tmp_path, folder_with_a_bad_image):
+    cfg = small_config(str(tmp_path / "ds.zarr"), root=str(folder_with_a_bad_image), kind="folder")
+    manifest = run_tasks(cfg)
+    assert [q["image_id"] for q in manifest["quarantine"]] == [999999999999]
+
+    report = validate_task.fn(cfg.output, regenerate=2)
+    assert report.passed, report.to_markdown()
+    stats = label_statistics(cfg.output)
+    offsets = open_dataset(cfg.output)[:]["offsets"]
+    assert [s["label"] for s in stats][:2] == ["dx_TL", "dy_TL"]
+    np.testing.assert_allclose([s["mean"] for s in stats], offsets.mean(axis=0), rtol=1e-6)
+    assert all(-32 <= s["min"] <= s["max"] <= 32 for s in stats)
+
+    png = sample_grid_png(cfg.output, n=4)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    md = dataset_report_markdown(manifest, report.to_markdown(), stats, "data:image/png;base64,AAAA")
+    assert manifest["dataset_version"] in md
+    assert f"{manifest['num_pairs']} (train" in md
+    assert "999999999999" in md and manifest["quarantine"][0]["reason"] in md
+    for check in report.checks:  # every check, with its counts
+        assert f"| {check.name} |" in md and f"| {check.checked} | {check.failed} |" in md
+    assert "dx_TL" in md and "![sample pairs](data:image/png;base64,AAAA)" in md
+
+
+def test_artifact_keys_are_valid():
+    key = artifact_key("dataset", "ABC_12.3", "report")
+    assert key == "dataset-abc-12-3-report"
+
+
+# ------------------------------------------------------------------------------------ parameters
+
+
+def test_defaults_follow_the_recipe_at_a_quick_size():
+    cfg = PipelineConfig()
+    s = cfg.generate.sampling
+    assert (s.rho, s.patch_size, s.image_width, s.image_height) == (32, 128, 320, 240)
+    assert cfg.generate.source.root == SAMPLE_ROOT
+    assert cfg.train.epochs <= 3 and cfg.train.width < 1
+
+
+def test_a_partial_section_keeps_the_other_defaults():
+    cfg = PipelineConfig.model_validate({"generate": {"sampling": {"rho": 24}}, "train": {"epochs": 5}})
+    assert cfg.generate.sampling.rho == 24
+    assert cfg.generate.sampling.pairs_per_image == QUICK_GENERATE.sampling.pairs_per_image
+    assert cfg.generate.shard_size == QUICK_GENERATE.shard_size
+    assert cfg.train.epochs == 5 and cfg.train.width == PipelineConfig().train.width
+
+
+def test_unknown_fields_are_refused_by_name():
+    with pytest.raises(ValidationError, match="rhoo"):
+        PipelineConfig.model_validate({"generate": {"sampling": {"rhoo": 24}}})
+
+
+def test_flat_overrides_win_and_none_means_not_given():
+    base = PipelineConfig.model_validate({"generate": {"sampling": {"rho": 24}}})
+    cfg = apply_overrides(base, rho=16, epochs=4, n_workers=2, source="/data/coco", max_images=None)
+    assert cfg.generate.sampling.rho == 16 and cfg.train.epochs == 4 and cfg.dask.n_workers == 2
+    assert cfg.generate.source.root == "/data/coco"
+    assert apply_overrides(base, rho=None).generate.sampling.rho == 24
+    for name, path in FLAT_OVERRIDES.items():  # every shortcut points at a real field
+        node = PipelineConfig()
+        for key in path:
+            node = getattr(node, key)
+
+
+def test_an_impossible_flat_value_names_the_parameter_and_the_limit():
+    with pytest.raises(InvalidParameters) as err:
+        apply_overrides(PipelineConfig(), rho=100)
+    assert "rho=100" in str(err.value) and "rho <= 56" in str(err.value)
+    with pytest.raises(InvalidParameters, match="epochs"):
+        apply_overrides(PipelineConfig(), epochs=0)
+    with pytest.raises(InvalidParameters, match="unknown parameter"):
+        apply_overrides(PipelineConfig(), rhoo=3)
+
+
+def test_dask_address_comes_from_the_parameter_then_the_environment(monkeypatch):
+    from flows.config import DaskConfig
+
+    monkeypatch.delenv("HOMOGEN_DASK_ADDRESS", raising=False)
+    assert DaskConfig().resolved_address() is None
+    monkeypatch.setenv("HOMOGEN_DASK_ADDRESS", "tcp://10.0.0.5:8786")
+    assert DaskConfig().resolved_address() == "tcp://10.0.0.5:8786"
+    assert DaskConfig(address="tcp://sched:8786").resolved_address() == "tcp://sched:8786"
+    assert DaskConfig(n_workers=3).resolved_workers() == 3 and DaskConfig().resolved_workers() >= 1
+
+
+def test_task_runner_connects_to_an_address_or_sizes_a_local_cluster(monkeypatch):
+    from flows.config import DaskConfig
+    from flows.generate import dask_task_runner
+
+    monkeypatch.delenv("HOMOGEN_DASK_ADDRESS", raising=False)
+    assert dask_task_runner(DaskConfig(address="tcp://sched:8786")).address == "tcp://sched:8786"
+    local = dask_task_runner(DaskConfig(n_workers=2))
+    assert local.address is None and local.cluster_kwargs["n_workers"] == 2
+    assert local.cluster_kwargs["threads_per_worker"] == 1
+
+
+# ------------------------------------------------------------------------------------ model tasks
+
+
+@pytest.mark.slow  # ~25 s: training, MLflow's database setup and model logging
+def test_train_evaluate_register_tasks(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from flows.model_tasks import evaluate_task, register_task, train_task
+    from model.train import TrainConfig
+
+    monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
+    cfg = GenerateConfig(
+        source=SourceConfig(max_images=16, test_fraction=0.25),
+        sampling=SamplingConfig(pairs_per_image=4),
+        output=str(tmp_path / "ds.zarr"),
+    )
+    manifest = generate(cfg, progress=False)
+    assert manifest["splits"]["test"] > 0
+    tcfg = TrainConfig(epochs=1, width=0.125, batch_size=16, checkpoint_dir=str(tmp_path / "ckpt"))
+
+    result = train_task.fn(cfg.output, tcfg)
+    assert result.dataset_version == manifest["dataset_version"] and len(result.history) == 1
+    assert result.best_checkpoint is not None and Path(result.best_checkpoint).is_file()
+
+    evaluation = evaluate_task.fn(cfg.output, result.model, ("identity", "orb"), limit=8)
+    assert set(evaluation["results"]) == {"homographynet", "identity", "orb"}
+    assert len(evaluation["pairs"]) == evaluation["results"]["identity"]["n"] == min(8, manifest["splits"]["test"])
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracked = register_task.fn(result, cfg.output, evaluation, tcfg, uri, "test-flows", "hn-test", tags={"origin": "unit"})
+    assert tracked.model_version == "1" and tracked.champion
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("hn-test", "champion")
+    assert str(version.version) == "1" and version.tags["dataset_version"] == manifest["dataset_version"]
+    assert client.get_run(tracked.run_id).data.tags["origin"] == "unit"
