@@ -9,7 +9,10 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import struct
 import threading
+import tracemalloc
+import zlib
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -143,6 +146,53 @@ def test_no_secret_reaches_checkpoints_the_mlflow_run_or_its_artifacts(tmp_path,
     assert run.data.tags["store_uri"] == public  # where the data came from is recorded, minus credentials
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["best.pt", "last.pt"]
     assert files_containing(tmp_path, URL_SECRET, ENV_SECRET) == []
+
+
+# ------------------------------------------------------------------ inputs that attack memory
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid all-black 8-bit grayscale PNG of ``width x height``, streamed: a few hundred kB on
+    disk that would take width*height bytes (and more) to decode."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + pixels
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_huge_images_are_used_or_refused_in_bounded_memory(tmp_path):
+    """A 10000x10000 JPEG (100 MB as pixels) makes its pairs, and a 12000x12000 PNG bomb (144 MB
+    as pixels, 0.2 MB on disk) is quarantined, while generation's peak allocation stays a few MB."""
+    import cv2
+    import numpy as np
+
+    src = tmp_path / "src"
+    src.mkdir()
+    photo = cv2.imread(str(Path(SAMPLE_ROOT) / "train2017" / "000000000009.jpg"), cv2.IMREAD_GRAYSCALE)
+    big = cv2.resize(photo, (10000, 10000), interpolation=cv2.INTER_LINEAR)
+    (src / "000000000001.jpg").write_bytes(cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes())
+    del big
+    (src / "000000000002.png").write_bytes(png_bomb(12000, 12000))
+    cfg = GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=str(tmp_path / "o.zarr"))
+
+    tracemalloc.start()
+    try:
+        manifest = generate(cfg, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert manifest["num_pairs"] == 4 and manifest["num_images"] == 1
+    [entry] = manifest["quarantine"]
+    assert entry["image_id"] == 2 and "too large to decode in bounded memory: 12000x12000 PNG" in entry["reason"]
+    assert peak < 20e6, f"generation peaked at {peak / 1e6:.0f} MB of allocations"
+    pairs = open_dataset(cfg.output)[:]["pairs"]
+    assert pairs.shape == (4, 2, 128, 128) and np.ptp(pairs) > 0  # real picture content, not a blank frame
 
 
 # ------------------------------------------------------------- models: no pickled code is run
