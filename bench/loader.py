@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 

@@ -125,7 +125,7 @@ class PairStream(IterableDataset):
         self.buffer_chunks = int(buffer_chunks)
         self.drop_last = bool(drop_last)
         self.epoch = 0
-        self.chunks: list[tuple[int, int]] = list(self._ds.chunks())
+        self.chunks: list[tuple[int, int]] = self._chunks_with_rows()
 
     # -- pickling to worker processes: the open store stays behind, workers reopen by uri ---------
     def __getstate__(self) -> dict:
@@ -144,14 +144,23 @@ class PairStream(IterableDataset):
         """Select the epoch whose order the next iteration produces (set before each epoch)."""
         self.epoch = int(epoch)
 
-    def num_samples(self) -> int:
-        """Pairs of the split (from the manifest's split counts when present)."""
+    def _chunks_with_rows(self) -> list[tuple[int, int]]:
+        """The store's chunks that hold rows of the split (all chunks when ``split`` is None).
+
+        Reads only the one-byte ``split`` column, once, so that no epoch decodes the pixels of a
+        chunk it would drop entirely (e.g. train-only chunks while validating).
+        """
+        chunks = list(self._ds.chunks())
+        self._rows = None
         if self._code is None:
-            return len(self.ds)
-        counts = self.ds.manifest.get("splits") or {}
-        if self.split in counts:
-            return int(counts[self.split])
-        return sum(int(np.count_nonzero(self.ds.read(a, b, ("split",))["split"] == self._code)) for a, b in self.chunks)
+            return chunks
+        counts = [int(np.count_nonzero(self._ds.read(a, b, ("split",))["split"] == self._code)) for a, b in chunks]
+        self._rows = sum(counts)
+        return [c for c, n in zip(chunks, counts) if n]
+
+    def num_samples(self) -> int:
+        """Pairs the stream yields per epoch (before ``drop_last``)."""
+        return len(self.ds) if self._rows is None else self._rows
 
     def chunk_plan(self, worker_id: int = 0, num_workers: int = 1) -> list[tuple[int, int]]:
         """This worker's chunks for the current epoch: a disjoint, strided share of the order."""

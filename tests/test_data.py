@@ -77,6 +77,23 @@ def test_reads_whole_chunks_never_single_samples(store, monkeypatch):
     assert all(b - a == 8 for a, b in calls)
 
 
+def test_skips_the_pixels_of_chunks_without_rows_of_the_split(store, everything, monkeypatch):
+    pixel_reads = []
+    real_read = store.read
+
+    def counting_read(start, stop, fields=("pairs",)):
+        if "pairs" in fields:
+            pixel_reads.append((start, stop))
+        return real_read(start, stop, fields)
+
+    with_test_rows = [(a, b) for a, b in store.chunks() if (everything["split"][a:b] == SPLIT_CODES["test"]).any()]
+    assert 0 < len(with_test_rows) < len(store.chunks())
+    monkeypatch.setattr(store, "read", counting_read)
+    n = sum(len(p) for p, _ in make_loader(store, "test", batch_size=4))
+    assert n == store.split_counts()["test"]
+    assert sorted(pixel_reads) == with_test_rows
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("batch_size", [7, 64])
 def test_every_sample_exactly_once_per_epoch(store, everything, num_workers, batch_size):
