@@ -260,3 +260,85 @@ def test_tracking_store_unreachable_at_start_fails_before_training(tmp_path, p12
     assert result.exit_code == 2, result.output
     assert f"MLflow tracking store {uri} is unreachable" in result.output and "--no-track" in result.output
     assert not ck.exists()  # no time spent training a model that could not be recorded
+
+
+# ---------------------------------------------------------------------------- Dask worker lost
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """A temporary Prefect API (SQLite) for the flow runs of this module."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def kill_a_worker_when(output, cluster, shards_done: int, timeout: float = 120) -> dict:
+    """Start a thread that SIGKILLs one Dask worker process once ``shards_done`` shards of
+    ``output`` are complete; returns what it saw (the pid killed, shards complete at that moment)."""
+    import os
+    import threading
+    import time
+
+    from distributed import Client
+
+    seen: dict = {}
+
+    def watch():
+        writer = open_writer(str(output))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = sum(writer.shard_info(i) is not None for i in range(seen["total"]))
+            if done >= shards_done:
+                with Client(cluster) as client:
+                    pids = client.run(os.getpid)  # {worker address: pid}
+                seen["pid"] = sorted(pids.values())[0]
+                seen["done_at_kill"] = done
+                os.kill(seen["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    seen["thread"] = threading.Thread(target=watch, daemon=True)
+    return seen
+
+
+@pytest.mark.slow
+def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_dataset(tmp_path, prefect_api, monkeypatch):
+    import psutil
+
+    from flows.config import DaskConfig
+    from flows.generate import generate_dataset_on, local_cluster
+
+    monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
+    shards = 8
+    cfg = GenerateConfig(
+        source=SourceConfig(max_images=shards), sampling=SamplingConfig(pairs_per_image=8),
+        output=str(tmp_path / "flow.zarr"), shard_size=1,  # 8 shard tasks (~1 s each with Prefect) on 2 workers
+    )
+    # the flows' own LocalCluster (worker processes reporting to this Prefect API), started here
+    # so that the test knows its workers
+    cluster = local_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        watcher = kill_a_worker_when(tmp_path / "flow.zarr", cluster, shards_done=1)
+        watcher["total"] = shards
+        watcher["thread"].start()
+        state = generate_dataset_on(DaskConfig(address=cluster.scheduler_address))(cfg, return_state=True)
+        watcher["thread"].join(timeout=10)
+    finally:
+        cluster.close()
+
+    assert "pid" in watcher, "no worker was killed"
+    assert not psutil.pid_exists(watcher["pid"]) or psutil.Process(watcher["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert watcher["done_at_kill"] < shards  # the worker died while shards were still to be written
+    assert state.is_completed(), state.message
+    assert state.result()["pairs"] == shards * 8
+
+    clean = tmp_path / "clean.zarr"
+    generate(cfg.model_copy(update={"output": str(clean)}), progress=False)
+    assert_same_arrays(arrays(tmp_path / "flow.zarr"), arrays(clean))
+    flow_manifest, clean_manifest = open_dataset(str(tmp_path / "flow.zarr")).manifest, open_dataset(str(clean)).manifest
+    for m in (flow_manifest, clean_manifest):
+        m["config"].pop("output")
+    assert flow_manifest == clean_manifest
+    assert leftovers(tmp_path / "flow.zarr") == []
