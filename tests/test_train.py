@@ -196,3 +196,11 @@ def test_config_refuses_unknown_keys_and_bad_values():
     with pytest.raises(ValidationError):
         TrainConfig(loss="l1")
     assert TrainConfig().batch_size == 64 and TrainConfig().loss == "smooth_l1"
+
+
+def test_amp_and_channels_last_paths_train(store, tmp_path):
+    """The CUDA settings (autocast bf16 + channels_last) run on CPU too; the loss stays finite."""
+    cfg = TrainConfig(epochs=1, max_samples=32, amp=True, channels_last=True, checkpoint_dir=str(tmp_path), **FAST)
+    result = train(store, cfg, progress=False)
+    assert np.isfinite(result.history[0]["train_loss"]) and np.isfinite(result.best_val_mace)
+    assert result.samples_seen == 32
