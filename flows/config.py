@@ -52,7 +52,9 @@ class DaskConfig(BaseModel):
     n_workers: int | None = Field(None, ge=1, description="LocalCluster worker processes; None: one per CPU core")
     threads_per_worker: int = Field(1, ge=1, description="threads in each LocalCluster worker")
     processes: bool = Field(True, description="LocalCluster workers as processes (False: threads of this process)")
-    dashboard_address: str | None = Field(":8787", description="LocalCluster dashboard; None: no dashboard")
+    dashboard_address: str | None = Field(
+        "127.0.0.1:8787", description="LocalCluster dashboard (this machine only; ':8787' opens it to the network); None: no dashboard"
+    )
 
     def resolved_address(self) -> str | None:
         """The scheduler address to connect to, or None for a LocalCluster (read at run time)."""

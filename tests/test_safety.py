@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 import struct
 import threading
@@ -295,3 +296,71 @@ def test_mlflow_model_folder_with_pickled_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match="refused"):
         load_model(str(folder))
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------- servers stay on loopback
+
+LOOPBACK = {"127.0.0.1", "::1"}
+SERVER_COMMANDS = re.compile(r"(prefect server start|mlflow (?:server|ui)|dask[ -]scheduler)[^\n`]*")
+
+
+def listening(pids: set[int]) -> set[tuple[int, str, int]]:
+    """(pid, address, port) of every TCP socket in LISTEN state owned by ``pids``."""
+    import psutil
+
+    return {
+        (c.pid, c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
+
+
+@pytest.mark.slow
+def test_the_pipelines_dask_cluster_listens_on_loopback_only():
+    """The LocalCluster the generate flow starts with its defaults (scheduler, dashboard, workers,
+    nannies): every socket it opens listens on 127.0.0.1, none on all interfaces."""
+    import psutil
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.config import DaskConfig
+    from flows.generate import dask_task_runner, local_cluster
+
+    kwargs = dict(dask_task_runner(DaskConfig(n_workers=1)).cluster_kwargs)  # the flow's defaults, one worker
+    me = psutil.Process()
+    before = listening({me.pid})
+    # an API URL is all the cluster needs from Prefect here (no server is started for this test)
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        cluster = local_cluster(**kwargs)
+    try:
+        opened = listening({me.pid} | {p.pid for p in me.children(recursive=True)}) - before
+        assert cluster.dashboard_link  # the dashboard is on: its socket is among those checked
+    finally:
+        cluster.close()
+    assert len(opened) >= 3, opened  # scheduler, dashboard, worker (and nanny)
+    assert {ip for _, ip, _ in opened} <= LOOPBACK, opened
+
+
+def test_prefect_and_mlflow_servers_default_to_loopback():
+    """The ephemeral Prefect server of the quick start and ``prefect server start`` / ``mlflow
+    server`` without ``--host`` bind 127.0.0.1 (no project setting, e.g. a prefect.toml, widens it)."""
+    import mlflow.cli
+    from prefect.settings import get_current_settings
+
+    assert get_current_settings().server.api.host in LOOPBACK
+    [host] = [p for p in mlflow.cli.cli.commands["server"].params if p.name == "host"]
+    assert host.default in LOOPBACK
+
+
+def test_server_commands_in_the_docs_bind_loopback():
+    """Every command of the README, docs, flows and deployments that starts a server either names
+    --host 127.0.0.1 (or localhost) or leaves the loopback default."""
+    repo = Path(__file__).resolve().parents[1]
+    files = [repo / "README.md", *(repo / "docs").glob("*.md"), *(repo / "deployments").glob("*.py"), *(repo / "flows").glob("*.py")]
+    found = []
+    for f in files:
+        for m in SERVER_COMMANDS.finditer(f.read_text()):
+            command = m.group(0)
+            found.append(f"{f.name}: {command}")
+            host = re.search(r"--host[ =](\S+)", command)
+            assert "0.0.0.0" not in command and (host is None or host.group(1) in LOOPBACK | {"localhost"}), found[-1]
+    assert found, "no server command found: the pattern no longer matches the docs"
