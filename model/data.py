@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from homogen.sources import redact
 from homogen.stores import SPLIT_CODES, open_dataset
 
 __all__ = [
@@ -62,13 +63,13 @@ def check_compatible(ds, patch_size: int) -> None:
     schema = ds.manifest.get("schema_version")
     if schema not in SUPPORTED_SCHEMA_VERSIONS:
         raise IncompatibleStoreError(
-            f"store {ds.uri} has schema_version {schema!r}, but this trainer reads schema_version "
+            f"store {redact(ds.uri)} has schema_version {schema!r}, but this trainer reads schema_version "
             f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}: regenerate the dataset with the "
             f"installed homogen, or install the homogen version that wrote it"
         )
     if int(ds.patch_size) != int(patch_size):
         raise IncompatibleStoreError(
-            f"store {ds.uri} has patch_size {ds.patch_size}, but the model expects patch_size "
+            f"store {redact(ds.uri)} has patch_size {ds.patch_size}, but the model expects patch_size "
             f"{patch_size}: train with TrainConfig(patch_size={ds.patch_size}), or regenerate the "
             f"dataset with sampling.patch_size={patch_size}"
         )

@@ -395,10 +395,10 @@ def train(
     val_loader = make_loader(ds, "test", batch_size=cfg.val_batch_size, shuffle=False, **loader_kw)
     n_train = train_loader.dataset.num_samples()
     if n_train == 0:
-        raise ValueError(f"store {ds.uri} has no training pairs")
+        raise ValueError(f"store {redact(ds.uri)} has no training pairs")
     has_val = val_loader.dataset.num_samples() > 0
     if not has_val:
-        log.warning("store %s has no test pairs: no validation, no early stopping; best = last", ds.uri)
+        log.warning("store %s has no test pairs: no validation, no early stopping; best = last", redact(ds.uri))
     amp_kw = dict(amp=amp, amp_dtype=cfg.amp_dtype, channels_last=channels_last)
 
     def done() -> bool:
