@@ -150,6 +150,11 @@ def tree_digest(output: Path) -> dict[str, str]:
     return out
 
 
+def folder_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by path relative to it (two stores' shards compare equal)."""
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
 def leftovers(output: Path) -> list[str]:
     """Temporary names (``.tmp-``, ``.partial``) anywhere in the store: debris of a failed write."""
     found = []

@@ -17,6 +17,7 @@ from homogen.generate import generate
 from homogen.stores import FIELDS, StoreError, open_dataset, open_writer
 from faultlib import (
     enospc,
+    folder_digest,
     leftovers,
     patch_file_writes,
     run_cli,
@@ -337,8 +338,76 @@ def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_data
     clean = tmp_path / "clean.zarr"
     generate(cfg.model_copy(update={"output": str(clean)}), progress=False)
     assert_same_arrays(arrays(tmp_path / "flow.zarr"), arrays(clean))
+    assert folder_digest(tmp_path / "flow.zarr" / "shards") == folder_digest(clean / "shards")  # bit for bit
     flow_manifest, clean_manifest = open_dataset(str(tmp_path / "flow.zarr")).manifest, open_dataset(str(clean)).manifest
     for m in (flow_manifest, clean_manifest):
         m["config"].pop("output")
     assert flow_manifest == clean_manifest
     assert leftovers(tmp_path / "flow.zarr") == []
+
+
+FLOW_DRIVER = r"""
+import json, sys
+from flows.config import DaskConfig
+from flows.generate import generate_dataset_on
+from homogen.config import GenerateConfig
+
+if __name__ == "__main__":
+    cfg = GenerateConfig.model_validate(json.loads(sys.argv[1]))
+    print(generate_dataset_on(DaskConfig(n_workers=2, dashboard_address=None))(cfg))
+"""
+
+
+@pytest.mark.slow
+def test_flow_process_killed_mid_run_then_the_flow_rerun_gives_the_clean_dataset(tmp_path, prefect_api, monkeypatch):
+    """The whole generate-dataset flow (a process with its 2 Dask worker processes) is SIGKILLed
+    once 2 of 8 shards are written: its workers go with it, its lock and a half-done store stay;
+    the flow re-run takes the stale lock over and ends with the clean run's dataset."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    from prefect.client.orchestration import get_client
+
+    from faultlib import child_env
+    from flows.config import DaskConfig
+    from flows.generate import generate_dataset_on
+
+    monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
+    shards = 8
+    cfg = GenerateConfig(source=SourceConfig(max_images=shards), sampling=SamplingConfig(pairs_per_image=8),
+                         output=str(tmp_path / "flow.zarr"), shard_size=1)
+    env = {**child_env(), "PREFECT_API_URL": str(get_client(sync_client=True).api_url)}
+    proc = subprocess.Popen([sys.executable, "-c", FLOW_DRIVER, cfg.model_dump_json()], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    writer = open_writer(cfg.output)
+    deadline = time.monotonic() + 180
+    while sum(writer.shard_info(i) is not None for i in range(shards)) < 2:
+        assert proc.poll() is None, f"the flow ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, "no shard was written in 180 s"
+        time.sleep(0.05)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    for p in alive:  # (the assertion below reports them; do not leave them running)
+        p.kill()
+    assert alive == [], f"Dask worker processes outlived the killed flow: {alive}"
+
+    done = [i for i in range(shards) if writer.shard_info(i) is not None]
+    assert 2 <= len(done) < shards and writer.read_header()["state"] == "generating"
+    assert os.path.exists(f"{cfg.output}.lock")  # left by the killed run
+
+    rerun = generate_dataset_on(DaskConfig(n_workers=2, processes=False, dashboard_address=None))(cfg, return_state=True)
+    assert rerun.is_completed(), rerun.message
+    assert not os.path.exists(f"{cfg.output}.lock") and leftovers(tmp_path / "flow.zarr") == []
+
+    clean = tmp_path / "clean.zarr"
+    generate(cfg.model_copy(update={"output": str(clean)}), progress=False)
+    assert_same_arrays(arrays(cfg.output), arrays(clean))
+    assert folder_digest(tmp_path / "flow.zarr" / "shards") == folder_digest(clean / "shards")  # bit for bit
+    ours, theirs = open_dataset(cfg.output).manifest, open_dataset(str(clean)).manifest
+    assert {**ours, "config": {**ours["config"], "output": None}} == {**theirs, "config": {**theirs["config"], "output": None}}
