@@ -411,3 +411,32 @@ def test_flow_process_killed_mid_run_then_the_flow_rerun_gives_the_clean_dataset
     assert folder_digest(tmp_path / "flow.zarr" / "shards") == folder_digest(clean / "shards")  # bit for bit
     ours, theirs = open_dataset(cfg.output).manifest, open_dataset(str(clean)).manifest
     assert {**ours, "config": {**ours["config"], "output": None}} == {**theirs, "config": {**theirs["config"], "output": None}}
+
+
+@pytest.mark.slow
+def test_train_flow_with_an_unreachable_tracking_store_keeps_the_checkpoint_and_names_the_uri(tmp_path, prefect_api, p128_store):
+    """The train-model flow trains, then cannot reach MLflow to register: the run fails with an
+    error naming the store (credentials stripped), and the trained checkpoint is on disk."""
+    import socket
+
+    from flows.config import EvaluateConfig, TrackingConfig
+    from flows.train import train_model
+    from model.train import TrainConfig, load_model
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ck = tmp_path / "ck"
+    state = train_model(
+        str(p128_store),
+        TrainConfig(epochs=1, width=0.125, batch_size=8, checkpoint_dir=str(ck)),
+        EvaluateConfig(methods=("identity",), limit=8),
+        TrackingConfig(uri=f"http://bob:hunter2@127.0.0.1:{port}"),
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception) as info:
+        state.result()
+    assert f"MLflow tracking store http://127.0.0.1:{port} is unreachable" in str(info.value)
+    assert "hunter2" not in str(info.value) and "hunter2" not in (state.message or "")
+    assert load_model(ck / "best.pt").patch_size == 128  # the trained model is kept
