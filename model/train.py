@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -296,6 +297,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... by damage
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in str(exc):
+            # not torch's advice (load with weights_only=False): that would run the file's code
+            raise CheckpointError(
+                f"checkpoint {path} holds objects beyond tensors and plain containers, which would run code "
+                f"when loaded: refused; use a checkpoint written by homogen's trainer"
+            ) from None
         raise CheckpointError(
             f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
             f"delete it to start afresh, or point checkpoint_dir elsewhere"

@@ -232,8 +232,9 @@ def test_checkpoint_loaders_refuse_pickled_code(tmp_path):
 
     marker = tmp_path / "pwned"
     evil = malicious_checkpoint(tmp_path / "evil.pt", marker)
-    with pytest.raises(training.CheckpointError, match=str(evil)):
+    with pytest.raises(training.CheckpointError, match=str(evil)) as info:
         training.load_checkpoint(evil)
+    assert "refused" in str(info.value) and "weights_only=False" not in str(info.value)  # no unsafe advice
     with pytest.raises(training.CheckpointError):
         training.load_model(evil)
     with pytest.raises(Exception, match="weights_only"):
