@@ -17,57 +17,17 @@ the error names the parameter):
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+from flows.cluster import DASK_ADDRESS_ENV, DaskConfig  # noqa: F401  (re-exported)
+from flows.generate import QUICK_GENERATE  # noqa: F401  (re-exported)
+from homogen.config import GenerateConfig
 from model.train import TrainConfig
-
-DASK_ADDRESS_ENV = "HOMOGEN_DASK_ADDRESS"
-"""Environment variable with a Dask scheduler address (``tcp://host:8786``) to use instead of a LocalCluster."""
-
-QUICK_GENERATE = GenerateConfig(
-    source=SourceConfig(),  # the bundled 32-image COCO sample
-    sampling=SamplingConfig(pairs_per_image=32),
-    shard_size=4,
-)
-"""Default generation: 1,024 pairs of the recipe from the bundled images, in 8 shards."""
 
 QUICK_TRAIN = TrainConfig(epochs=2, width=0.25, batch_size=32, step_size=10, patience=None)
 """Default training: 2 epochs of a quarter-width HomographyNet (about a minute on 2 CPU cores)."""
-
-
-class DaskConfig(BaseModel):
-    """Where generation's shard tasks run: an existing Dask cluster, or a LocalCluster of this machine."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    address: str | None = Field(
-        None,
-        description=f"scheduler address of an existing cluster (tcp://host:8786); None: ${DASK_ADDRESS_ENV} "
-        "if set, else a LocalCluster on this machine",
-    )
-    n_workers: int | None = Field(None, ge=1, description="LocalCluster worker processes; None: one per CPU core")
-    threads_per_worker: int = Field(1, ge=1, description="threads in each LocalCluster worker")
-    processes: bool = Field(True, description="LocalCluster workers as processes (False: threads of this process)")
-    dashboard_address: str | None = Field(
-        "127.0.0.1:8787", description="LocalCluster dashboard (this machine only; ':8787' opens it to the network); None: no dashboard"
-    )
-
-    def resolved_address(self) -> str | None:
-        """The scheduler address to connect to, or None for a LocalCluster (read at run time)."""
-        return self.address or os.environ.get(DASK_ADDRESS_ENV) or None
-
-    def resolved_workers(self) -> int:
-        """LocalCluster size: ``n_workers``, else the CPU cores this process may use."""
-        if self.n_workers:
-            return self.n_workers
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:  # macOS, Windows
-            return os.cpu_count() or 1
 
 
 class TrackingConfig(BaseModel):

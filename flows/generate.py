@@ -13,48 +13,20 @@ Run directly: ``python -m flows.generate`` (bundled images, ephemeral Prefect).
 
 from __future__ import annotations
 
-from distributed import LocalCluster
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
 
-from flows.config import QUICK_GENERATE, DaskConfig
+from flows.cluster import DaskConfig, dask_task_runner
 from flows.tasks import commit_dataset, generate_shard_task, list_shards, prepare_store, writer_for
 from flows.ui import artifact_key, rename_current_run, with_progress
-from homogen.config import GenerateConfig
+from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 
-
-def local_cluster(**kwargs) -> LocalCluster:
-    """A LocalCluster whose worker processes report task runs to this process's Prefect API.
-
-    The workers get the API URL this flow run uses in their environment: in Prefect's ephemeral
-    mode (no ``PREFECT_API_URL``) each worker process would otherwise start a server of its own.
-    """
-    if kwargs.get("processes", True):
-        env = dict(kwargs.pop("env", None) or {})
-        env.setdefault("PREFECT_API_URL", str(get_client(sync_client=True).api_url))
-        kwargs["env"] = env
-    return LocalCluster(**kwargs)
-
-
-def dask_task_runner(cfg: DaskConfig) -> DaskTaskRunner:
-    """A Dask task runner for ``cfg``: the given (or ``$HOMOGEN_DASK_ADDRESS``) cluster, else a LocalCluster.
-
-    The cluster starts at the first submitted shard and stops with the flow run.
-    """
-    address = cfg.resolved_address()
-    if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(
-        cluster_class=local_cluster,
-        cluster_kwargs={
-            "n_workers": cfg.resolved_workers(),
-            "threads_per_worker": cfg.threads_per_worker,
-            "processes": cfg.processes,
-            "dashboard_address": cfg.dashboard_address,
-        },
-    )
+QUICK_GENERATE = GenerateConfig(
+    source=SourceConfig(),  # the bundled 32-image COCO sample
+    sampling=SamplingConfig(pairs_per_image=32),
+    shard_size=4,
+)
+"""Default generation: 1,024 pairs of the recipe from the bundled images, in 8 shards."""
 
 
 def run_name(rho: int, version: str | None = None) -> str:

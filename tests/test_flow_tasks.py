@@ -207,7 +207,7 @@ def test_dask_address_comes_from_the_parameter_then_the_environment(monkeypatch)
 
 def test_task_runner_connects_to_an_address_or_sizes_a_local_cluster(monkeypatch):
     from flows.config import DaskConfig
-    from flows.generate import dask_task_runner
+    from flows.cluster import dask_task_runner
 
     monkeypatch.delenv("HOMOGEN_DASK_ADDRESS", raising=False)
     assert dask_task_runner(DaskConfig(address="tcp://sched:8786")).address == "tcp://sched:8786"
