@@ -32,7 +32,9 @@ class DaskConfig(BaseModel):
     threads_per_worker: int = Field(1, ge=1, description="threads in each LocalCluster worker")
     processes: bool = Field(True, description="LocalCluster workers as processes (False: threads of this process)")
     dashboard_address: str | None = Field(
-        "127.0.0.1:8787", description="LocalCluster dashboard (this machine only; ':8787' opens it to the network); None: no dashboard"
+        "127.0.0.1:8787",
+        description="LocalCluster dashboard (this machine only; ':8787' opens it to the network); "
+        "None: no fixed port (the scheduler still serves HTTP, on a free loopback port)",
     )
 
     def resolved_address(self) -> str | None:
@@ -60,6 +62,12 @@ def local_cluster(**kwargs) -> LocalCluster:
         env = dict(kwargs.pop("env", None) or {})
         env.setdefault("PREFECT_API_URL", str(get_client(sync_client=True).api_url))
         kwargs["env"] = env
+    else:
+        # threads: distributed binds each worker's HTTP server to all interfaces unless told
+        kwargs.setdefault("worker_dashboard_address", "127.0.0.1:0")
+    if kwargs.get("dashboard_address") is None:
+        # the scheduler serves HTTP even without a dashboard, on ':8787' (all interfaces in threads mode)
+        kwargs["dashboard_address"] = "127.0.0.1:0"
     return LocalCluster(**kwargs)
 
 

@@ -308,8 +308,8 @@ def kill_a_worker_when(output, cluster, shards_done: int, timeout: float = 120) 
 def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_dataset(tmp_path, prefect_api, monkeypatch):
     import psutil
 
-    from flows.config import DaskConfig
-    from flows.generate import generate_dataset_on, local_cluster
+    from flows.cluster import DaskConfig, local_cluster
+    from flows.generate import generate_dataset_on
 
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
     shards = 8
@@ -348,7 +348,7 @@ def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_data
 
 FLOW_DRIVER = r"""
 import json, sys
-from flows.config import DaskConfig
+from flows.cluster import DaskConfig
 from flows.generate import generate_dataset_on
 from homogen.config import GenerateConfig
 
@@ -372,7 +372,7 @@ def test_flow_process_killed_mid_run_then_the_flow_rerun_gives_the_clean_dataset
     from prefect.client.orchestration import get_client
 
     from faultlib import child_env
-    from flows.config import DaskConfig
+    from flows.cluster import DaskConfig
     from flows.generate import generate_dataset_on
 
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))

@@ -317,16 +317,20 @@ def listening(pids: set[int]) -> set[tuple[int, str, int]]:
 
 
 @pytest.mark.slow
-def test_the_pipelines_dask_cluster_listens_on_loopback_only():
-    """The LocalCluster the generate flow starts with its defaults (scheduler, dashboard, workers,
-    nannies): every socket it opens listens on 127.0.0.1, none on all interfaces."""
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"processes": False}, {"dashboard_address": None}, {"processes": False, "dashboard_address": None}],
+    ids=["defaults", "threads", "no-dashboard", "threads-no-dashboard"],
+)
+def test_the_pipelines_dask_cluster_listens_on_loopback_only(options):
+    """The LocalCluster the generate flow starts (scheduler, its HTTP server, workers, nannies),
+    with its defaults and each documented option: every socket it opens listens on 127.0.0.1."""
     import psutil
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.config import DaskConfig
-    from flows.generate import dask_task_runner, local_cluster
+    from flows.cluster import DaskConfig, dask_task_runner, local_cluster
 
-    kwargs = dict(dask_task_runner(DaskConfig(n_workers=1)).cluster_kwargs)  # the flow's defaults, one worker
+    kwargs = dict(dask_task_runner(DaskConfig(n_workers=1, **options)).cluster_kwargs)  # one worker
     me = psutil.Process()
     before = listening({me.pid})
     # an API URL is all the cluster needs from Prefect here (no server is started for this test)
@@ -334,10 +338,9 @@ def test_the_pipelines_dask_cluster_listens_on_loopback_only():
         cluster = local_cluster(**kwargs)
     try:
         opened = listening({me.pid} | {p.pid for p in me.children(recursive=True)}) - before
-        assert cluster.dashboard_link  # the dashboard is on: its socket is among those checked
     finally:
         cluster.close()
-    assert len(opened) >= 3, opened  # scheduler, dashboard, worker (and nanny)
+    assert len(opened) >= 2, opened  # at least the scheduler's HTTP server and a worker's
     assert {ip for _, ip, _ in opened} <= LOOPBACK, opened
 
 
