@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 
-from prefect import deploy
-
 from deployments.definitions import GPU_POOL, gpu_deployment
 
 
@@ -25,7 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", default=GPU_POOL, help=f"work pool of the GPU worker (default {GPU_POOL})")
     args = parser.parse_args(argv)
-    deploy(gpu_deployment(args.pool), work_pool_name=args.pool, build=False, push=False, print_next_steps_message=False)
+    # RunnerDeployment.apply registers it as is: the code is the installed package (module-path
+    # entrypoint), nothing to build or push.
+    deployment_id = gpu_deployment(args.pool).apply()
+    print(f"deployment train-model/gpu ({deployment_id}) on work pool {args.pool!r}: start a worker with `prefect worker start --pool {args.pool}`")
 
 
 if __name__ == "__main__":
