@@ -48,6 +48,11 @@ class SamplingConfig(BaseModel):
                 f"patch_size={p} is larger than the image {w}x{h}: "
                 f"use patch_size <= {min(w, h)} or a larger image_width/image_height"
             )
+        if 4 * self.rho > p:
+            raise ValueError(
+                f"rho={self.rho} exceeds patch_size/4 = {p / 4:g}: larger perturbations can fold the "
+                f"quadrilateral; use rho <= {p // 4} or a patch_size >= {4 * self.rho}"
+            )
         if p + 2 * self.rho > min(w, h):
             raise ValueError(
                 f"patch_size + 2*rho = {p + 2 * self.rho} exceeds the image side {min(w, h)} "

@@ -28,7 +28,7 @@ Per dataset:
 
 - ``counts_match_manifest``: total, per shard, per split (and per shard and split) pair counts
   equal the manifest's, and every field of a shard has the same length.
-- ``no_duplicates``: no two pairs with the same (image id, offsets), nor with identical pixels.
+- ``no_duplicates``: no two pairs with the same (image id, corners, offsets), nor with identical pixels.
 - ``offsets_uniform``: per label column and pooled, mean within Z standard errors of 0, standard
   deviation within Z standard errors of rho/sqrt(3) (SE rho/sqrt(3N) and rho/sqrt(15N) for a
   uniform law), and no two columns correlated beyond Z/sqrt(N); Z = :data:`UNIFORMITY_Z` = 5.
@@ -511,7 +511,8 @@ class _Walk:
         self.indices.append(np.arange(where.start, where.start + n, dtype=np.int64))
         self.pair_hashes.append(np.array([_hash64(x.tobytes()) for x in d["pairs"]], np.uint64))
         self.label_hashes.append(np.array(
-            [_hash64(i.tobytes() + o.tobytes()) for i, o in zip(d["image_id"], d["offsets"])], np.uint64))
+            [_hash64(i.tobytes() + c.tobytes() + o.tobytes()) for i, c, o in zip(d["image_id"], d["corners"], d["offsets"])],
+            np.uint64))
         self.image_splits.append(np.unique(np.stack([d["image_id"], d["split"].astype(np.int64)], 1), axis=0))
         shard_counts = self.shard_split_counts.setdefault(where.shard, {s: 0 for s in SPLIT_CODES})
         for name, code in SPLIT_CODES.items():
@@ -612,12 +613,12 @@ def check_counts(ds: Dataset, walk: _Walk) -> CheckResult:
 
 
 def check_duplicates(walk: _Walk) -> CheckResult:
-    """No repeated (image id, offsets) and no repeated pair pixels."""
+    """No repeated (image id, corners, offsets) and no repeated pair pixels."""
     if not walk.indices:
         return CheckResult("no_duplicates", None, 0, 0, "no readable pairs")
     idx = np.concatenate(walk.indices)
     failed, examples, parts = 0, [], []
-    for what, hashes in (("same image id and offsets", walk.label_hashes), ("identical pixels", walk.pair_hashes)):
+    for what, hashes in (("same image id, corners and offsets", walk.label_hashes), ("identical pixels", walk.pair_hashes)):
         h = np.concatenate(hashes)
         _, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
         dup = counts[inverse] > 1
@@ -627,7 +628,7 @@ def check_duplicates(walk: _Walk) -> CheckResult:
             parts.append(f"{n_dup} repeated pairs ({what})")
             for g in np.flatnonzero(counts > 1)[:MAX_EXAMPLES]:
                 examples.append({"kind": what, "indices": idx[inverse == g].tolist()[:10]})
-    detail = "; ".join(parts) if parts else "no two pairs share (image id, offsets) or pixels"
+    detail = "; ".join(parts) if parts else "no two pairs share (image id, corners, offsets) or pixels"
     return CheckResult("no_duplicates", failed == 0, len(idx), failed, detail, examples[:MAX_EXAMPLES])
 
 

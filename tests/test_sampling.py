@@ -118,7 +118,10 @@ geometry = st.integers(8, 96).flatmap(
         st.integers(p, 300),  # height
     ).flatmap(
         lambda pwh: st.tuples(
-            st.just(pwh), st.integers(0, (min(pwh[1], pwh[2]) - pwh[0]) // 2), st.integers(1, 8), st.integers(0, 2**31)
+            st.just(pwh),
+            st.integers(0, min((min(pwh[1], pwh[2]) - pwh[0]) // 2, pwh[0] // 4)),
+            st.integers(1, 8),
+            st.integers(0, 2**31),
         )
     )
 )
@@ -141,7 +144,7 @@ def test_every_perturbed_corner_stays_inside_the_image(params):
 @given(st.integers(8, 300), st.integers(1, 300), st.integers(1, 300), st.integers(-20, 150))
 def test_impossible_parameters_are_refused_naming_parameter_and_limit(p, w, h, rho):
     kwargs = dict(image_width=w, image_height=h, patch_size=p, rho=rho)
-    possible = rho >= 0 and p <= min(w, h) and p + 2 * rho <= min(w, h)
+    possible = rho >= 0 and p <= min(w, h) and 4 * rho <= p and p + 2 * rho <= min(w, h)
     if possible:
         SamplingConfig(**kwargs)
         return
@@ -152,6 +155,8 @@ def test_impossible_parameters_are_refused_naming_parameter_and_limit(p, w, h, r
         assert "rho must be >= 0" in msg
     elif p > min(w, h):
         assert f"patch_size={p}" in msg and f"patch_size <= {min(w, h)}" in msg
+    elif 4 * rho > p:
+        assert f"rho={rho} exceeds patch_size/4" in msg and f"rho <= {p // 4}" in msg
     else:
         assert "patch_size + 2*rho" in msg and f"rho <= {(min(w, h) - p) // 2}" in msg
 

@@ -103,6 +103,15 @@ def test_unrequested_or_meaningless_checks_are_reported_not_applicable(tmp_path)
     assert "n/a" in report.to_markdown()  # ...but is shown as such
 
 
+def test_zero_perturbation_store_has_no_false_duplicates(tmp_path):
+    """rho = 0: every pair of an image has zero offsets, but pairs at other positions are distinct."""
+    path = str(tmp_path / "rho0.zarr")
+    generate(GenerateConfig(output=path, source=SourceConfig(max_images=3), sampling=SamplingConfig(rho=0)), progress=False)
+    report = run(path)
+    assert report.check("no_duplicates").passed, report.check("no_duplicates").detail
+    assert report.passed
+
+
 def test_labels_disagreeing_with_h_fail_the_dlt_check(clean, tmp_path):
     store = copy_store(clean["zarr"], tmp_path)
     with shard_arrays(store) as g:
