@@ -13,6 +13,9 @@ run before training), ``train-model`` (in-process, or the deployment named by
 with the defaults: the 32 bundled images, 1,024 pairs, 2 short epochs, a model registered in
 ``./work/mlflow.db`` (``$HOMOGEN_WORKDIR`` moves ``./work``). Arguments ``key=value`` are the flat
 shortcuts, e.g. ``python -m flows.generate_and_train rho=24 epochs=3``.
+
+Importing this module reaches no torch: Dask starts its workers with *spawn*, which re-imports the
+``__main__`` module (this one, under ``-m``) in every worker. Training is imported when it runs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from prefect.runtime import flow_run
 
 from flows.config import FLAT_OVERRIDES, PipelineConfig, apply_overrides
 from flows.generate import generate_dataset_on
-from flows.train import FLOW_RUN_TAG, train_model
 from flows.ui import rename_current_run
 from flows.validate import validate_dataset_flow
 
@@ -52,6 +54,7 @@ def train_remotely(deployment: str, dataset_uri: str, config: PipelineConfig) ->
     The deployment's flow run tags its MLflow run with its id; the registered version is found by
     that tag, so no Prefect result storage has to be shared between the machines.
     """
+    from flows.train import FLOW_RUN_TAG
     from model.tracking import setup_tracking
 
     run = run_deployment(
@@ -119,6 +122,8 @@ def generate_and_train(
         log.info("training as deployment %s", cfg.train_deployment)
         model = train_remotely(cfg.train_deployment, dataset["uri"], cfg)
     else:
+        from flows.train import train_model  # torch: imported here, not by the Dask workers that re-import this module
+
         model = train_model(dataset["uri"], cfg.train, cfg.evaluate, cfg.tracking)
     log.info("dataset %s -> %s version %s", dataset["version"], model["model_name"], model["model_version"])
     return {

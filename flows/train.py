@@ -25,7 +25,7 @@ from flows.model_tasks import evaluate_task, register_task, train_task
 from flows.ui import artifact_key, rename_current_run
 from homogen.stores import open_dataset
 from model.evaluate import NETWORK, format_table
-from model.train import TrainConfig
+from model.config import TrainConfig
 
 FLOW_RUN_TAG = "prefect_flow_run_id"
 """MLflow run tag holding the ``train-model`` flow run id (how a parent finds a remote run's model)."""

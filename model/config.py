@@ -1,0 +1,43 @@
+"""Training parameters, :class:`TrainConfig`: pydantic only, no torch.
+
+The flows' pipeline config (:mod:`flows.config`) embeds it, and Dask workers import that config
+when they unpickle a task's parameters, so this module must stay torch-free (a torch import costs
+every worker about half a second and 140 MB). :mod:`model.train` re-exports it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["TrainConfig"]
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run. Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1, description="epochs to train (a resumed run continues up to this many)")
+    max_samples: int | None = Field(None, ge=1, description="stop after this many training samples in all")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    loss: Literal["smooth_l1", "mse"] = Field("smooth_l1", description="regression loss on pixel offsets")
+    step_size: int = Field(10, ge=1, description="epochs between learning-rate decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="learning-rate decay factor")
+    patience: int | None = Field(5, ge=1, description="stop after this many epochs without a better val MACE")
+    width: float = Field(1.0, gt=0, description="channel multiplier of HomographyNet")
+    patch_size: int = Field(128, ge=8, description="patch side the model takes; the store must match")
+    num_workers: int = Field(0, ge=0, description="background loader processes")
+    buffer_chunks: int = Field(4, ge=1, description="storage chunks mixed by the row shuffle")
+    val_batch_size: int = Field(256, ge=1)
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    amp: bool | None = Field(None, description="mixed precision; None: on for CUDA")
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    channels_last: bool | None = Field(None, description="NHWC memory format; None: on for CUDA")
+    compile: bool = Field(False, description="torch.compile the model")
+    checkpoint_dir: str | None = Field(None, description="default <workdir>/checkpoints/<dataset version>")
+    resume: bool = Field(False, description="continue from checkpoint_dir/last.pt when it exists")
