@@ -1,15 +1,23 @@
 """Generation throughput: the ``generate-dataset`` flow on 1 and 2 Dask workers vs the library in one process.
 
-    python bench/scaling.py                  # 10,000 pairs from the bundled images
-    python bench/scaling.py --pairs 2000 --repeats 3
+    python bench/scaling.py                  # 10,016 pairs: 2,504 image records x 4 pairs, 64 images a shard
+    python bench/scaling.py --images 500 --repeats 3
+    python bench/scaling.py --source /data/coco --pairs-per-image 4
 
-Every variant makes the same dataset (same config, separate outputs, checked equal by version
-and count). Timings are wall clock; the Prefect API is started before timing (a warm-up flow).
+A realistic job: the recipe's 4 pairs per image over 2,504 distinct image records (hard links to the
+32 bundled photographs under distinct numeric names, ``bench/generation.py``'s ``link_farm``, so
+each is a distinct image id, decoded on its own), cut in shards of the default 64 images (40
+shards). Every variant makes the same dataset (same config, separate outputs, checked equal by
+version and count). Timings are wall clock; the Prefect API is started before timing (a warm-up
+flow). Everything runs one thread per process (OpenCV, OpenMP, Blosc), the direct call included,
+so that 1 worker and the direct call do the same work on one core.
 
+- *direct*: ``homogen.generate.generate`` in this process (the baseline).
 - *cold*: what one ``generate-dataset`` run pays on a fresh machine: the flow starts its own
   LocalCluster (worker processes that import Prefect and homogen), runs, and stops it.
 - *warm*: the flow on a cluster that is already up (``DaskConfig.address``, as with
-  ``HOMOGEN_DASK_ADDRESS``): the Prefect + Dask orchestration overhead alone.
+  ``HOMOGEN_DASK_ADDRESS``): the Prefect + Dask orchestration overhead alone, the fair measure
+  of per-run overhead.
 
 Targets (2-core machine): 2 workers >= 1.7x 1 worker; flow on 1 worker within 15 % of the
 direct call (overhead = t_flow_1 / t_direct - 1) at 10,000 pairs. With ``--repeats`` the best
@@ -18,29 +26,58 @@ time of each is used (the least disturbed by other load on the machine).
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
-import platform
-import shutil
-import tempfile
-import time
-from pathlib import Path
 
-from prefect import flow
+# One thread per process, set before OpenCV / Blosc start their pools. Dask's spawned workers
+# re-import this module, so they get the same settings (and flows.cluster sets them too).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLOSC_NTHREADS", "OPENCV_FOR_THREADS_NUM"):
+    os.environ.setdefault(_var, "1")
 
-from flows.cluster import DaskConfig, local_cluster
-from flows.generate import generate_dataset_on
-from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig
-from homogen.generate import generate, plan
-from homogen.stores import open_dataset
+import argparse  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+from prefect import flow  # noqa: E402
+
+from flows.cluster import DaskConfig, local_cluster  # noqa: E402
+from flows.generate import generate_dataset_on  # noqa: E402
+from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig  # noqa: E402
+from homogen.generate import generate, plan  # noqa: E402
+from homogen.stores import open_dataset  # noqa: E402
+
+cv2.setNumThreads(1)
+
+DEFAULT_SHARD_SIZE = GenerateConfig.model_fields["shard_size"].default
 
 
-def config(source: str, pairs: int, images: int, shard_size: int, output: str) -> GenerateConfig:
-    """``pairs`` pairs (rounded up to whole images) of the recipe from ``images`` source images."""
+def make_link_farm(folder: Path, n_images: int) -> str:
+    """``n_images`` distinct image records (``bench/generation.py``'s ``link_farm``); returns the folder.
+
+    Imported here, not at module level: that module pins its process to one core when imported,
+    and Dask workers re-import this module; the affinity is restored after the import.
+    """
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        from generation import link_farm
+    finally:
+        sys.path.pop(0)
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+    return str(link_farm(folder, n_images))
+
+
+def config(source: str, pairs_per_image: int, shard_size: int, output: str) -> GenerateConfig:
+    """The recipe at ``pairs_per_image`` over every image of ``source``, ``shard_size`` images a shard."""
     return GenerateConfig(
         source=SourceConfig(root=source),
-        sampling=SamplingConfig(pairs_per_image=math.ceil(pairs / images)),
+        sampling=SamplingConfig(pairs_per_image=pairs_per_image),
         shard_size=shard_size,
         output=output,
     )
@@ -71,21 +108,23 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=10_000, help="pairs per dataset (default 10,000)")
-    parser.add_argument("--source", default=SAMPLE_ROOT, help="COCO root or image folder (default: bundled 32 images)")
-    parser.add_argument("--shard-size", type=int, default=4, help="images per shard (default 4: 8 shards of the bundled images)")
+    parser.add_argument("--images", type=int, default=2_504, help="distinct image records linked to the bundled photos (default 2,504)")
+    parser.add_argument("--source", default=None, help="COCO root or image folder instead of the linked records")
+    parser.add_argument("--pairs-per-image", type=int, default=4, help="pairs per image (default 4, the recipe's)")
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"images per shard (default {DEFAULT_SHARD_SIZE})")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each variant; the best counts")
     parser.add_argument("--workdir", default=None, help="where the stores go (default: a temporary folder, removed)")
     args = parser.parse_args()
 
-    images = plan(GenerateConfig(source=SourceConfig(root=args.source))).num_images
     root = Path(args.workdir or tempfile.mkdtemp(prefix="homogen-bench-"))
     root.mkdir(parents=True, exist_ok=True)
+    source = args.source or make_link_farm(root / "images", args.images)
+    images = plan(GenerateConfig(source=SourceConfig(root=source))).num_images
     print(f"machine: {machine()}")
     warm_up()
 
     def cfg(out: str) -> GenerateConfig:
-        return config(args.source, args.pairs, images, args.shard_size, out)
+        return config(source, args.pairs_per_image, args.shard_size, out)
 
     def on(dask: DaskConfig):
         return lambda out: generate_dataset_on(dask)(cfg(out))
@@ -103,11 +142,13 @@ def main() -> None:
     versions = set()
     try:
         for n, cluster in clusters.items():  # the warm clusters' workers import Prefect and homogen now
-            generate_dataset_on(DaskConfig(address=cluster.scheduler_address))(config(args.source, 4, images, args.shard_size, str(root / f"warm-{n}.zarr")))
+            small = config(SAMPLE_ROOT, 1, 4, str(root / f"warm-{n}.zarr"))
+            generate_dataset_on(DaskConfig(address=cluster.scheduler_address))(small)
         for r in range(args.repeats):
             for i, (name, run) in enumerate(variants.items()):
                 out = str(root / f"v{i}-r{r}.zarr")
                 t = timed(lambda: run(out))
+                print(f"  run {r + 1}: {name:32s} {t:8.2f} s", flush=True)
                 best[name] = min(best.get(name, math.inf), t)
                 ds = open_dataset(out)
                 versions.add((ds.version, len(ds)))
@@ -119,17 +160,18 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     assert len(versions) == 1, f"the variants made different datasets: {versions}"
     (version, n), = versions
-    cfg = config(args.source, args.pairs, images, args.shard_size, "x")
     shards = math.ceil(images / args.shard_size)
-    print(f"dataset {version}: {n} pairs from {images} images ({cfg.sampling.pairs_per_image}/image), {shards} shards, best of {args.repeats}")
-    print(f"{'variant':32s} {'seconds':>8s} {'pairs/s':>9s}")
-    for name, t in best.items():
-        print(f"{name:32s} {t:8.2f} {n / t:9.1f}")
+    print(f"dataset {version}: {n} pairs from {images} images ({args.pairs_per_image}/image), "
+          f"{shards} shards of {args.shard_size} images, best of {args.repeats}")
+    print(f"{'variant':32s} {'seconds':>8s} {'pairs/s':>9s} {'vs direct':>9s}")
     direct = best["direct (library, 1 process)"]
+    for name, t in best.items():
+        print(f"{name:32s} {t:8.2f} {n / t:9.1f} {direct / t:8.2f}x")
     for mode in ("cold", "warm"):
         one, two = best[f"flow, 1 worker, {mode}"], best[f"flow, 2 workers, {mode}"]
         print(f"{mode}: speed-up 2 workers / 1 worker {one / two:.2f}x (target >= 1.7x); "
               f"Prefect + Dask overhead on 1 worker vs direct {100 * (one / direct - 1):+.1f} % (target <= 15 %)")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

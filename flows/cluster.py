@@ -14,6 +14,10 @@ from prefect.client.orchestration import get_client
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLOSC_NTHREADS", "OPENCV_FOR_THREADS_NUM")
+"""Thread-pool sizes of the numerical libraries, set to ``threads_per_worker`` in LocalCluster worker
+processes (OpenCV and Blosc would otherwise start a thread per core in every worker)."""
+
 DASK_ADDRESS_ENV = "HOMOGEN_DASK_ADDRESS"
 """Environment variable with a Dask scheduler address (``tcp://host:8786``) to use instead of a LocalCluster."""
 
@@ -57,10 +61,14 @@ def local_cluster(**kwargs) -> LocalCluster:
 
     The workers get the API URL this flow run uses in their environment: in Prefect's ephemeral
     mode (no ``PREFECT_API_URL``) each worker process would otherwise start a server of its own.
+    Worker processes also get :data:`THREAD_ENV` set to their thread count, so that ``n`` workers
+    of one thread use ``n`` cores, not ``n`` times the cores.
     """
     if kwargs.get("processes", True):
         env = dict(kwargs.pop("env", None) or {})
         env.setdefault("PREFECT_API_URL", str(get_client(sync_client=True).api_url))
+        for var in THREAD_ENV:
+            env.setdefault(var, str(kwargs.get("threads_per_worker") or 1))
         kwargs["env"] = env
     else:
         # threads: distributed binds each worker's HTTP server to all interfaces unless told

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -45,17 +46,30 @@ def rename_current_run(name: str) -> None:
         client.update_flow_run(ctx.flow_run.id, name=name)
 
 
-def with_progress(futures: list[PrefectFuture[R]], key: str, description: str) -> Iterator[R]:
+PROGRESS_INTERVAL_S = 2.0
+"""Least time between two updates of a progress artifact (each is an API call the flow waits for)."""
+
+
+def with_progress(
+    futures: list[PrefectFuture[R]], key: str, description: str, interval_s: float = PROGRESS_INTERVAL_S
+) -> Iterator[R]:
     """Results of ``futures`` as they finish, while a progress artifact ``key`` shows the share done.
+
+    The artifact is updated at most once every ``interval_s`` seconds, and always at the end (100 %),
+    so that many short shards do not cost an API round trip each.
 
     Raises the first failed future's exception (after its retries), which fails the flow; shards
     already written stay in the store for the next run.
     """
     total = max(1, len(futures))
     artifact = create_progress_artifact(0.0, key=key, description=description)
+    last = time.monotonic()
     for done, future in enumerate(as_completed(futures), start=1):
         result = future.result()
-        update_progress_artifact(artifact, 100.0 * done / total)
+        now = time.monotonic()
+        if done == len(futures) or now - last >= interval_s:
+            update_progress_artifact(artifact, 100.0 * done / total)
+            last = now
         yield result
 
 

@@ -276,3 +276,44 @@ def test_train_config_is_one_class_wherever_imported():
     from model.train import TrainConfig as Reexported
 
     assert Reexported is TrainConfig and PipelineConfig().train.__class__ is TrainConfig
+
+
+def test_progress_artifact_is_throttled_but_always_reaches_100(monkeypatch):
+    """Many short shards do not cost an artifact update each; the last update always says 100 %."""
+    import flows.ui as ui
+
+    class Done:
+        def __init__(self, value):
+            self.value = value
+
+        def result(self):
+            return self.value
+
+    updates: list[float] = []
+    monkeypatch.setattr(ui, "create_progress_artifact", lambda *a, **k: "artifact-id")
+    monkeypatch.setattr(ui, "update_progress_artifact", lambda artifact, value: updates.append(value))
+    monkeypatch.setattr(ui, "as_completed", iter)
+    futures = [Done(i) for i in range(5)]
+
+    assert list(ui.with_progress(futures, "k", "d", interval_s=3600)) == [0, 1, 2, 3, 4]
+    assert updates == [100.0]
+    updates.clear()
+    assert list(ui.with_progress(futures, "k", "d", interval_s=0)) == [0, 1, 2, 3, 4]
+    assert updates == [20.0, 40.0, 60.0, 80.0, 100.0]
+
+
+def test_local_cluster_workers_get_one_library_thread_per_dask_thread(monkeypatch):
+    """OpenCV / Blosc / OpenMP pools are sized to ``threads_per_worker`` in worker processes, so n
+    single-threaded workers use n cores; a value the caller sets wins."""
+    import flows.cluster as cluster
+
+    class FakeClient:
+        api_url = "http://127.0.0.1:4200/api"
+
+    seen: dict = {}
+    monkeypatch.setattr(cluster, "get_client", lambda sync_client: FakeClient())
+    monkeypatch.setattr(cluster, "LocalCluster", lambda **kw: seen.update(kw))
+    cluster.local_cluster(n_workers=2, threads_per_worker=1, env={"BLOSC_NTHREADS": "2"})
+    env = seen["env"]
+    assert env["OPENCV_FOR_THREADS_NUM"] == env["OMP_NUM_THREADS"] == "1" and env["BLOSC_NTHREADS"] == "2"
+    assert env["PREFECT_API_URL"] == FakeClient.api_url
