@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import tempfile
 import time
-from pathlib import Path
 
 import h5py
 import torch
@@ -26,17 +24,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
 from homogen.stores import open_dataset
+from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
 from model.data import make_loader
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class PerSampleH5(Dataset):

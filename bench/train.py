@@ -13,28 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
+from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
 from model.data import load_split
 from model.network import HomographyNet
 from model.train import make_criterion, train_one_epoch
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def describe(device: torch.device) -> str:

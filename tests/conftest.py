@@ -160,3 +160,14 @@ def small_store(tmp_path_factory) -> tuple[Path, dict]:
         source=SourceConfig(max_images=8), output=str(out), shard_size=3, chunk_size=5
     )
     return out, generate(cfg, progress=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread: small convolutions on a busy 2-core machine run faster, and steadier."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,13 +12,7 @@ from homogen.stores import open_dataset
 from model.network import HomographyNet, offsets_to_homography, patch_corners
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: small convolutions on a busy 2-core machine run faster, and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

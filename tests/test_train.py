@@ -19,13 +19,7 @@ from model.train import CheckpointError, TrainConfig, load_checkpoint, load_mode
 FAST = dict(width=0.125, patch_size=32, batch_size=16, val_batch_size=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: small convolutions on a busy 2-core machine run faster, and steadier."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _make_store(path) -> object:
