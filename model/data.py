@@ -14,7 +14,9 @@ Shapes: ``pairs`` :math:`(B, 2, P, P)` ``uint8`` (channel 0 = A, 1 = B); ``offse
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -95,6 +97,9 @@ class PairStream(IterableDataset):
         seed: base seed; with :meth:`set_epoch` it fixes the order.
         buffer_chunks: chunks mixed together by the row shuffle.
         drop_last: drop each worker's final incomplete batch.
+        read_threads: background threads that read and decompress the next chunks of the plan
+            while batches are cut (zstd decoding releases the GIL); ``0`` or ``1`` reads on the
+            iterating thread. The batches are the same for any value.
 
     Yields:
         ``(pairs, offsets)``: :math:`(B, 2, P, P)` ``uint8`` and :math:`(B, 8)` ``float32`` CPU
@@ -112,10 +117,13 @@ class PairStream(IterableDataset):
         seed: int = 0,
         buffer_chunks: int = 4,
         drop_last: bool = False,
+        read_threads: int = 2,
     ) -> None:
         super().__init__()
         if batch_size < 1 or buffer_chunks < 1:
             raise ValueError(f"batch_size and buffer_chunks must be >= 1, got {batch_size}, {buffer_chunks}")
+        if read_threads < 0:
+            raise ValueError(f"read_threads must be >= 0 (0 or 1 = read on the iterating thread), got {read_threads}")
         self._ds = as_dataset(source)
         self.uri = self._ds.uri
         self.split = split
@@ -125,6 +133,7 @@ class PairStream(IterableDataset):
         self.seed = int(seed)
         self.buffer_chunks = int(buffer_chunks)
         self.drop_last = bool(drop_last)
+        self.read_threads = int(read_threads)
         self.epoch = 0
         self.chunks: list[tuple[int, int]] = self._chunks_with_rows()
 
@@ -171,9 +180,9 @@ class PairStream(IterableDataset):
         return [self.chunks[i] for i in order[worker_id::num_workers]]
 
     # -- reading ---------------------------------------------------------------------------------
-    def _read_chunk(self, start: int, stop: int) -> _Block:
+    def _read_chunk(self, ds, start: int, stop: int) -> _Block:
         """One storage chunk; rows of other splits are skipped by index, not copied out."""
-        block = self.ds.read(start, stop, FIELDS)
+        block = ds.read(start, stop, FIELDS)
         rows = None
         if self._code is not None:
             keep = block["split"] == self._code
@@ -181,25 +190,55 @@ class PairStream(IterableDataset):
                 rows = np.flatnonzero(keep)
         return _Block(block["pairs"], block["offsets"], rows)
 
+    def _blocks(self, plan: list[tuple[int, int]]) -> Iterator[_Block]:
+        """The chunks of ``plan`` read in order, each exactly once.
+
+        With ``read_threads > 1`` a pool (created here, so never pickled) reads up to
+        ``buffer_chunks + read_threads`` chunks ahead; results are taken in submission order, so
+        the blocks are those of the sequential read. Closing the generator early cancels the
+        reads not yet started and does not wait for the running ones.
+        """
+        ds = self.ds  # opened here, on the iterating thread, not concurrently by the readers
+        if self.read_threads <= 1:
+            for a, b in plan:
+                yield self._read_chunk(ds, a, b)
+            return
+        ahead = self.buffer_chunks + self.read_threads
+        pool = ThreadPoolExecutor(self.read_threads, thread_name_prefix="PairStream-read")
+        pending: deque[Future] = deque()
+        try:
+            for i in range(len(plan)):
+                while len(pending) < ahead and i + len(pending) < len(plan):
+                    pending.append(pool.submit(self._read_chunk, ds, *plan[i + len(pending)]))
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, wid, 1])
         plan, bs, k = self.chunk_plan(wid, nw), self.batch_size, self.buffer_chunks
-        carry: list[_Block] = []
-        for i in range(0, len(plan), k):
-            # rows carried over from the previous buffer (already shuffled) go first
-            buffer = _Buffer(carry + [self._read_chunk(a, b) for a, b in plan[i : i + k]])
-            n_carried = len(carry[0]) if carry else 0
-            fresh = np.arange(n_carried, len(buffer))
-            order = np.concatenate([np.arange(n_carried), rng.permutation(fresh) if self.shuffle else fresh])
-            full = len(order) - len(order) % bs
-            for j in range(0, full, bs):
-                pairs, offsets = buffer.take(order[j : j + bs])
-                yield torch.from_numpy(pairs), torch.from_numpy(offsets)
-            carry = [_Block(*buffer.take(order[full:]))] if full < len(order) else []
-        if carry and not self.drop_last:
-            yield torch.from_numpy(carry[0].pairs), torch.from_numpy(carry[0].offsets)
+        blocks = self._blocks(plan)
+        try:
+            carry: list[_Block] = []
+            for i in range(0, len(plan), k):
+                # rows carried over from the previous buffer (already shuffled) go first
+                buffer = _Buffer(carry + [next(blocks) for _ in plan[i : i + k]])
+                n_carried = len(carry[0]) if carry else 0
+                fresh = np.arange(n_carried, len(buffer))
+                order = np.concatenate([np.arange(n_carried), rng.permutation(fresh) if self.shuffle else fresh])
+                full = len(order) - len(order) % bs
+                for j in range(0, full, bs):
+                    pairs, offsets = buffer.take(order[j : j + bs])
+                    yield torch.from_numpy(pairs), torch.from_numpy(offsets)
+                carry = [_Block(*buffer.take(order[full:]))] if full < len(order) else []
+            if carry and not self.drop_last:
+                yield torch.from_numpy(carry[0].pairs), torch.from_numpy(carry[0].offsets)
+        finally:
+            blocks.close()  # an iterator closed early stops its readers
 
 
 class _Block(NamedTuple):
@@ -257,14 +296,16 @@ def make_loader(
     buffer_chunks: int = 4,
     drop_last: bool = False,
     prefetch_factor: int = 4,
+    read_threads: int = 2,
 ) -> DataLoader:
     """A :class:`~torch.utils.data.DataLoader` over a :class:`PairStream`.
 
     Batching happens in the stream (``batch_size=None`` here), so nothing is collated per sample.
     Call ``loader.dataset.set_epoch(e)`` before each epoch. ``pin_memory=None`` pins when CUDA is
     available. Workers are not persistent, so each epoch's workers see the new epoch.
+    ``read_threads`` is per stream, i.e. per worker process when ``num_workers > 0``.
     """
-    stream = PairStream(source, split, batch_size, shuffle, seed, buffer_chunks, drop_last)
+    stream = PairStream(source, split, batch_size, shuffle, seed, buffer_chunks, drop_last, read_threads)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     return DataLoader(

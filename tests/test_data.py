@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -184,3 +185,40 @@ def test_check_compatible_names_both_values_and_the_fix(store, monkeypatch):
 def test_unknown_split_is_refused(store):
     with pytest.raises(ValueError, match="unknown split 'val'"):
         PairStream(store, "val")
+
+
+@pytest.mark.parametrize("split", [None, "train"])
+def test_reader_threads_yield_the_same_batches_as_reading_inline(store, split):
+    def batches(read_threads, epoch):
+        stream = PairStream(store, split, batch_size=5, seed=7, buffer_chunks=2, read_threads=read_threads)
+        stream.set_epoch(epoch)
+        return [(p.numpy(), o.numpy()) for p, o in stream]
+
+    for epoch in (0, 1):
+        inline, threaded = batches(0, epoch), batches(3, epoch)
+        assert len(threaded) == len(inline) > 1
+        for (p0, o0), (p1, o1) in zip(inline, threaded):
+            np.testing.assert_array_equal(p1, p0)
+            np.testing.assert_array_equal(o1, o0)
+
+
+def test_closing_a_threaded_stream_early_stops_its_readers(store, monkeypatch):
+    calls = []
+    real_read = store.read
+
+    def counting_read(start, stop, *args, **kwargs):
+        calls.append((start, stop))
+        return real_read(start, stop, *args, **kwargs)
+
+    stream = PairStream(store, None, batch_size=4, buffer_chunks=1, read_threads=2)
+    monkeypatch.setattr(store, "read", counting_read)
+    it = iter(stream)
+    next(it)
+    assert pickle.loads(pickle.dumps(stream)).read_threads == 2  # picklable mid-epoch: the pool is not in it
+    it.close()
+    readers = [t for t in threading.enumerate() if t.name.startswith("PairStream-read")]
+    for t in readers:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in readers)
+    assert len(calls) < len(store.chunks())  # the look-ahead window at most, not the rest of the epoch
+    assert len(set(calls)) == len(calls)  # never a chunk twice
