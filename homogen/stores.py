@@ -144,12 +144,12 @@ class StoreWriter:
 
     def commit(self, plan: "Plan", results: list["ShardResult"]) -> dict:
         """Write the final manifest (after every shard is complete) and return it."""
-        missing = [s.index for s in plan.shards if self.shard_info(s.index) is None]
+        infos = [self.shard_info(s.index) for s in plan.shards]
+        missing = [s.index for s, i in zip(plan.shards, infos) if i is None]
         if missing:
             raise StoreError(f"cannot commit {redact(self.url)}: shards {missing[:10]} are not complete; re-run generation")
         self.remove_debris()
         manifest = _header(plan, "complete", self)
-        infos = [self.shard_info(s.index) for s in plan.shards]
         manifest["shards"] = [
             {"index": s.index, "name": s.name, "pairs": i["pairs"], "images": i["images"], "splits": i["splits"]}
             for s, i in zip(plan.shards, infos)
@@ -448,6 +448,16 @@ class Dataset:
 
     def __repr__(self) -> str:
         return f"Dataset({redact(self.uri)!r}, version={self.version}, pairs={len(self)})"
+
+    @property
+    def shard_arrays(self) -> list[dict]:
+        """One ``{field: array}`` per shard, in order (Zarr arrays or h5py datasets, read lazily)."""
+        return list(self._shards)
+
+    @property
+    def shard_starts(self) -> np.ndarray:
+        """(shards + 1,) global index where each shard starts, from the lengths actually stored."""
+        return self._starts.copy()
 
     def close(self) -> None:
         """Release open files (HDF5 parts); Zarr arrays hold none."""

@@ -563,7 +563,7 @@ def _hash64(data: bytes) -> int:
 
 def _shard_layout(ds: Dataset) -> list[tuple[str, int, int]]:
     """(name, global start, global stop) of each shard, from the stored arrays' lengths."""
-    starts = ds._starts  # noqa: SLF001 - homogen-internal: the lengths actually stored, not the manifest's
+    starts = ds.shard_starts  # the lengths actually stored, not the manifest's
     return [(s["name"], int(starts[i]), int(starts[i + 1])) for i, s in enumerate(ds.manifest["shards"])]
 
 
@@ -573,7 +573,7 @@ def missing_chunks(ds: Dataset) -> dict[str, list[str]]:
     ``split`` is left out: an all-train chunk equals the fill value and may legitimately be unstored.
     """
     out: dict[str, list[str]] = {}
-    for (name, _, _), shard in zip(_shard_layout(ds), ds._shards):  # noqa: SLF001
+    for (name, _, _), shard in zip(_shard_layout(ds), ds.shard_arrays):
         for f in FIELDS:
             arr = shard[f]
             n, step = int(arr.shape[0]), int((arr.chunks or (arr.shape[0],))[0] or 1)
@@ -586,7 +586,7 @@ def missing_chunks(ds: Dataset) -> dict[str, list[str]]:
 
 
 def _field_lengths(ds: Dataset) -> list[dict[str, int]]:
-    return [{f: int(shard[f].shape[0]) for f in FIELDS} for shard in ds._shards]  # noqa: SLF001
+    return [{f: int(shard[f].shape[0]) for f in FIELDS} for shard in ds.shard_arrays]
 
 
 def check_counts(ds: Dataset, walk: _Walk) -> CheckResult:
