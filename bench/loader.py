@@ -28,7 +28,7 @@ from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
 from homogen.stores import open_dataset
 from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
-from model.data import make_loader
+from homogen.model.data import make_loader
 
 
 class PerSampleH5(Dataset):

@@ -45,8 +45,8 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 from prefect import flow  # noqa: E402
 
-from flows.cluster import DaskConfig, local_cluster  # noqa: E402
-from flows.generate import generate_dataset_on  # noqa: E402
+from homogen.flows.cluster import DaskConfig, local_cluster  # noqa: E402
+from homogen.flows.generate import generate_dataset_on  # noqa: E402
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig  # noqa: E402
 from homogen.generate import generate, plan  # noqa: E402
 from homogen.stores import open_dataset  # noqa: E402

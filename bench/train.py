@@ -21,9 +21,9 @@ import torch
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
 from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
-from model.data import load_split
-from model.network import HomographyNet
-from model.train import make_criterion, train_one_epoch
+from homogen.model.data import load_split
+from homogen.model.network import HomographyNet
+from homogen.model.train import make_criterion, train_one_epoch
 
 
 def describe(device: torch.device) -> str:

@@ -1,6 +1,6 @@
 """The deployment objects, built without a server (``flow.to_deployment``).
 
-``generate-and-train/local``: on demand, the defaults of :class:`flows.config.PipelineConfig`.
+``generate-and-train/local``: on demand, the defaults of :class:`homogen.flows.config.PipelineConfig`.
 
 ``generate-and-train/regenerate``: one weekly schedule per perturbation range (:data:`REGENERATE_CYCLE`),
 each carrying its own parameters (Prefect 3 per-schedule parameters, ``Cron(..., parameters=...)``):
@@ -9,7 +9,7 @@ version and each run registers a new model version, so MLflow compares models ac
 A schedule's parameters are laid over the deployment's (``--param`` on a manual run likewise).
 
 ``train-model/gpu``: the ``train-model`` flow on a work pool (default ``gpu``) served by a worker on
-a GPU machine; entrypoint by module path (``flows.train.train_model``), so the worker needs the
+a GPU machine; entrypoint by module path (``homogen.flows.train.train_model``), so the worker needs the
 package installed, not this checkout.
 
 Entrypoints are module paths, so serving works from any directory once the package is installed.
@@ -20,8 +20,8 @@ from __future__ import annotations
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 
-from flows.generate_and_train import generate_and_train
-from flows.train import train_model
+from homogen.flows.generate_and_train import generate_and_train
+from homogen.flows.train import train_model
 
 TAGS = ["homogen"]
 
@@ -78,5 +78,5 @@ def gpu_deployment(pool: str = GPU_POOL) -> RunnerDeployment:
 
 
 def served_deployments() -> list[RunnerDeployment]:
-    """What ``python -m deployments.serve`` serves."""
+    """What ``python -m homogen.deployments.serve`` serves."""
     return [local_deployment(), regenerate_deployment()]

@@ -1,11 +1,11 @@
-"""``python -m deployments.gpu [--pool gpu]``: register ``train-model/gpu`` on a work pool.
+"""``python -m homogen.deployments.gpu [--pool gpu]``: register ``train-model/gpu`` on a work pool.
 
 On the GPU machine (same package installed, same Prefect server, a shared MLflow server):
 
     prefect work-pool create gpu --type process
     prefect worker start --pool gpu
 
-Anywhere with access to the server: ``python -m deployments.gpu --pool gpu``. Then
+Anywhere with access to the server: ``python -m homogen.deployments.gpu --pool gpu``. Then
 ``prefect deployment run generate-and-train/local --param config='{"train_deployment": "train-model/gpu"}'``
 runs generation on the CPU host and training on the GPU worker. The dataset store must be
 reachable from the GPU machine (a shared path or an fsspec URL for ``output``) and
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from deployments.definitions import GPU_POOL, gpu_deployment
+from homogen.deployments.definitions import GPU_POOL, gpu_deployment
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""``python -m deployments.serve``: serve ``generate-and-train/local`` and ``generate-and-train/regenerate``.
+"""``python -m homogen.deployments.serve``: serve ``generate-and-train/local`` and ``generate-and-train/regenerate``.
 
 Why ``prefect.serve`` rather than ``prefect.yaml`` + a process work pool + a worker: one command,
 no pool to create, no code storage to configure; the serving process registers both deployments
@@ -6,7 +6,7 @@ no pool to create, no code storage to configure; the serving process registers b
 already importable. The flows fan generation out to Dask themselves, so the serving process
 needs no scaling of its own. A work pool is the right tool where the code must run on another
 machine: that is why ``train-model/gpu`` (training on a GPU machine) is a work-pool deployment
-(``python -m deployments.gpu``), not a served one.
+(``python -m homogen.deployments.gpu``), not a served one.
 
 Stop with Ctrl-C: served deployments are paused on shutdown (their schedules stop creating runs)
 and resume when served again.
@@ -21,7 +21,7 @@ import argparse
 
 from prefect import serve
 
-from deployments.definitions import served_deployments
+from homogen.deployments.definitions import served_deployments
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,13 +56,13 @@ def run(
     """Generate a dataset (Dask), validate it, train HomographyNet and register it in MLflow, as one Prefect flow."""
     from pydantic import ValidationError
 
-    from flows.config import InvalidParameters, PipelineConfig, describe_errors
+    from homogen.flows.config import InvalidParameters, PipelineConfig, describe_errors
 
     try:
         cfg = PipelineConfig.model_validate(_load_config(config))
     except ValidationError as exc:
         _fail(f"--config: {describe_errors(exc)}")
-    from flows.generate_and_train import generate_and_train
+    from homogen.flows.generate_and_train import generate_and_train
 
     flat = dict(rho=rho, pairs_per_image=pairs_per_image, max_images=max_images, source=source, output=output,
                 seed=seed, epochs=epochs, width=width, device=device, dask_address=dask_address, n_workers=n_workers)

@@ -2,7 +2,7 @@
 
 Torch-free on purpose: Dask starts worker processes with multiprocessing's *spawn*, which
 re-imports the parent's ``__main__`` module in every worker, so an entry point that imports only
-this module (``python -m flows.generate``, ``bench/scaling.py``) keeps its workers light.
+this module (``python -m homogen.flows.generate``, ``bench/scaling.py``) keeps its workers light.
 """
 
 from __future__ import annotations

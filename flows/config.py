@@ -21,10 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from flows.cluster import DASK_ADDRESS_ENV, DaskConfig  # noqa: F401  (re-exported)
-from flows.generate import QUICK_GENERATE  # noqa: F401  (re-exported)
+from homogen.flows.cluster import DASK_ADDRESS_ENV, DaskConfig  # noqa: F401  (re-exported)
+from homogen.flows.generate import QUICK_GENERATE  # noqa: F401  (re-exported)
 from homogen.config import GenerateConfig
-from model.config import TrainConfig
+from homogen.model.config import TrainConfig
 
 QUICK_TRAIN = TrainConfig(epochs=2, width=0.25, batch_size=32, step_size=10, patience=None)
 """Default training: 2 epochs of a quarter-width HomographyNet (about a minute on 2 CPU cores)."""

@@ -8,7 +8,7 @@ cluster (``DaskConfig.address`` / ``$HOMOGEN_DASK_ADDRESS``). Workers receive co
 not handles; with an existing cluster the source and the output must be reachable from every
 worker (a shared path or an fsspec URL such as ``s3://bucket/ds.zarr``).
 
-Run directly: ``python -m flows.generate`` (bundled images, ephemeral Prefect).
+Run directly: ``python -m homogen.flows.generate`` (bundled images, ephemeral Prefect).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.cluster import DaskConfig, dask_task_runner
-from flows.tasks import commit_dataset, generate_shard_task, list_shards, prepare_store, writer_for
-from flows.ui import artifact_key, rename_current_run, with_progress
+from homogen.flows.cluster import DaskConfig, dask_task_runner
+from homogen.flows.tasks import commit_dataset, generate_shard_task, list_shards, prepare_store, writer_for
+from homogen.flows.ui import artifact_key, rename_current_run, with_progress
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 
 QUICK_GENERATE = GenerateConfig(

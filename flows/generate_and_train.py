@@ -1,18 +1,18 @@
 """The ``generate-and-train`` flow: generate a dataset, validate it, train and register a model on it.
 
-One typed parameter, ``config`` (:class:`flows.config.PipelineConfig`, partial sections deep-merged
+One typed parameter, ``config`` (:class:`homogen.flows.config.PipelineConfig`, partial sections deep-merged
 into the defaults), plus flat shortcuts (``rho``, ``epochs``, ... see
-:data:`flows.config.FLAT_OVERRIDES`; ``None`` = not given) that win over it. Invalid parameters
+:data:`homogen.flows.config.FLAT_OVERRIDES`; ``None`` = not given) that win over it. Invalid parameters
 fail the run before any work, naming the parameter.
 
 Subflows: ``generate-dataset`` (shards on Dask), ``validate-dataset`` (a failed check stops the
 run before training), ``train-model`` (in-process, or the deployment named by
 ``config.train_deployment``, e.g. ``train-model/gpu`` on a GPU work pool).
 
-``python -m flows.generate_and_train`` runs it once in Prefect's ephemeral mode (no server needed)
+``python -m homogen.flows.generate_and_train`` runs it once in Prefect's ephemeral mode (no server needed)
 with the defaults: the 32 bundled images, 1,024 pairs, 2 short epochs, a model registered in
 ``./work/mlflow.db`` (``$HOMOGEN_WORKDIR`` moves ``./work``). Arguments ``key=value`` are the flat
-shortcuts, e.g. ``python -m flows.generate_and_train rho=24 epochs=3``.
+shortcuts, e.g. ``python -m homogen.flows.generate_and_train rho=24 epochs=3``.
 
 Importing this module reaches no torch: Dask starts its workers with *spawn*, which re-imports the
 ``__main__`` module (this one, under ``-m``) in every worker. Training is imported when it runs.
@@ -27,10 +27,10 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from flows.config import FLAT_OVERRIDES, PipelineConfig, apply_overrides
-from flows.generate import generate_dataset_on
-from flows.ui import rename_current_run
-from flows.validate import validate_dataset_flow
+from homogen.flows.config import FLAT_OVERRIDES, PipelineConfig, apply_overrides
+from homogen.flows.generate import generate_dataset_on
+from homogen.flows.ui import rename_current_run
+from homogen.flows.validate import validate_dataset_flow
 
 
 def run_name(config: PipelineConfig, version: str | None = None) -> str:
@@ -54,8 +54,8 @@ def train_remotely(deployment: str, dataset_uri: str, config: PipelineConfig) ->
     The deployment's flow run tags its MLflow run with its id; the registered version is found by
     that tag, so no Prefect result storage has to be shared between the machines.
     """
-    from flows.train import FLOW_RUN_TAG
-    from model.tracking import setup_tracking
+    from homogen.flows.train import FLOW_RUN_TAG
+    from homogen.model.tracking import setup_tracking
 
     run = run_deployment(
         deployment,
@@ -122,7 +122,7 @@ def generate_and_train(
         log.info("training as deployment %s", cfg.train_deployment)
         model = train_remotely(cfg.train_deployment, dataset["uri"], cfg)
     else:
-        from flows.train import train_model  # torch: imported here, not by the Dask workers that re-import this module
+        from homogen.flows.train import train_model  # torch: imported here, not by the Dask workers that re-import this module
 
         model = train_model(dataset["uri"], cfg.train, cfg.evaluate, cfg.tracking)
     log.info("dataset %s -> %s version %s", dataset["version"], model["model_name"], model["model_version"])

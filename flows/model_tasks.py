@@ -13,10 +13,10 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.ui import run_logger
-from model.evaluate import NETWORK, evaluate_methods, load_test_pairs
-from model.tracking import TrackedRun, log_training_run
-from model.train import TrainConfig, TrainResult, train
+from homogen.flows.ui import run_logger
+from homogen.model.evaluate import NETWORK, evaluate_methods, load_test_pairs
+from homogen.model.tracking import TrackedRun, log_training_run
+from homogen.model.train import TrainConfig, TrainResult, train
 
 
 def epoch_line(record: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ tracking server, not a local SQLite file.
 Artifact: ``model-<name>-evaluation`` (markdown: MACE of the network and every baseline on the
 same test pairs, the registered version and the champion decision).
 
-Run directly: ``python -m flows.train STORE``.
+Run directly: ``python -m homogen.flows.train STORE``.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.config import QUICK_TRAIN, EvaluateConfig, TrackingConfig
-from flows.model_tasks import evaluate_task, register_task, train_task
-from flows.ui import artifact_key, rename_current_run
+from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, TrackingConfig
+from homogen.flows.model_tasks import evaluate_task, register_task, train_task
+from homogen.flows.ui import artifact_key, rename_current_run
 from homogen.stores import open_dataset
-from model.evaluate import NETWORK, format_table
-from model.config import TrainConfig
+from homogen.model.evaluate import NETWORK, format_table
+from homogen.model.config import TrainConfig
 
 FLOW_RUN_TAG = "prefect_flow_run_id"
 """MLflow run tag holding the ``train-model`` flow run id (how a parent finds a remote run's model)."""

@@ -5,7 +5,7 @@ the reason is one click away in the UI. Artifacts: ``dataset-<version>-report`` 
 quarantined images and why, label statistics, every check with its counts, the sample grid inline)
 and ``dataset-<version>-samples`` (the grid as an image artifact).
 
-Run directly: ``python -m flows.validate STORE``.
+Run directly: ``python -m homogen.flows.validate STORE``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.tasks import data_url, label_statistics, sample_grid_png, validate_task
-from flows.ui import artifact_key, dataset_report_markdown, rename_current_run
+from homogen.flows.tasks import data_url, label_statistics, sample_grid_png, validate_task
+from homogen.flows.ui import artifact_key, dataset_report_markdown, rename_current_run
 from homogen.stores import open_dataset
 
 

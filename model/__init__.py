@@ -1,4 +1,4 @@
 """HomographyNet training on homogen stores (torch; never imports Prefect).
 
-Import the submodules directly: ``model.network``, ``model.data``, ``model.train``.
+Import the submodules directly: ``homogen.model.network``, ``homogen.model.data``, ``homogen.model.train``.
 """

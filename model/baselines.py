@@ -3,7 +3,7 @@
 Every method takes one pair ``(a, b)`` of uint8 grayscale patches of side P and returns the 8
 predicted corner offsets (float32, label order of CONVENTIONS.md) or ``None`` on failure (too few
 matches, RANSAC found nothing, singular/degenerate H, or OpenCV raised). Callers score a failure as
-the identity (zero offsets) and count it (see :func:`model.evaluate.evaluate_methods`).
+the identity (zero offsets) and count it (see :func:`homogen.model.evaluate.evaluate_methods`).
 
 Direction (CONVENTIONS.md): ``B(q) = A(H q)``, so for a match (a in A, b in B) we estimate
 ``a = H b`` with ``cv2.findHomography(b_pts, a_pts)``; the predicted offsets are H applied to the

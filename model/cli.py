@@ -22,7 +22,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _methods(values: List[str]) -> list[str]:
-    from model.baselines import BASELINES
+    from homogen.model.baselines import BASELINES
 
     out: list[str] = []
     for v in values:
@@ -45,12 +45,12 @@ def _open(store: str):
 
 
 def _load(model: str, tracking_uri: Optional[str]):
-    from model.tracking import TrackingError, load_model
+    from homogen.model.tracking import TrackingError, load_model
 
     try:
         return load_model(model, tracking_uri=tracking_uri)
     except (TrackingError, ValueError, OSError, RuntimeError) as exc:
-        from model.tracking import strip_credentials
+        from homogen.model.tracking import strip_credentials
 
         _fail(f"cannot load model {strip_credentials(model)}: {strip_credentials(str(exc))}")
 
@@ -70,7 +70,7 @@ def evaluate(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store for models:/ and runs:/ URIs (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"),
 ) -> None:
     """MACE (mean, median, p95), failures and ms/pair of the baselines and a model on the same pairs."""
-    from model.evaluate import evaluate_methods, format_table, load_test_pairs
+    from homogen.model.evaluate import evaluate_methods, format_table, load_test_pairs
 
     chosen = _methods(methods)
     ds = _open(store)
@@ -104,7 +104,7 @@ def predict(
     """
     import cv2
 
-    from model.predict import format_homography, overlay as make_overlay, predict_homography, read_gray
+    from homogen.model.predict import format_homography, overlay as make_overlay, predict_homography, read_gray
 
     try:
         a, b = read_gray(image_a), read_gray(image_b)
@@ -143,8 +143,8 @@ def train(
     """Train HomographyNet on a store, evaluate it beside the baselines on the test split, log and register it."""
     from pydantic import ValidationError
 
-    from model.tracking import TrackingError, log_training_run, setup_tracking, strip_credentials
-    from model.train import TrainConfig, train as run_train
+    from homogen.model.tracking import TrackingError, log_training_run, setup_tracking, strip_credentials
+    from homogen.model.train import TrainConfig, train as run_train
 
     chosen = _methods(methods)
     try:
@@ -176,7 +176,7 @@ def train(
         )
     except Exception as exc:  # noqa: BLE001 - the checkpoint is safe on disk; say where
         _fail(f"MLflow logging failed ({strip_credentials(str(exc))[:300]}); the checkpoint is kept at {ckpt}", code=1)
-    from model.evaluate import format_table
+    from homogen.model.evaluate import format_table
 
     typer.echo(format_table({"homographynet": tracked.test, **tracked.baselines}))
     typer.echo(

@@ -1,8 +1,8 @@
 """Training parameters, :class:`TrainConfig`: pydantic only, no torch.
 
-The flows' pipeline config (:mod:`flows.config`) embeds it, and Dask workers import that config
+The flows' pipeline config (:mod:`homogen.flows.config`) embeds it, and Dask workers import that config
 when they unpickle a task's parameters, so this module must stay torch-free (a torch import costs
-every worker about half a second and 140 MB). :mod:`model.train` re-exports it.
+every worker about half a second and 140 MB). :mod:`homogen.model.train` re-exports it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Evaluate HomographyNet and the classical baselines on the same test pairs.
 
-Every method sees the same pairs; MACE and friends come from :mod:`model.metrics`. A baseline that
+Every method sees the same pairs; MACE and friends come from :mod:`homogen.model.metrics`. A baseline that
 returns no homography is scored as the identity (zero offsets) and counted as a failure
 (CONVENTIONS.md). Timings are wall-clock per pair in this process: baselines one pair at a time,
 the network in batches of ``batch_size`` on the model's device (``torch.set_num_threads`` decides
@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from model.baselines import BASELINES
-from model.metrics import pair_errors, summarize
+from homogen.model.baselines import BASELINES
+from homogen.model.metrics import pair_errors, summarize
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -135,7 +135,7 @@ def evaluate_methods(
     Args:
         pairs: uint8 (n, 2, P, P), channel 0 = A, 1 = B.
         offsets: true offsets (n, 8) in label order.
-        methods: baseline keys of :data:`model.baselines.BASELINES`.
+        methods: baseline keys of :data:`homogen.model.baselines.BASELINES`.
         model: optional torch module (uint8 (B,2,P,P) -> (B,8) offsets); result key ``"homographynet"``.
         batch_size: network batch size.
         progress: show a tqdm bar per method (stderr).

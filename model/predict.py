@@ -65,7 +65,7 @@ def predict_homography(model: Any, img_a: np.ndarray, img_b: np.ndarray) -> Pred
     """Run ``model`` (uint8 (1,2,P,P) -> (1,8)) on two grayscale images of any sizes."""
     import torch
 
-    from model.baselines import homography_from_offsets
+    from homogen.model.baselines import homography_from_offsets
 
     p = int(getattr(model, "patch_size", 128))
     if img_a.ndim != 2 or img_b.ndim != 2:

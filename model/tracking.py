@@ -261,7 +261,7 @@ def pairs_grid_png(
     """
     import cv2
 
-    from model.baselines import homography_from_offsets, patch_corners
+    from homogen.model.baselines import homography_from_offsets, patch_corners
 
     n = min(n, len(pairs))
     p = pairs.shape[-1]
@@ -310,7 +310,7 @@ def error_histogram_png(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from model.evaluate import method_label
+    from homogen.model.evaluate import method_label
 
     vals = {k: np.asarray(v, np.float64).reshape(-1) for k, v in corner_errors_by_method.items()}
     hi = max([float(np.percentile(v, 99)) for v in vals.values() if v.size] + [1.0])
@@ -407,14 +407,14 @@ def log_training_run(
     """Log one finished training run to MLflow and (optionally) register its model.
 
     Args:
-        model: trained torch module (uint8 (B,2,P,P) -> (B,8) offsets); ``model.patch_size`` if present.
+        model: trained torch module (uint8 (B,2,P,P) -> (B,8) offsets); ``homogen.model.patch_size`` if present.
         dataset: opened homogen store (or its path/URL) the model was trained on.
         config: whole training config (pydantic, dataclass or mapping), logged flat as params.
         history: per-epoch dicts with ``epoch`` and metrics (``train_loss``, ``val_mace``, ...),
             logged as step metrics (step = epoch).
         test_pairs / test_offsets: the test pairs; default: the store's ``test`` split.
         baselines: baseline method keys to evaluate on the same pairs, or precomputed
-            ``{method: summary}`` from :func:`model.evaluate.evaluate_methods`.
+            ``{method: summary}`` from :func:`homogen.model.evaluate.evaluate_methods`.
         checkpoint: local checkpoint path, recorded as the tag ``checkpoint`` (the file itself is
             left where it is, whatever happens to MLflow).
         register: log the model with ``mlflow.pytorch.log_model`` (signature + uint8 input example),
@@ -432,7 +432,7 @@ def log_training_run(
     from mlflow.tracking import MlflowClient
     from mlflow.types import Schema, TensorSpec
 
-    from model.evaluate import NETWORK, evaluate_methods, format_table, load_test_pairs
+    from homogen.model.evaluate import NETWORK, evaluate_methods, format_table, load_test_pairs
 
     uri = setup_tracking(tracking_uri, experiment)
     if isinstance(dataset, (str, os.PathLike)):
@@ -486,7 +486,7 @@ def log_training_run(
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             pairs_grid_png(test_pairs, test_offsets, net["pred"], t / "test_pairs.png", n=grid_pairs)
-            from model.metrics import corner_errors
+            from homogen.model.metrics import corner_errors
 
             errs = {NETWORK: corner_errors(net["pred"], test_offsets)}
             errs.update({k: corner_errors(r["pred"], test_offsets) for k, r in results.items() if k != NETWORK and "pred" in r})
@@ -620,7 +620,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu"):
     """
     import torch
 
-    from model.network import HomographyNet
+    from homogen.model.network import HomographyNet
 
     try:
         obj = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
@@ -701,7 +701,7 @@ def load_model_folder(folder: str | os.PathLike, map_location: str = "cpu"):
     """
     import torch
 
-    from model.network import HomographyNet
+    from homogen.model.network import HomographyNet
 
     weights = os.path.join(os.fspath(folder), "data", "model.pth")
     if not os.path.isfile(weights):

@@ -28,10 +28,10 @@ from tqdm.auto import tqdm
 
 from homogen.config import workdir
 from homogen.sources import redact
-from model.config import TrainConfig
-from model.data import as_dataset, check_compatible, make_loader
-from model.metrics import pair_errors, summarize
-from model.network import HomographyNet
+from homogen.model.config import TrainConfig
+from homogen.model.data import as_dataset, check_compatible, make_loader
+from homogen.model.metrics import pair_errors, summarize
+from homogen.model.network import HomographyNet
 
 __all__ = [
     "CheckpointError",

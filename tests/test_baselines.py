@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import homogen
-from model.baselines import (
+from homogen.model.baselines import (
     BASELINES,
     ecc,
     homography_from_offsets,
@@ -16,8 +16,8 @@ from model.baselines import (
     orb_ransac,
     sift_ransac,
 )
-from model.evaluate import evaluate_methods, format_table, load_test_pairs
-from model.metrics import mace
+from homogen.model.evaluate import evaluate_methods, format_table, load_test_pairs
+from homogen.model.metrics import mace
 
 PHOTOS = sorted((Path(homogen.__file__).parent / "data" / "coco-sample" / "train2017").glob("*.jpg"))
 P = 128

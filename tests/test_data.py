@@ -12,7 +12,7 @@ import torch
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
 from homogen.stores import SPLIT_CODES, open_dataset
-from model.data import IncompatibleStoreError, PairStream, check_compatible, load_split, make_loader
+from homogen.model.data import IncompatibleStoreError, PairStream, check_compatible, load_split, make_loader
 
 FORMATS = {"zarr": ("ds.zarr", None), "h5": ("ds.h5", None), "hdf5-flag": ("ds-store", "hdf5")}
 

@@ -6,7 +6,7 @@ import pytest
 from prefect.utilities.schema_tools import ValidationError as SchemaError
 from prefect.utilities.schema_tools import validate
 
-from deployments.definitions import (
+from homogen.deployments.definitions import (
     GPU_POOL,
     REGENERATE_CYCLE,
     gpu_deployment,
@@ -14,8 +14,8 @@ from deployments.definitions import (
     regenerate_deployment,
     served_deployments,
 )
-from flows.config import PipelineConfig, apply_overrides
-from flows.generate_and_train import generate_and_train
+from homogen.flows.config import PipelineConfig, apply_overrides
+from homogen.flows.generate_and_train import generate_and_train
 
 
 def full_name(d) -> str:
@@ -35,7 +35,7 @@ def test_served_deployments_are_local_and_regenerate():
 def test_local_runs_on_demand_with_the_defaults():
     d = local_deployment()
     assert not d.schedules and d.parameters == {}
-    assert d.entrypoint == "flows.generate_and_train.generate_and_train"  # importable from any directory
+    assert d.entrypoint == "homogen.flows.generate_and_train.generate_and_train"  # importable from any directory
 
 
 def test_regenerate_has_one_schedule_per_perturbation_range():
@@ -63,7 +63,7 @@ def test_each_range_makes_its_own_dataset_version():
 def test_gpu_training_deployment_targets_a_work_pool():
     d = gpu_deployment()
     assert full_name(d) == "train-model/gpu" and d.work_pool_name == GPU_POOL
-    assert d.entrypoint == "flows.train.train_model"
+    assert d.entrypoint == "homogen.flows.train.train_model"
     assert d.parameters["config"]["device"] == "cuda"
     validate(d.parameters | {"dataset": "s3://bucket/ds.zarr"}, schema(d), raise_on_error=True)
     assert gpu_deployment("a100").work_pool_name == "a100"

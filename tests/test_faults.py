@@ -202,7 +202,7 @@ def p128_store(tmp_path_factory):
 def train_cli():
     import typer
 
-    from model.cli import register
+    from homogen.model.cli import register
 
     app = typer.Typer()
     register(app)
@@ -221,7 +221,7 @@ def test_tracking_store_lost_during_training_keeps_the_checkpoint_and_names_the_
     import torch
     from typer.testing import CliRunner
 
-    import model.train as training
+    import homogen.model.train as training
 
     tracking = tmp_path / "tracking"
     uri = f"sqlite:///{tracking}/mlflow.db"
@@ -308,8 +308,8 @@ def kill_a_worker_when(output, cluster, shards_done: int, timeout: float = 120) 
 def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_dataset(tmp_path, prefect_api, monkeypatch):
     import psutil
 
-    from flows.cluster import DaskConfig, local_cluster
-    from flows.generate import generate_dataset_on
+    from homogen.flows.cluster import DaskConfig, local_cluster
+    from homogen.flows.generate import generate_dataset_on
 
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
     shards = 8
@@ -348,8 +348,8 @@ def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_data
 
 FLOW_DRIVER = r"""
 import json, sys
-from flows.cluster import DaskConfig
-from flows.generate import generate_dataset_on
+from homogen.flows.cluster import DaskConfig
+from homogen.flows.generate import generate_dataset_on
 from homogen.config import GenerateConfig
 
 if __name__ == "__main__":
@@ -372,8 +372,8 @@ def test_flow_process_killed_mid_run_then_the_flow_rerun_gives_the_clean_dataset
     from prefect.client.orchestration import get_client
 
     from faultlib import child_env
-    from flows.cluster import DaskConfig
-    from flows.generate import generate_dataset_on
+    from homogen.flows.cluster import DaskConfig
+    from homogen.flows.generate import generate_dataset_on
 
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
     shards = 8
@@ -419,9 +419,9 @@ def test_train_flow_with_an_unreachable_tracking_store_keeps_the_checkpoint_and_
     error naming the store (credentials stripped), and the trained checkpoint is on disk."""
     import socket
 
-    from flows.config import EvaluateConfig, TrackingConfig
-    from flows.train import train_model
-    from model.train import TrainConfig, load_model
+    from homogen.flows.config import EvaluateConfig, TrackingConfig
+    from homogen.flows.train import train_model
+    from homogen.model.train import TrainConfig, load_model
 
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from flows.config import FLAT_OVERRIDES, QUICK_GENERATE, InvalidParameters, PipelineConfig, apply_overrides
-from flows.tasks import (
+from homogen.flows.config import FLAT_OVERRIDES, QUICK_GENERATE, InvalidParameters, PipelineConfig, apply_overrides
+from homogen.flows.tasks import (
     commit_dataset,
     generate_shard_task,
     label_statistics,
@@ -21,7 +21,7 @@ from flows.tasks import (
     sample_grid_png,
     validate_task,
 )
-from flows.ui import artifact_key, dataset_report_markdown
+from homogen.flows.ui import artifact_key, dataset_report_markdown
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate, plan
 from homogen.stores import FIELDS, open_dataset
@@ -197,7 +197,7 @@ def test_an_impossible_flat_value_names_the_parameter_and_the_limit():
 
 
 def test_dask_address_comes_from_the_parameter_then_the_environment(monkeypatch):
-    from flows.config import DaskConfig
+    from homogen.flows.config import DaskConfig
 
     monkeypatch.delenv("HOMOGEN_DASK_ADDRESS", raising=False)
     assert DaskConfig().resolved_address() is None
@@ -208,8 +208,8 @@ def test_dask_address_comes_from_the_parameter_then_the_environment(monkeypatch)
 
 
 def test_task_runner_connects_to_an_address_or_sizes_a_local_cluster(monkeypatch):
-    from flows.config import DaskConfig
-    from flows.cluster import dask_task_runner
+    from homogen.flows.config import DaskConfig
+    from homogen.flows.cluster import dask_task_runner
 
     monkeypatch.delenv("HOMOGEN_DASK_ADDRESS", raising=False)
     assert dask_task_runner(DaskConfig(address="tcp://sched:8786")).address == "tcp://sched:8786"
@@ -225,8 +225,8 @@ def test_task_runner_connects_to_an_address_or_sizes_a_local_cluster(monkeypatch
 def test_train_evaluate_register_tasks(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from flows.model_tasks import evaluate_task, register_task, train_task
-    from model.train import TrainConfig
+    from homogen.flows.model_tasks import evaluate_task, register_task, train_task
+    from homogen.model.train import TrainConfig
 
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
     cfg = GenerateConfig(
@@ -260,8 +260,8 @@ def test_what_dask_workers_import_reaches_no_torch():
     re-imports ``__main__``): none may pull in torch (half a second and 140 MB per worker)."""
     code = (
         "import sys\n"
-        "import flows.tasks, flows.config, flows.cluster, flows.generate, flows.generate_and_train\n"
-        "from flows.config import PipelineConfig\n"
+        "import homogen.flows.tasks, homogen.flows.config, homogen.flows.cluster, homogen.flows.generate, homogen.flows.generate_and_train\n"
+        "from homogen.flows.config import PipelineConfig\n"
         "PipelineConfig(train={'epochs': 1})\n"
         "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not loaded, loaded\n"
@@ -271,16 +271,16 @@ def test_what_dask_workers_import_reaches_no_torch():
 
 
 def test_train_config_is_one_class_wherever_imported():
-    """``model.train.TrainConfig`` (older imports) is the torch-free ``model.config.TrainConfig``."""
-    from model.config import TrainConfig
-    from model.train import TrainConfig as Reexported
+    """``homogen.model.train.TrainConfig`` (older imports) is the torch-free ``homogen.model.config.TrainConfig``."""
+    from homogen.model.config import TrainConfig
+    from homogen.model.train import TrainConfig as Reexported
 
     assert Reexported is TrainConfig and PipelineConfig().train.__class__ is TrainConfig
 
 
 def test_progress_artifact_is_throttled_but_always_reaches_100(monkeypatch):
     """Many short shards do not cost an artifact update each; the last update always says 100 %."""
-    import flows.ui as ui
+    import homogen.flows.ui as ui
 
     class Done:
         def __init__(self, value):
@@ -305,7 +305,7 @@ def test_progress_artifact_is_throttled_but_always_reaches_100(monkeypatch):
 def test_local_cluster_workers_get_one_library_thread_per_dask_thread(monkeypatch):
     """OpenCV / Blosc / OpenMP pools are sized to ``threads_per_worker`` in worker processes, so n
     single-threaded workers use n cores; a value the caller sets wins."""
-    import flows.cluster as cluster
+    import homogen.flows.cluster as cluster
 
     class FakeClient:
         api_url = "http://127.0.0.1:4200/api"

@@ -17,11 +17,11 @@ from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.testing.utilities import prefect_test_harness
 
-import flows.generate
-import flows.tasks
-from flows.config import DaskConfig, InvalidParameters, PipelineConfig
-from flows.generate import generate_dataset, generate_dataset_on
-from flows.generate_and_train import generate_and_train
+import homogen.flows.generate as flow_generate
+import homogen.flows.tasks as flow_tasks
+from homogen.flows.config import DaskConfig, InvalidParameters, PipelineConfig
+from homogen.flows.generate import generate_dataset, generate_dataset_on
+from homogen.flows.generate_and_train import generate_and_train
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate, plan
 from homogen.stores import FIELDS, StoreLocked, open_dataset, open_writer
@@ -184,7 +184,7 @@ class Faults:
 
 def inject(monkeypatch, faults: Faults) -> None:
     """Route the shard task's library call through ``faults``."""
-    real = flows.tasks.generate_shard
+    real = flow_tasks.generate_shard
 
     def flaky_generate_shard(writer, shard, cfg):
         n = faults.record(shard.index)
@@ -192,7 +192,7 @@ def inject(monkeypatch, faults: Faults) -> None:
             raise OSError(f"injected I/O error in shard {shard.index}, attempt {n}")
         return real(writer, shard, cfg)
 
-    monkeypatch.setattr(flows.tasks, "generate_shard", flaky_generate_shard)
+    monkeypatch.setattr(flow_tasks, "generate_shard", flaky_generate_shard)
 
 
 def test_a_failed_shard_attempt_is_retried_and_the_dataset_equals_a_clean_run(prefect_api, workdir, monkeypatch):
@@ -217,7 +217,7 @@ def test_a_shard_that_keeps_failing_fails_the_run_and_a_rerun_completes_it(prefe
     faults = Faults(workdir / "faults")
     faults.fail(shard=2, n=99)
     inject(monkeypatch, faults)
-    monkeypatch.setattr(flows.generate, "generate_shard_task", flows.tasks.generate_shard_task.with_options(retries=1, retry_delay_seconds=0))
+    monkeypatch.setattr(flow_generate, "generate_shard_task", flow_tasks.generate_shard_task.with_options(retries=1, retry_delay_seconds=0))
     cfg = small(str(workdir / "broken.zarr"))
     state = generate_dataset_on(threads())(cfg, return_state=True)
     assert state.is_failed() and "injected I/O error in shard 2" in state.message

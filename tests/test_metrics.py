@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from model.metrics import corner_errors, mace, pair_errors, summarize
+from homogen.model.metrics import corner_errors, mace, pair_errors, summarize
 
 
 def test_corner_errors_by_hand():

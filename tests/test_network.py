@@ -9,7 +9,7 @@ from kornia.geometry.transform import warp_perspective
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
 from homogen.stores import open_dataset
-from model.network import HomographyNet, offsets_to_homography, patch_corners
+from homogen.model.network import HomographyNet, offsets_to_homography, patch_corners
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

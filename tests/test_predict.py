@@ -10,11 +10,11 @@ import typer
 from typer.testing import CliRunner
 
 import homogen
-from model.baselines import homography_from_offsets
-from model.cli import register
-from model.network import HomographyNet
-from model.predict import overlay, predict_homography, resize_matrix
-from model.tracking import load_model
+from homogen.model.baselines import homography_from_offsets
+from homogen.model.cli import register
+from homogen.model.network import HomographyNet
+from homogen.model.predict import overlay, predict_homography, resize_matrix
+from homogen.model.tracking import load_model
 
 PHOTO = sorted((Path(homogen.__file__).parent / "data" / "coco-sample" / "train2017").glob("*.jpg"))[5]
 P = 128
@@ -91,7 +91,7 @@ def test_overlay_is_in_a_frame(pair):
 
 
 def test_load_model_from_checkpoints(tmp_path):
-    from model.train import save_checkpoint
+    from homogen.model.train import save_checkpoint
 
     net = oracle_net(OFF)
     x = torch.randint(0, 255, (2, 2, P, P), dtype=torch.uint8)
@@ -123,7 +123,7 @@ def cli():
 
 
 def test_cli_predict_prints_h_and_writes_overlay(cli, pair, tmp_path):
-    from model.train import save_checkpoint
+    from homogen.model.train import save_checkpoint
 
     a, b = pair
     big_b = cv2.resize(b, (256, 256), interpolation=cv2.INTER_CUBIC)
@@ -148,7 +148,7 @@ def test_cli_predict_prints_h_and_writes_overlay(cli, pair, tmp_path):
 def test_cli_evaluate_table(cli, tmp_path):
     from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
     from homogen.generate import generate
-    from model.train import save_checkpoint
+    from homogen.model.train import save_checkpoint
 
     out = tmp_path / "ds.zarr"
     generate(GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=8)))

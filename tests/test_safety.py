@@ -129,8 +129,8 @@ def test_no_secret_reaches_checkpoints_the_mlflow_run_or_its_artifacts(tmp_path,
     (model, evaluation, dataset manifest) holds a secret."""
     import mlflow
 
-    from model.tracking import log_training_run
-    from model.train import TrainConfig, train
+    from homogen.model.tracking import log_training_run
+    from homogen.model.train import TrainConfig, train
 
     ds = open_dataset(http_store)
     assert ds.split_counts()["test"] > 0
@@ -227,8 +227,8 @@ def test_the_payload_really_runs_when_unpickled(tmp_path):
 
 
 def test_checkpoint_loaders_refuse_pickled_code(tmp_path):
-    from model import tracking
-    from model import train as training
+    from homogen.model import tracking
+    from homogen.model import train as training
 
     marker = tmp_path / "pwned"
     evil = malicious_checkpoint(tmp_path / "evil.pt", marker)
@@ -243,7 +243,7 @@ def test_checkpoint_loaders_refuse_pickled_code(tmp_path):
 
 
 def test_resuming_from_a_malicious_checkpoint_is_refused_without_running_it(tmp_path):
-    from model.train import CheckpointError, TrainConfig, train
+    from homogen.model.train import CheckpointError, TrainConfig, train
 
     store = tmp_path / "ds.zarr"
     generate(
@@ -264,7 +264,7 @@ def test_cli_predict_refuses_a_malicious_checkpoint(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from model.cli import register
+    from homogen.model.cli import register
 
     app = typer.Typer()
     register(app)
@@ -282,8 +282,8 @@ def test_mlflow_model_folder_with_pickled_code_is_refused(tmp_path):
     import mlflow.pytorch
     import torch
 
-    from model.network import HomographyNet
-    from model.tracking import load_model
+    from homogen.model.network import HomographyNet
+    from homogen.model.tracking import load_model
 
     folder = tmp_path / "model"
     mlflow.pytorch.save_model(
@@ -328,7 +328,7 @@ def test_the_pipelines_dask_cluster_listens_on_loopback_only(options):
     import psutil
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.cluster import DaskConfig, dask_task_runner, local_cluster
+    from homogen.flows.cluster import DaskConfig, dask_task_runner, local_cluster
 
     kwargs = dict(dask_task_runner(DaskConfig(n_workers=1, **options)).cluster_kwargs)  # one worker
     me = psutil.Process()

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.network import HomographyNet
-from model.tracking import (
+from homogen.model.network import HomographyNet
+from homogen.model.tracking import (
     CHAMPION,
     TrackingError,
     default_tracking_uri,
@@ -101,8 +101,8 @@ def test_logged_run_has_dataset_metrics_artifacts_tags_and_loads_by_alias(env, t
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from model.evaluate import load_test_pairs
-    from model.predict import predict_homography
+    from homogen.model.evaluate import load_test_pairs
+    from homogen.model.predict import predict_homography
 
     ds = env["ds"][0]
     name = "hn-run"
@@ -171,7 +171,7 @@ def test_logged_run_has_dataset_metrics_artifacts_tags_and_loads_by_alias(env, t
 def test_champion_rule_same_and_other_dataset_version(env):
     from mlflow.tracking import MlflowClient
 
-    from model.evaluate import load_test_pairs
+    from homogen.model.evaluate import load_test_pairs
 
     ds0, ds1 = env["ds"]
     name = "hn-champion"

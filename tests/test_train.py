@@ -7,13 +7,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-import model.train as training
+import homogen.model.train as training
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
 from homogen.stores import open_dataset
-from model.data import IncompatibleStoreError, load_split
-from model.metrics import mace
-from model.train import CheckpointError, TrainConfig, load_checkpoint, load_model, save_checkpoint, train
+from homogen.model.data import IncompatibleStoreError, load_split
+from homogen.model.metrics import mace
+from homogen.model.train import CheckpointError, TrainConfig, load_checkpoint, load_model, save_checkpoint, train
 
 # Small patches (P=32, rho=8) cut from real photographs keep every run to a fraction of a second.
 FAST = dict(width=0.125, patch_size=32, batch_size=16, val_batch_size=64)
