@@ -13,11 +13,11 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
 from homogen.config import SourceConfig
+from homogen.redaction import redact
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "test")
@@ -46,17 +46,6 @@ class Shard:
     @property
     def name(self) -> str:
         return f"shard-{self.index:05d}"
-
-
-def redact(url: str) -> str:
-    """``url`` with any credentials (``user:password@``) and query string removed."""
-    parts = urlsplit(url)
-    if not parts.scheme or len(parts.scheme) == 1:  # a plain (or Windows drive) path
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def hashed_split(image_id: int, test_fraction: float) -> str:

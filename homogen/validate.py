@@ -76,7 +76,8 @@ from homogen.config import SamplingConfig, SourceConfig
 from homogen.generate import empty_arrays, image_pairs
 from homogen.images import BadImage, load_gray
 from homogen.sampling import PHOTOMETRIC_LEVELS, patch_corners
-from homogen.sources import SourceError, list_images, redact, source_digest
+from homogen.redaction import redact
+from homogen.sources import SourceError, list_images, source_digest
 from homogen.stores import FIELDS, SPLIT_CODES, Dataset, open_dataset
 
 REPROJECTION_TOL_PX = 1e-3
