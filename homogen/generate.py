@@ -15,7 +15,8 @@ from homogen.config import GenerateConfig, SamplingConfig
 from homogen.images import BadImage, load_gray
 from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
 from homogen.sources import ImageRecord, Shard, list_images, make_shards, redact, source_digest
-from homogen.stores import SPLIT_CODES, StoreWriter, open_writer
+from homogen.schema import SPLIT_CODES, empty_arrays
+from homogen.stores import StoreWriter, open_writer
 from homogen.versions import dataset_version
 from homogen.warping import cut_pair
 
@@ -29,19 +30,6 @@ class ShardResult:
     images: int
     quarantined: list[dict] = field(default_factory=list)
     skipped: bool = False
-
-
-def empty_arrays(n: int, patch_size: int) -> dict[str, np.ndarray]:
-    """Arrays of the store schema for ``n`` pairs."""
-    p = patch_size
-    return {
-        "pairs": np.empty((n, 2, p, p), np.uint8),
-        "offsets": np.empty((n, 8), np.float32),
-        "homography": np.empty((n, 3, 3), np.float64),
-        "corners": np.empty((n, 4, 2), np.float32),
-        "image_id": np.empty((n,), np.int64),
-        "split": np.empty((n,), np.uint8),
-    }
 
 
 def image_pairs(image: np.ndarray, record: ImageRecord, cfg: SamplingConfig, out: dict, start: int) -> None:

@@ -33,14 +33,12 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from homogen.sources import redact
-from homogen.versions import GENERATOR_VERSION, SCHEMA_VERSION
+from homogen.schema import FIELDS, SCHEMA_VERSION, SPLIT_CODES, SPLIT_NAMES, shard_name, split_code  # noqa: F401 (re-exported)
+from homogen.versions import GENERATOR_VERSION
 
 if TYPE_CHECKING:
     from homogen.generate import Plan, ShardResult
 
-FIELDS = ("pairs", "offsets", "homography", "corners", "image_id", "split")
-SPLIT_CODES = {"train": 0, "test": 1}
-SPLIT_NAMES = {v: k for k, v in SPLIT_CODES.items()}
 ATTR = "homogen"
 
 
@@ -179,7 +177,7 @@ def _write_failed(url: str, index: int, exc: BaseException) -> StoreError:
     full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or f"errno = {errno.ENOSPC}," in str(exc)
     why = "the disk is full" if full else f"{type(exc).__name__}: {exc}"
     return StoreError(
-        f"could not write {_shard_name(index)} of {redact(url)} ({why}): free space or fix the output, "
+        f"could not write {shard_name(index)} of {redact(url)} ({why}): free space or fix the output, "
         f"then re-run the same generation; the shards already complete are kept"
     )
 
@@ -220,10 +218,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _shard_name(index: int) -> str:
-    return f"shard-{index:05d}"
-
-
 class ZarrWriter(StoreWriter):
     format = "zarr"
 
@@ -252,7 +246,7 @@ class ZarrWriter(StoreWriter):
 
     def shard_info(self, index: int) -> dict | None:
         try:
-            g = zarr.open_group(f"{self.url}/shards/{_shard_name(index)}", mode="r")
+            g = zarr.open_group(f"{self.url}/shards/{shard_name(index)}", mode="r")
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
             return None
         info = g.attrs.get("complete")
@@ -260,10 +254,10 @@ class ZarrWriter(StoreWriter):
 
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None:
         info = {**info, "splits": _split_counts(arrays)}
-        final = f"{self.url}/shards/{_shard_name(index)}"
+        final = f"{self.url}/shards/{shard_name(index)}"
         if is_local(self.url):
             base = local_path(final)
-            tmp = os.path.join(os.path.dirname(base), f".tmp-{_shard_name(index)}-{uuid.uuid4().hex[:8]}")
+            tmp = os.path.join(os.path.dirname(base), f".tmp-{shard_name(index)}-{uuid.uuid4().hex[:8]}")
             try:
                 self._write_group(tmp, arrays, info)
                 os.rename(tmp, base)  # atomic: the shard appears complete or not at all
@@ -352,7 +346,7 @@ class HDF5Writer(StoreWriter):
         shutil.rmtree(self.parts, ignore_errors=True)
 
     def _part(self, index: int) -> str:
-        return os.path.join(self.parts, _shard_name(index) + ".h5")
+        return os.path.join(self.parts, shard_name(index) + ".h5")
 
     def shard_info(self, index: int) -> dict | None:
         part = self._part(index)
@@ -371,7 +365,7 @@ class HDF5Writer(StoreWriter):
         tmp = self._part(index) + f".tmp-{uuid.uuid4().hex[:8]}"
         # Built in memory, written with plain file I/O: a write error (disk full) is then an
         # OSError here, not a failed flush inside libhdf5 (which leaves the process to crash at exit).
-        with h5py.File(f"{_shard_name(index)}.h5", "w", driver="core", backing_store=False) as f:
+        with h5py.File(f"{shard_name(index)}.h5", "w", driver="core", backing_store=False) as f:
             for name in FIELDS:
                 data = arrays[name]
                 chunks = (max(1, min(self.chunk_size, len(data))),) + data.shape[1:]
@@ -521,7 +515,7 @@ class Dataset:
 
     def iter_chunks(self, split: str | None = None, fields: tuple[str, ...] = FIELDS) -> Iterator[dict[str, np.ndarray]]:
         """Chunk by chunk, optionally only the rows of ``split`` ('train' or 'test')."""
-        code = None if split is None else _split_code(split)
+        code = None if split is None else split_code(split)
         need = tuple(fields) if code is None or "split" in fields else tuple(fields) + ("split",)
         for a, b in self.chunks():
             block = self.read(a, b, need)
@@ -534,12 +528,6 @@ class Dataset:
 
     def split_counts(self) -> dict[str, int]:
         return dict(self.manifest.get("splits", {}))
-
-
-def _split_code(split: str) -> int:
-    if split not in SPLIT_CODES:
-        raise ValueError(f"unknown split {split!r}: use one of {sorted(SPLIT_CODES)}")
-    return SPLIT_CODES[split]
 
 
 def _chunk_len(arr) -> int:

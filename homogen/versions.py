@@ -11,12 +11,11 @@ import hashlib
 import json
 
 from homogen.config import GenerateConfig
+from homogen.schema import SCHEMA_VERSION
 
 GENERATOR_VERSION = "1.0"
 """Bump when the pixels or labels produced for a given config change."""
 
-SCHEMA_VERSION = 1
-"""Bump when the store layout (fields, shapes, manifest keys) changes."""
 
 
 def dataset_version(config: GenerateConfig, source_digest: str) -> str:

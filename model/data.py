@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from homogen.sources import redact
-from homogen.stores import SPLIT_CODES, open_dataset
+from homogen.schema import SCHEMA_VERSION, split_code
+from homogen.stores import open_dataset
 
 __all__ = [
     "SUPPORTED_SCHEMA_VERSIONS",
@@ -36,7 +37,7 @@ __all__ = [
     "make_loader",
 ]
 
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
 """Store schema versions this training code understands (``manifest["schema_version"]``)."""
 
 FIELDS = ("pairs", "offsets", "split")
@@ -77,21 +78,13 @@ def check_compatible(ds, patch_size: int) -> None:
         )
 
 
-def _split_code(split: str | None) -> int | None:
-    if split is None:
-        return None
-    if split not in SPLIT_CODES:
-        raise ValueError(f"unknown split {split!r}: use one of {sorted(SPLIT_CODES)} or None")
-    return SPLIT_CODES[split]
-
-
 class PairStream(IterableDataset):
     """Batches of one split of a homogen store, read chunk by chunk.
 
     Args:
         source: a store path/URL, or a dataset opened with :func:`homogen.stores.open_dataset`
             (worker processes reopen it from ``ds.uri``).
-        split: ``'train'``, ``'test'`` or ``None`` (all pairs).
+        split: ``'train'``, ``'val'``, ``'test'`` or ``None`` (all pairs).
         batch_size: pairs per batch; the last batch of each worker may be smaller.
         shuffle: shuffle chunk order and rows (within a buffer of ``buffer_chunks`` chunks).
         seed: base seed; with :meth:`set_epoch` it fixes the order.
@@ -127,7 +120,7 @@ class PairStream(IterableDataset):
         self._ds = as_dataset(source)
         self.uri = self._ds.uri
         self.split = split
-        self._code = _split_code(split)
+        self._code = None if split is None else split_code(split)
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)

@@ -11,7 +11,8 @@ import torch
 
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
-from homogen.stores import SPLIT_CODES, open_dataset
+from homogen.schema import SCHEMA_VERSION, SPLIT_CODES
+from homogen.stores import open_dataset
 from homogen.model.data import IncompatibleStoreError, PairStream, check_compatible, load_split, make_loader
 
 FORMATS = {"zarr": ("ds.zarr", None), "h5": ("ds.h5", None), "hdf5-flag": ("ds-store", "hdf5")}
@@ -178,13 +179,13 @@ def test_check_compatible_names_both_values_and_the_fix(store, monkeypatch):
     with pytest.raises(IncompatibleStoreError, match=r"patch_size 128.*patch_size 64.*patch_size=128"):
         check_compatible(store, 64)
     monkeypatch.setitem(store.manifest, "schema_version", 99)
-    with pytest.raises(IncompatibleStoreError, match=r"schema_version 99.*schema_version 1.*regenerate"):
+    with pytest.raises(IncompatibleStoreError, match=rf"schema_version 99.*schema_version {SCHEMA_VERSION}.*regenerate"):
         check_compatible(store, 128)
 
 
 def test_unknown_split_is_refused(store):
-    with pytest.raises(ValueError, match="unknown split 'val'"):
-        PairStream(store, "val")
+    with pytest.raises(ValueError, match="unknown split 'valid'.*train, test, val"):
+        PairStream(store, "valid")
 
 
 @pytest.mark.parametrize("split", [None, "train"])
