@@ -96,7 +96,7 @@ def bad_image_bytes(kind: str, jpeg: bytes, rgb: np.ndarray) -> bytes:
 
 # reason fragments a user sees in the manifest's quarantine list, per kind of bad file
 BAD_KINDS: dict[str, str] = {
-    "corrupt_jpeg": "not an image",
+    "corrupt_jpeg": "corrupt JPEG header",
     "truncated_jpeg": "truncated JPEG",
     "zero_bytes": "empty file",
     "text_as_jpg": "not an image",
