@@ -310,16 +310,22 @@ def make_loader(
     )
 
 
-def load_split(source: Any, split: str | None = "test") -> tuple[np.ndarray, np.ndarray]:
-    """Every pair of a split in memory, in store order (for evaluating small test sets).
+def load_split(source: Any, split: str | None = "test", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of a split in memory (the first ``limit`` when given), in store order (for evaluating test sets).
+
+    Reads chunk by chunk and stops once ``limit`` pairs are in.
 
     Returns:
         ``pairs`` :math:`(N, 2, P, P)` ``uint8`` and ``offsets`` :math:`(N, 8)` ``float32``.
     """
     ds = as_dataset(source)
     p = ds.patch_size
-    pairs, offsets = [np.empty((0, 2, p, p), np.uint8)], [np.empty((0, 8), np.float32)]
+    pairs, offsets, n = [np.empty((0, 2, p, p), np.uint8)], [np.empty((0, 8), np.float32)], 0
     for block in ds.iter_chunks(split=split, fields=("pairs", "offsets")):
-        pairs.append(block["pairs"])
-        offsets.append(block["offsets"])
+        take = len(block["pairs"]) if limit is None else min(len(block["pairs"]), limit - n)
+        pairs.append(block["pairs"][:take])
+        offsets.append(np.asarray(block["offsets"][:take], np.float32))
+        n += take
+        if limit is not None and n >= limit:
+            break
     return np.concatenate(pairs), np.concatenate(offsets)
