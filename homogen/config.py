@@ -77,6 +77,10 @@ class SourceConfig(BaseModel):
         None, description="COCO split read for test pairs (e.g. val2017); None: hash-split the train split"
     )
     test_fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of images hashed into test")
+    val_fraction: float = Field(
+        0.05, ge=0.0, lt=1.0,
+        description="share of the training images hashed into val (model selection); see homogen.splits",
+    )
     categories: tuple[str, ...] = Field((), description="keep only images containing these COCO categories")
     max_images: int | None = Field(None, ge=1, description="use only the first N images (by id) per split")
 

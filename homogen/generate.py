@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 from homogen.config import GenerateConfig, SamplingConfig
 from homogen.images import BadImage, load_gray
 from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
-from homogen.sources import ImageRecord, Shard, list_images, make_shards, redact, source_digest
+from homogen.redaction import redact
 from homogen.schema import SPLIT_CODES, empty_arrays
+from homogen.sources import ImageRecord, Shard, list_images, make_shards
 from homogen.stores import StoreWriter, open_writer
-from homogen.versions import dataset_version
+from homogen.versions import SourceTable, dataset_version, source_table
 from homogen.warping import cut_pair
 
 
@@ -84,22 +85,46 @@ def generate_shard(writer: StoreWriter, shard: Shard, cfg: SamplingConfig) -> Sh
 
 @dataclass
 class Plan:
-    """Everything decided before any pixel is made: the version, the output, the shards."""
+    """Everything decided before any pixel is made: the version, the output, the shards, and what
+    the manifest must record about the sources (:meth:`manifest_sources`)."""
 
     config: GenerateConfig
     version: str
     output: str
-    digest: str
-    num_images: int
+    sources: SourceTable
     shards: list[Shard]
 
+    @property
+    def digest(self) -> str:
+        """Digest of the whole source table (ids, names, splits, content digests)."""
+        return self.sources.list_digest
 
-def plan(config: GenerateConfig) -> Plan:
-    """List the source, compute the dataset version and cut the shards (cheap; no decoding)."""
+    @property
+    def num_images(self) -> int:
+        return len(self.sources)
+
+    def manifest_sources(self) -> dict:
+        """The manifest's ``source`` section: root (no credentials), image count, table digest and
+        the table itself (``files``: image_id, name, split, digest columns; homogen.versions)."""
+        return {
+            "root": redact(self.config.source.root),
+            "images": self.num_images,
+            "digest": self.digest,
+            "files": self.sources.to_manifest(),
+        }
+
+
+def plan(config: GenerateConfig, threads: int | None = None) -> Plan:
+    """List the source, hash every image's bytes (``threads`` threads; no decoding), compute the
+    dataset version and cut the shards.
+
+    Raises:
+        SourceError: the source cannot be listed, or an image exists but cannot be read.
+    """
     records = list_images(config.source)
-    digest = source_digest(records)
-    version = dataset_version(config, digest)
-    return Plan(config, version, config.resolved_output(version), digest, len(records), make_shards(records, config.shard_size))
+    sources = source_table(records, config.source.root, threads)
+    version = dataset_version(config, sources)
+    return Plan(config, version, config.resolved_output(version), sources, make_shards(records, config.shard_size))
 
 
 def generate(config: GenerateConfig, progress: bool = True) -> dict:

@@ -18,9 +18,9 @@ import fsspec
 
 from homogen.config import SourceConfig
 from homogen.redaction import redact
+from homogen.splits import hashed_split, training_split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-SPLITS = ("train", "test")
 
 
 class SourceError(ValueError):
@@ -29,7 +29,7 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One source image: a stable integer id, where to read it, and its split ('train'/'test')."""
+    """One source image: a stable integer id, where to read it, and its split (homogen.splits)."""
 
     image_id: int
     path: str
@@ -46,12 +46,6 @@ class Shard:
     @property
     def name(self) -> str:
         return f"shard-{self.index:05d}"
-
-
-def hashed_split(image_id: int, test_fraction: float) -> str:
-    """'test' for a stable share ``test_fraction`` of image ids, 'train' otherwise."""
-    digest = hashlib.sha256(str(int(image_id)).encode()).digest()
-    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
 
 
 def folder_image_id(name: str) -> int:
@@ -153,7 +147,7 @@ def _folder_records(cfg: SourceConfig) -> list[ImageRecord]:
                 f"({recs[image_id].path} and {name}): rename one of them"
             )
         full = name if protocol in ("file", "local") else f"{protocol}://{name}"
-        recs[image_id] = ImageRecord(image_id, full, hashed_split(image_id, cfg.test_fraction))
+        recs[image_id] = ImageRecord(image_id, full, hashed_split(image_id, cfg.test_fraction, cfg.val_fraction))
     out = [recs[k] for k in sorted(recs)]
     if cfg.max_images:
         out = out[: cfg.max_images]
@@ -165,28 +159,21 @@ def _folder_records(cfg: SourceConfig) -> list[ImageRecord]:
 def list_images(cfg: SourceConfig) -> list[ImageRecord]:
     """Every image of the source with its split, sorted by image id.
 
-    COCO with ``test_split`` set: train_split -> 'train', test_split -> 'test'. Otherwise the
-    split is a stable hash of the image id (``test_fraction`` of them in 'test').
+    COCO with ``test_split`` set: test_split -> 'test', train_split -> 'train' or 'val'. Otherwise
+    the split is a stable hash of the image id (homogen.splits: ``test_fraction`` of them in 'test',
+    ``val_fraction`` of the rest in 'val').
     """
     kind = detect_kind(cfg)
     if kind == "folder":
         return _folder_records(cfg)
     if cfg.test_split:
-        train = _coco_records(cfg, cfg.train_split, lambda _id: "train")
+        train = _coco_records(cfg, cfg.train_split, lambda i: training_split(i, cfg.val_fraction))
         test = _coco_records(cfg, cfg.test_split, lambda _id: "test")
         shared = {r.image_id for r in train} & {r.image_id for r in test}
         if shared:
             raise SourceError(f"{len(shared)} image ids are in both {cfg.train_split} and {cfg.test_split}")
         return sorted(train + test, key=lambda r: r.image_id)
-    return _coco_records(cfg, cfg.train_split, lambda i: hashed_split(i, cfg.test_fraction))
-
-
-def source_digest(records: list[ImageRecord]) -> str:
-    """A digest of the image list (ids, file names, splits): equal lists give equal digests."""
-    h = hashlib.sha256()
-    for r in records:
-        h.update(f"{r.image_id}\t{posixpath.basename(r.path)}\t{r.split}\n".encode())
-    return h.hexdigest()
+    return _coco_records(cfg, cfg.train_split, lambda i: hashed_split(i, cfg.test_fraction, cfg.val_fraction))
 
 
 def make_shards(records: list[ImageRecord], shard_size: int) -> list[Shard]:

@@ -33,9 +33,14 @@ Per dataset:
   deviation within Z standard errors of rho/sqrt(3) (SE rho/sqrt(3N) and rho/sqrt(15N) for a
   uniform law), and no two columns correlated beyond Z/sqrt(N); Z = :data:`UNIFORMITY_Z` = 5.
   Not applicable below :data:`MIN_PAIRS_UNIFORMITY` pairs or with rho = 0.
-- ``split_disjoint``: no source image has pairs in both train and test.
+- ``split_disjoint``: no source image has pairs in two splits (train, val, test).
 - ``regenerate`` (``regenerate=k``): k random pairs remade from their source images with the
   library's own recipe and the manifest's config: pixels and labels must be bit-identical.
+- ``version_matches_content``: the ``dataset_version`` recomputed from the manifest (config, the
+  per-image digests, generator and schema versions) is the recorded one
+  (:func:`homogen.versions.check_version`); a hand-edited manifest fails.
+- ``sources_unchanged`` (``sources=True``): every source image re-hashed; names those whose bytes
+  differ from the recorded digests (:func:`homogen.versions.check_sources`).
 
 The pixel check and its tolerances, measured on 2048 pairs (16 per image) from the 128 coco-mini
 photographs, rho 32, P 128: per pair mean abs error in 8-bit levels of the right direction of H,
@@ -77,8 +82,9 @@ from homogen.generate import empty_arrays, image_pairs
 from homogen.images import BadImage, load_gray
 from homogen.sampling import PHOTOMETRIC_LEVELS, patch_corners
 from homogen.redaction import redact
-from homogen.sources import SourceError, list_images, source_digest
+from homogen.sources import SourceError, list_images
 from homogen.stores import FIELDS, SPLIT_CODES, Dataset, open_dataset
+from homogen.versions import check_sources, check_version, source_table
 
 REPROJECTION_TOL_PX = 1e-3
 """Largest distance between patch corners mapped by the stored and the re-derived H."""
@@ -676,14 +682,14 @@ def check_uniform(walk: _Walk, rho: float) -> CheckResult:
 
 
 def check_splits(walk: _Walk) -> CheckResult:
-    """No source image in both train and test."""
+    """No source image in two splits (train, val, test)."""
     if not walk.image_splits:
         return CheckResult("split_disjoint", None, 0, 0, "no readable pairs")
     pairs = np.unique(np.concatenate(walk.image_splits), axis=0)
     ids, counts = np.unique(pairs[:, 0], return_counts=True)
     both = ids[counts > 1]
     detail = (
-        f"{len(both)} source images have pairs in both train and test" if len(both)
+        f"{len(both)} source images have pairs in more than one split" if len(both)
         else f"{len(ids)} source images, each in one split"
     )
     return CheckResult("split_disjoint", len(both) == 0, len(ids), len(both), detail + " (counts are images)",
@@ -704,11 +710,11 @@ def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: lis
     source = SourceConfig.model_validate({**cfg["source"], "root": root})
     try:
         records = list_images(source)
+        digest = source_table(records, root).list_digest
     except (SourceError, OSError, ValueError) as exc:
         return CheckResult(name, False, 0, 0, (
             f"cannot list the source {root!r} ({exc}): pass source_root= pointing at the images "
             f"the dataset was made from (the manifest stores the root without credentials)"))
-    digest = source_digest(records)
     if digest != ds.manifest["source"]["digest"]:
         return CheckResult(name, False, 0, 0, (
             f"the images listed under {root!r} differ from those the dataset was made from "
@@ -760,6 +766,7 @@ def validate_dataset(
     source_root: str | None = None,
     progress: bool = True,
     seed: int = 0,
+    sources: bool = False,
 ) -> ValidationReport:
     """Run every check on a finished store (path, URL or open :class:`Dataset`).
 
@@ -767,6 +774,8 @@ def validate_dataset(
         regenerate: remake this many random pairs from the source images (0: skip, reported n/a).
         source_root: the images' root when the manifest's (credentials stripped) is not usable.
         seed: which pairs ``regenerate`` picks.
+        sources: also re-hash every source image (under ``source_root`` or the manifest's root)
+            and name those whose bytes changed (homogen.versions.check_sources).
     """
     ds = path_or_ds if isinstance(path_or_ds, Dataset) else open_dataset(path_or_ds)
     walk = _Walk(ds)
@@ -781,6 +790,8 @@ def validate_dataset(
         check_uniform(walk, ds.rho),
         check_splits(walk),
         check_regenerate(ds, regenerate, source_root, walk.readable, seed),
+        check_version(ds.manifest),
+        check_sources(ds.manifest, sources, source_root),
     ]
     passed = all(c.passed is not False for c in checks)
     return ValidationReport(ds.version, redact(ds.uri), len(ds), checks, passed)
