@@ -34,21 +34,31 @@ class ShardResult:
 
 
 def image_pairs(image: np.ndarray, record: ImageRecord, cfg: SamplingConfig, out: dict, start: int) -> None:
-    """Write ``cfg.pairs_per_image`` pairs of one decoded frame into ``out[...][start:]``."""
-    p = cfg.patch_size
-    for k in range(cfg.pairs_per_image):
+    """Write ``cfg.pairs_per_image`` pairs of one decoded frame into ``out[...][start:]``.
+
+    Each pair's randomness comes from (seed, image id, pair index) alone (``pair_rng``), so any
+    pair can be remade by itself; patches are cut straight into ``out`` (no per-pair allocation).
+
+    Args:
+        image: (H, W) uint8 frame.
+        out: arrays of the store schema with at least ``start + pairs_per_image`` rows.
+    """
+    p, n = cfg.patch_size, cfg.pairs_per_image
+    pairs, offsets, homography, corners = out["pairs"], out["offsets"], out["homography"], out["corners"]
+    for k in range(n):
         rng = pair_rng(cfg.seed, record.image_id, k)
         g = sample_geometry(rng, cfg)
         h = patch_homography(g.offsets, p)
-        a, b = cut_pair(image, g.x, g.y, h, p)
         i = start + k
-        out["pairs"][i, 0] = photometric(rng, a, cfg.photometric)
-        out["pairs"][i, 1] = photometric(rng, b, cfg.photometric)
-        out["offsets"][i] = g.offsets
-        out["homography"][i] = h
-        out["corners"][i] = patch_corners(p, g.x, g.y)
-        out["image_id"][i] = record.image_id
-        out["split"][i] = SPLIT_CODES[record.split]
+        cut_pair(image, g.x, g.y, h, p, out=pairs[i])
+        if cfg.photometric != "none":
+            pairs[i, 0] = photometric(rng, pairs[i, 0], cfg.photometric)
+            pairs[i, 1] = photometric(rng, pairs[i, 1], cfg.photometric)
+        offsets[i] = g.offsets
+        homography[i] = h
+        corners[i] = patch_corners(p, g.x, g.y)
+    out["image_id"][start : start + n] = record.image_id
+    out["split"][start : start + n] = SPLIT_CODES[record.split]
 
 
 def shard_arrays(records: tuple[ImageRecord, ...] | list[ImageRecord], cfg: SamplingConfig) -> tuple[dict, list[dict]]:

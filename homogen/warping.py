@@ -16,22 +16,26 @@ def translation(x: float, y: float) -> np.ndarray:
     return np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
 
 
-def cut_pair(image: np.ndarray, x: int, y: int, h_patch: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def cut_pair(
+    image: np.ndarray, x: int, y: int, h_patch: np.ndarray, patch_size: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """Patch A (a crop) and patch B (A's frame seen through H) from one grayscale frame.
 
     Args:
         image: (H, W) uint8 frame.
         x, y: patch top-left corner in ``image``.
         h_patch: (3, 3) patch-local homography (B-points to A-points).
+        out: optional (2, P, P) uint8 C-contiguous array to write into (no allocation).
     Returns:
-        A, B: (P, P) uint8 each, with B(q) = A(H q).
+        (2, P, P) uint8: [A, B], with B(q) = A(H q); ``out`` when given.
     """
     p = patch_size
-    a = image[y : y + p, x : x + p]
-    b = cv2.warpPerspective(
-        image, translation(x, y) @ h_patch, (p, p), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    )
-    return a, b
+    if out is None:
+        out = np.empty((2, p, p), np.uint8)
+    out[0] = image[y : y + p, x : x + p]
+    t = translation(x, y) @ h_patch
+    cv2.warpPerspective(image, t, (p, p), dst=out[1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    return out
 
 
 def cut_pair_full_frame(image: np.ndarray, x: int, y: int, h_patch: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
