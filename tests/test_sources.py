@@ -17,7 +17,6 @@ from homogen.sources import (
     list_images,
     make_shards,
     redact,
-    source_digest,
 )
 
 from conftest import SAMPLE, make_coco, read_store
@@ -27,14 +26,14 @@ def test_bundled_sample_lists_as_coco_in_id_order(sample_photos):
     records = list_images(SourceConfig())
     assert [r.image_id for r in records] == sorted(int(p.stem) for p in sample_photos)
     assert all(r.path.endswith(f"train2017/{r.image_id:012d}.jpg") for r in records)
-    assert {r.split for r in records} <= {"train", "test"}
+    assert {r.split for r in records} <= {"train", "val", "test"}
 
 
 def test_coco_with_test_split_maps_train_to_train_and_val_to_test(tmp_path, sample_photos, sample_coco):
     root = tmp_path / "coco"
     make_coco(root, "train2017", sample_photos[:6], sample_coco)
     make_coco(root, "val2017", sample_photos[6:10], sample_coco)
-    records = list_images(SourceConfig(root=str(root), test_split="val2017"))
+    records = list_images(SourceConfig(root=str(root), test_split="val2017", val_fraction=0.0))
     split_of = {r.image_id: r.split for r in records}
     assert split_of == {
         **{int(p.stem): "train" for p in sample_photos[:6]},
@@ -43,10 +42,12 @@ def test_coco_with_test_split_maps_train_to_train_and_val_to_test(tmp_path, samp
     assert all(f"/{'train2017' if r.split == 'train' else 'val2017'}/" in r.path for r in records)
 
     out = tmp_path / "out.zarr"
-    manifest = generate(GenerateConfig(source=SourceConfig(root=str(root), test_split="val2017"), output=str(out)),
-                        progress=False)
+    manifest = generate(
+        GenerateConfig(source=SourceConfig(root=str(root), test_split="val2017", val_fraction=0.0), output=str(out)),
+        progress=False,
+    )
     data = read_store(out)
-    assert manifest["splits"] == {"train": 24, "test": 16}
+    assert manifest["splits"] == {"train": 24, "test": 16, "val": 0}
     train_ids = set(data["image_id"][data["split"] == 0].tolist())
     test_ids = set(data["image_id"][data["split"] == 1].tolist())
     assert train_ids == {int(p.stem) for p in sample_photos[:6]} and not train_ids & test_ids
@@ -67,8 +68,8 @@ def test_folder_split_is_a_stable_hash_of_the_id_not_the_position(tmp_path, samp
         shutil.copyfile(p, folder / p.name)
     cfg = SourceConfig(root=str(folder), kind="folder", test_fraction=0.4)
     before = {r.image_id: r.split for r in list_images(cfg)}
-    assert before == {i: hashed_split(i, 0.4) for i in before}
-    assert set(before.values()) == {"train", "test"}
+    assert before == {i: hashed_split(i, 0.4, cfg.val_fraction) for i in before}
+    assert {"train", "test"} <= set(before.values())
     for p in sample_photos[1::2]:  # new images interleave with the old ones in id order
         shutil.copyfile(p, folder / p.name)
     after = {r.image_id: r.split for r in list_images(cfg)}
@@ -146,13 +147,6 @@ def test_shards_are_fixed_runs_in_stable_order():
     assert make_shards(list_images(SourceConfig()), 10) == shards
     with pytest.raises(ValueError, match="shard_size must be >= 1"):
         make_shards(records, 0)
-
-
-def test_source_digest_follows_the_image_list():
-    records = list_images(SourceConfig())
-    assert source_digest(records) == source_digest(list_images(SourceConfig()))
-    assert source_digest(records[:-1]) != source_digest(records)
-    assert source_digest(list_images(SourceConfig(test_fraction=0.5))) != source_digest(records)
 
 
 @pytest.mark.parametrize(
