@@ -48,12 +48,42 @@ class Shard:
         return f"shard-{self.index:05d}"
 
 
-def folder_image_id(name: str) -> int:
-    """Id of a file in a plain folder: its numeric stem (COCO names) or a stable 62-bit hash."""
-    stem = posixpath.splitext(posixpath.basename(name))[0]
+def _stable_hash(text: str) -> int:
+    """A stable 62-bit number from ``text`` (SHA-256)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 2
+
+
+def folder_image_id(relpath: str) -> int:
+    """Id of a file in a plain folder from its path relative to the folder (``/`` separated).
+
+    A numeric stem (COCO names: ``000000000009.jpg`` -> 9) is the id; otherwise a stable 62-bit hash
+    of the relative path without its suffix (for a file at the top of the folder, its stem: the ids
+    of flat folders are those of earlier versions). Files that would share an id are told apart by
+    :func:`_folder_ids`.
+    """
+    stem = posixpath.splitext(posixpath.basename(relpath))[0]
     if re.fullmatch(r"\d{1,18}", stem):
         return int(stem)
-    return int.from_bytes(hashlib.sha256(stem.encode()).digest()[:8], "big") >> 2
+    return _stable_hash(posixpath.splitext(relpath)[0])
+
+
+def _folder_ids(relpaths: list[str]) -> dict[str, int]:
+    """Unique ids of the files of one folder: :func:`folder_image_id`, except that files which would
+    share an id (``a.bmp`` and ``a.tif``; ``100/9.jpg`` and ``101/9.jpg``) each take the hash of
+    their whole relative path, suffix included."""
+    groups: dict[int, list[str]] = {}
+    for rel in relpaths:
+        groups.setdefault(folder_image_id(rel), []).append(rel)
+    ids = {}
+    for image_id, members in groups.items():
+        for rel in members:
+            ids[rel] = image_id if len(members) == 1 else _stable_hash(rel)
+    taken: dict[int, str] = {}
+    for rel, image_id in ids.items():
+        if image_id in taken:  # two 62-bit hashes (or a hash and a numeric stem) that meet: never seen
+            raise SourceError(f"files {taken[image_id]} and {rel} map to image id {image_id}: rename one of them")
+        taken[image_id] = rel
+    return ids
 
 
 def _fs(root: str):
@@ -95,6 +125,7 @@ def _load_coco(root: str, split: str):
         raise SourceError(
             f"annotations file {redact(ann)} has no 'images' list: it is not a COCO instances file"
         )
+    _check_images(data["images"], ann)
     coco = COCO()
     coco.dataset = data
     data.setdefault("annotations", [])
@@ -107,28 +138,101 @@ def _load_coco(root: str, split: str):
     return coco
 
 
+MAX_IMAGE_ID = 2**63 - 1
+"""Image ids are stored as int64."""
+
+MAX_LISTED = 10
+"""Bad annotation entries named in one error (the count says how many there are in all)."""
+
+
+def _entry_problem(entry) -> str | None:
+    """Why one ``images`` entry of a COCO file cannot be used, or None."""
+    if not isinstance(entry, dict):
+        return f"not an object ({type(entry).__name__})"
+    image_id, name = entry.get("id"), entry.get("file_name")
+    if "id" not in entry:
+        return "no 'id'"
+    if isinstance(image_id, bool) or not isinstance(image_id, int):
+        return f"id {image_id!r} is not an integer"
+    if not 0 <= image_id <= MAX_IMAGE_ID:
+        return f"id {image_id} is out of range (0 to 2**63-1)"
+    if "file_name" not in entry:
+        return "no 'file_name'"
+    if not isinstance(name, str) or not name.strip():
+        return f"file_name {name!r} is not a file name"
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", name):
+        return f"file_name {name!r} leaves the split folder (absolute, or with '..')"
+    return None
+
+
+def _check_images(images: list, ann: str) -> None:
+    """Refuse an ``images`` list with unusable entries (bad or duplicate id, bad or duplicate
+    file_name), naming each by its index, before anything is written."""
+    problems = []
+    first_of_id: dict[int, int] = {}
+    first_of_name: dict[str, int] = {}
+    for index, entry in enumerate(images):
+        why = _entry_problem(entry)
+        if why is None:
+            image_id, name = entry["id"], entry["file_name"]
+            if image_id in first_of_id:
+                why = f"id {image_id} is also the id of entry {first_of_id[image_id]}"
+            elif name in first_of_name:
+                why = f"file_name {name!r} is also the file of entry {first_of_name[name]}"
+            first_of_id.setdefault(image_id, index)
+            first_of_name.setdefault(name, index)
+        if why is not None:
+            problems.append(f"images[{index}]: {why}")
+    if problems:
+        listed = "; ".join(problems[:MAX_LISTED]) + ("; ..." if len(problems) > MAX_LISTED else "")
+        raise SourceError(
+            f"annotations file {redact(ann)} has {len(problems)} unusable image entries ({listed}): "
+            f"each needs a unique integer id in 0..2**63-1 and a unique relative file_name; fix or remove them"
+        )
+
+
+def _category_ids(coco, names: tuple[str, ...], ann: str) -> dict[str, list[int]]:
+    """Category ids of each name in ``names``; a name shared by several categories selects them all."""
+    by_name: dict[str, list[int]] = {}
+    for c in coco.dataset["categories"]:
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or isinstance(c.get("id"), bool) \
+                or not isinstance(c.get("id"), int):
+            raise SourceError(
+                f"annotations file {redact(ann)} has a malformed category {c!r}: each needs an integer id and a name"
+            )
+        by_name.setdefault(c["name"], []).append(c["id"])
+    unknown = sorted(set(names) - set(by_name))
+    if unknown:
+        raise SourceError(
+            f"unknown COCO categories {unknown} in source.categories; known: {sorted(by_name)[:10]}..."
+        )
+    return {name: by_name[name] for name in names}
+
+
 def _coco_records(cfg: SourceConfig, split: str, assign) -> list[ImageRecord]:
     coco = _load_coco(cfg.root, split)
+    ann = _join(cfg.root, "annotations", f"instances_{split}.json")
     if cfg.categories:
-        names = {c["name"]: c["id"] for c in coco.loadCats(coco.getCatIds())}
-        unknown = sorted(set(cfg.categories) - set(names))
-        if unknown:
-            raise SourceError(
-                f"unknown COCO categories {unknown} in source.categories; known: {sorted(names)[:10]}..."
-            )
         ids: set[int] = set()
-        for name in cfg.categories:
-            ids.update(coco.getImgIds(catIds=[names[name]]))
+        for cat_ids in _category_ids(coco, cfg.categories, ann).values():
+            for cat_id in cat_ids:
+                ids.update(coco.catToImgs.get(cat_id, ()))
         img_ids = sorted(ids)
+        if not img_ids:
+            raise SourceError(
+                f"no image of {redact(ann)} has the categories {list(cfg.categories)} of source.categories: "
+                f"choose categories that occur in {split}, or drop the filter"
+            )
     else:
         img_ids = sorted(coco.getImgIds())
+        if not img_ids:
+            raise SourceError(f"annotations file {redact(ann)} lists no images: check source.root and the split name")
     if cfg.max_images:
         img_ids = img_ids[: cfg.max_images]
     out = []
     for info in coco.loadImgs(img_ids):
-        out.append(
-            ImageRecord(int(info["id"]), _join(cfg.root, split, info["file_name"]), assign(int(info["id"])))
-        )
+        out.append(ImageRecord(info["id"], _join(cfg.root, split, info["file_name"]), assign(info["id"])))
     return out
 
 
@@ -138,21 +242,17 @@ def _folder_records(cfg: SourceConfig) -> list[ImageRecord]:
         raise SourceError(f"source folder {redact(cfg.root)} does not exist: check source.root")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     names = sorted(p for p in fs.find(path) if p.lower().endswith(IMAGE_SUFFIXES))
-    recs = {}
+    ids = _folder_ids([posixpath.relpath(name, path) for name in names])
+    recs = []
     for name in names:
-        image_id = folder_image_id(name)
-        if image_id in recs:
-            raise SourceError(
-                f"two files in {redact(cfg.root)} map to image id {image_id} "
-                f"({recs[image_id].path} and {name}): rename one of them"
-            )
+        image_id = ids[posixpath.relpath(name, path)]
         full = name if protocol in ("file", "local") else f"{protocol}://{name}"
-        recs[image_id] = ImageRecord(image_id, full, hashed_split(image_id, cfg.test_fraction, cfg.val_fraction))
-    out = [recs[k] for k in sorted(recs)]
+        recs.append(ImageRecord(image_id, full, hashed_split(image_id, cfg.test_fraction, cfg.val_fraction)))
+    out = sorted(recs, key=lambda r: r.image_id)
     if cfg.max_images:
         out = out[: cfg.max_images]
     if not out:
-        raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {redact(cfg.root)}")
+        raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {redact(cfg.root)}: check source.root")
     return out
 
 

@@ -3,8 +3,10 @@ malformed annotations, credentials kept out of what is written."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -83,17 +85,45 @@ def test_hashed_split_takes_about_the_asked_share():
     assert all(hashed_split(i, 0.0) == "train" for i in range(1000))
 
 
-def test_folder_image_ids_are_numeric_stems_or_a_stable_hash():
-    assert folder_image_id("/x/000000000009.jpg") == 9
-    h = folder_image_id("/x/holiday photo.png")
-    assert h == folder_image_id("/elsewhere/holiday photo.jpg") and 0 <= h < 2**62
+def test_folder_image_ids_are_numeric_stems_or_a_stable_hash_of_the_relative_path():
+    assert folder_image_id("000000000009.jpg") == 9
+    h = folder_image_id("holiday photo.png")
+    assert h == folder_image_id("holiday photo.jpg") and 0 <= h < 2**62
+    assert folder_image_id("2019/holiday photo.png") != h
 
 
-def test_two_files_with_one_id_are_refused(tmp_path, sample_photos):
-    shutil.copyfile(sample_photos[0], tmp_path / "000000000009.jpg")
-    shutil.copyfile(sample_photos[0], tmp_path / "9.png")
-    with pytest.raises(SourceError, match="map to image id 9"):
-        list_images(SourceConfig(root=str(tmp_path), kind="folder"))
+def _touch_tree(root, relpaths, photo):
+    for rel in relpaths:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(photo, root / rel)
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["a.bmp", "a.tif"],
+        ["DCIM/100/IMG_0001.jpg", "DCIM/101/IMG_0001.jpg"],
+        ["000000000009.jpg", "9.png"],
+        ["2019/000000000009.jpg", "2020/000000000009.jpg", "000000000010.jpg"],
+    ],
+)
+def test_files_sharing_a_stem_or_a_number_get_distinct_stable_ids(tmp_path, sample_photos, files):
+    _touch_tree(tmp_path, files, sample_photos[0])
+    records = list_images(SourceConfig(root=str(tmp_path), kind="folder"))
+    by_path = {str(Path(r.path).relative_to(tmp_path).as_posix()): r.image_id for r in records}
+    assert sorted(by_path) == sorted(files) and len(set(by_path.values())) == len(files)
+    again = {str(Path(r.path).relative_to(tmp_path).as_posix()): r.image_id for r in list_images(
+        SourceConfig(root=str(tmp_path), kind="folder"))}
+    assert again == by_path
+
+
+def test_flat_folders_keep_the_ids_of_earlier_versions(tmp_path, sample_photos):
+    """Numeric stems are the id; other stems a SHA-256 hash of the stem (as before nested folders
+    had their own ids), so the splits of existing flat folders do not move."""
+    _touch_tree(tmp_path, ["000000000036.jpg", "holiday photo.jpg"], sample_photos[0])
+    ids = {Path(r.path).name: r.image_id for r in list_images(SourceConfig(root=str(tmp_path), kind="folder"))}
+    old_hash = int.from_bytes(hashlib.sha256(b"holiday photo").digest()[:8], "big") >> 2
+    assert ids == {"000000000036.jpg": 36, "holiday photo.jpg": old_hash}
 
 
 def test_category_filter_keeps_exactly_the_images_with_those_categories(sample_coco):
@@ -110,6 +140,85 @@ def test_unknown_category_is_refused_by_name():
         list_images(SourceConfig(categories=("dog", "unicorn")))
 
 
+def _write_annotations(root, data) -> Path:
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    ann = root / "annotations" / "instances_train2017.json"
+    ann.write_text(json.dumps(data))
+    return ann
+
+
+@pytest.mark.parametrize(
+    "entries, fragment",
+    [
+        ([{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}], "images[1]: id 1 is also the id of entry 0"),
+        ([{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "a.jpg"}],
+         "images[1]: file_name 'a.jpg' is also the file of entry 0"),
+        ([{"id": "abc", "file_name": "a.jpg"}], "images[0]: id 'abc' is not an integer"),
+        ([{"id": float("nan"), "file_name": "a.jpg"}], "images[0]: id nan is not an integer"),
+        ([{"id": 1.5, "file_name": "a.jpg"}], "images[0]: id 1.5 is not an integer"),
+        ([{"id": True, "file_name": "a.jpg"}], "images[0]: id True is not an integer"),
+        ([{"id": -5, "file_name": "a.jpg"}], "images[0]: id -5 is out of range"),
+        ([{"id": 2**70, "file_name": "a.jpg"}], f"images[0]: id {2**70} is out of range"),
+        ([{"file_name": "a.jpg"}], "images[0]: no 'id'"),
+        ([{"id": 3}], "images[0]: no 'file_name'"),
+        ([{"id": 3, "file_name": None}], "images[0]: file_name None is not a file name"),
+        ([{"id": 3, "file_name": 42}], "images[0]: file_name 42 is not a file name"),
+        ([{"id": 3, "file_name": "../../secret.jpg"}], "leaves the split folder"),
+        ([{"id": 3, "file_name": "/etc/hosts"}], "leaves the split folder"),
+        (["a.jpg"], "images[0]: not an object (str)"),
+    ],
+)
+def test_bad_coco_image_entries_are_refused_by_index_and_reason_before_any_output(tmp_path, entries, fragment):
+    good = [{"id": 100 + i, "file_name": f"good{i}.jpg"} for i in range(3)]
+    ann = _write_annotations(tmp_path / "coco", {"images": entries + good})
+    out = tmp_path / "out.zarr"
+    with pytest.raises(SourceError) as err:
+        generate(GenerateConfig(source=SourceConfig(root=str(tmp_path / "coco"), kind="coco"), output=str(out)),
+                 progress=False)
+    assert fragment in str(err.value) and str(ann) in str(err.value)
+    assert "1 unusable image entries" in str(err.value)
+    assert not out.exists()
+
+
+def test_every_bad_entry_is_counted_and_the_first_ten_named(tmp_path):
+    entries = [{"id": -i - 1, "file_name": f"{i}.jpg"} for i in range(25)]
+    _write_annotations(tmp_path, {"images": entries})
+    with pytest.raises(SourceError) as err:
+        list_images(SourceConfig(root=str(tmp_path), kind="coco"))
+    msg = str(err.value)
+    assert "25 unusable image entries" in msg and "images[9]:" in msg and "images[10]:" not in msg
+
+
+def test_two_categories_with_one_name_are_both_selected_by_that_name(tmp_path, sample_photos, sample_coco):
+    """COCO files merged from two sources can carry one name twice (ids 1 and 91, say): the name
+    selects the images of both categories, never only one of them."""
+    root = make_coco(tmp_path / "coco", "train2017", sample_photos[:8], sample_coco)
+    ann = root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    dog = next(c for c in data["categories"] if c["name"] == "dog")
+    person = next(c for c in data["categories"] if c["name"] == "person")
+    person_images = {a["image_id"] for a in data["annotations"] if a["category_id"] == person["id"]}
+    dog_images = {a["image_id"] for a in data["annotations"] if a["category_id"] == dog["id"]}
+    person["name"] = "dog"  # now two categories are called "dog"
+    ann.write_text(json.dumps(data))
+    chosen = {r.image_id for r in list_images(SourceConfig(root=str(root), categories=("dog",)))}
+    assert chosen == dog_images | person_images and person_images - dog_images
+
+
+def test_a_category_filter_that_matches_no_image_is_an_error(tmp_path, sample_photos, sample_coco):
+    root = make_coco(tmp_path / "coco", "train2017", sample_photos[:2], sample_coco)
+    present = {a["category_id"] for a in json.loads((root / "annotations" / "instances_train2017.json").read_text())["annotations"]}
+    absent = next(c["name"] for c in sample_coco["categories"] if c["id"] not in present)
+    with pytest.raises(SourceError, match=rf"no image of .* has the categories \['{absent}'\]"):
+        list_images(SourceConfig(root=str(root), categories=(absent,)))
+
+
+def test_annotations_listing_no_images_are_an_error(tmp_path):
+    _write_annotations(tmp_path, {"images": [], "annotations": [], "categories": []})
+    with pytest.raises(SourceError, match="lists no images"):
+        list_images(SourceConfig(root=str(tmp_path), kind="coco"))
+
+
 @pytest.mark.parametrize(
     "content, fragment",
     [
@@ -117,7 +226,8 @@ def test_unknown_category_is_refused_by_name():
         ("{\"images\": [", "is not valid JSON"),
         ("[1, 2, 3]", "has no 'images' list"),
         ("{\"annotations\": []}", "has no 'images' list"),
-        ("{\"images\": [{\"file_name\": \"a.jpg\"}]}", "is malformed: missing field 'id'"),
+        ("{\"images\": [{\"id\": 1, \"file_name\": \"a.jpg\"}], \"annotations\": [{\"id\": 1}]}",
+         "is malformed: missing field 'image_id'"),
     ],
 )
 def test_malformed_annotations_raise_a_source_error_naming_the_file(tmp_path, content, fragment):
