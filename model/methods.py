@@ -1,0 +1,90 @@
+"""The evaluation methods beyond the classical baselines: direct alignment and refinement.
+
+Importing this module registers, in :data:`homogen.model.evaluate.METHODS`:
+
+- ``direct-mse``, ``direct-ncc``: :func:`homogen.model.direct.direct_alignment` from the identity,
+  batched over pairs;
+- ``<method>+refine`` for every method registered before it (``sift+refine``, ``direct-ncc+refine``,
+  ...): the method, then :func:`homogen.model.refine.refine` started from its estimate; its time
+  is the method's plus the refinement's;
+- :data:`NETWORK_REFINE` (``network+refine``) is the network's estimate refined; it needs a model,
+  so :func:`homogen.model.evaluate.evaluate_methods` runs it after the network
+  (:func:`refine_estimate`).
+
+torch is imported when a method runs, not here (the flows import the evaluation without it).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from homogen.model.evaluate import METHODS, register_method
+
+__all__ = ["DIRECT", "NETWORK_REFINE", "REFINE", "base_method", "refine_estimate", "refinement_report"]
+
+REFINE = "+refine"
+NETWORK_REFINE = "network" + REFINE
+DIRECT: dict[str, str] = {"direct-mse": "mse", "direct-ncc": "ncc"}
+"""Method name -> loss of the direct aligner."""
+
+
+def base_method(name: str) -> str | None:
+    """``'sift'`` for ``'sift+refine'``; None for a name without the suffix."""
+    return name[: -len(REFINE)] if name.endswith(REFINE) else None
+
+
+def _direct(loss: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def run(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from homogen.model.direct import direct_alignment
+
+        return direct_alignment(pairs, loss=loss)
+
+    return run
+
+
+def refine_estimate(
+    pairs: np.ndarray, pred: np.ndarray, failed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(offsets (n,8), failed (n,), seconds)`` of :func:`homogen.model.refine.refine` from ``pred``."""
+    from homogen.model.refine import refine
+
+    t0 = time.perf_counter()
+    out, still = refine(pairs, pred, failed)
+    return out, still, time.perf_counter() - t0
+
+
+def _refined(base: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def run(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pred, failed = METHODS[base].run(pairs, None)
+        out, still, _ = refine_estimate(pairs, pred, failed)
+        return out, still
+
+    return run
+
+
+def refinement_report(results: dict[str, dict]) -> list[str]:
+    """One line per refined method whose base is in ``results`` too: the MACE gained and the time it cost."""
+    from homogen.model.evaluate import NETWORK, method_label
+
+    lines = []
+    for name, r in results.items():
+        base = base_method(name)
+        base = NETWORK if base == "network" else base
+        if base is None or base not in results:
+            continue
+        b = results[base]
+        lines.append(
+            f"{method_label(name)}: mean {b['mean']:.2f} -> {r['mean']:.2f} px ({r['mean'] - b['mean']:+.2f}), "
+            f"median {b['median']:.2f} -> {r['median']:.2f} px, +{r['ms_per_pair'] - b['ms_per_pair']:.1f} ms/pair"
+        )
+    return lines
+
+
+for _name, _loss in DIRECT.items():
+    register_method(_name, _direct(_loss), f"direct alignment ({_loss.upper()}, Adam, pyramid)", batched=True)
+for _base in list(METHODS):
+    if base_method(_base) is None:
+        register_method(_base + REFINE, _refined(_base), f"{METHODS[_base].label} + refine", batched=True)
