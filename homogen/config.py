@@ -6,6 +6,7 @@ and its limit.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,25 @@ SAMPLE_ROOT = str(Path(__file__).parent / "data" / "coco-sample")
 """The bundled demo images: 32 COCO train2017 photographs in the COCO layout."""
 
 PhotometricLevel = Literal["none", "easy", "hard", "tough"]
+
+MAX_FRAME_PIXELS = 4096 * 4096
+"""Largest image_width x image_height: the frame every source image is resized to (the recipe's is
+320 x 240); beyond this, frames and their resizing cost more memory and time than any patch needs."""
+
+MAX_SHARD_BYTES = 1 << 30
+"""Largest in-memory size of one shard's arrays (shard_size x pairs_per_image pairs): a worker holds
+one shard, and its compressed copy, at a time."""
+
+
+def pair_bytes(patch_size: int) -> int:
+    """Bytes of one pair in the store schema (both patches and every label)."""
+    from homogen.schema import SCHEMA
+
+    return sum(f.dtype.itemsize * math.prod(f.row_shape(patch_size)) for f in SCHEMA)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
 
 
 def workdir() -> Path:
@@ -52,6 +72,18 @@ class SamplingConfig(BaseModel):
             raise ValueError(
                 f"rho={self.rho} exceeds patch_size/4 = {p / 4:g}: larger perturbations can fold the "
                 f"quadrilateral; use rho <= {p // 4} or a patch_size >= {4 * self.rho}"
+            )
+        if w * h > MAX_FRAME_PIXELS:
+            raise ValueError(
+                f"image_width x image_height = {w}x{h} is {w * h / 1e6:.1f} megapixels, above the limit of "
+                f"{MAX_FRAME_PIXELS / 1e6:.1f} (homogen.config.MAX_FRAME_PIXELS): use a smaller frame (the recipe's is 320x240)"
+            )
+        per_image = self.pairs_per_image * pair_bytes(p)
+        if per_image > MAX_SHARD_BYTES:
+            raise ValueError(
+                f"pairs_per_image={self.pairs_per_image} needs {_gb(per_image)} of pairs per image, above the "
+                f"{_gb(MAX_SHARD_BYTES)} a shard may hold (homogen.config.MAX_SHARD_BYTES): use pairs_per_image <= "
+                f"{MAX_SHARD_BYTES // pair_bytes(p)} at patch_size={p}"
             )
         if p + 2 * self.rho > min(w, h):
             raise ValueError(
@@ -103,6 +135,18 @@ class GenerateConfig(BaseModel):
     )
     chunk_size: int = Field(256, ge=1, description="pairs per storage chunk")
     overwrite: bool = Field(False, description="replace an output that holds another dataset version")
+
+    @model_validator(mode="after")
+    def _check_shard_memory(self) -> "GenerateConfig":
+        s = self.sampling
+        per_image = s.pairs_per_image * pair_bytes(s.patch_size)
+        if self.shard_size * per_image > MAX_SHARD_BYTES:
+            raise ValueError(
+                f"shard_size={self.shard_size} images x pairs_per_image={s.pairs_per_image} at patch_size="
+                f"{s.patch_size} is {_gb(self.shard_size * per_image)} per shard, above the limit of "
+                f"{_gb(MAX_SHARD_BYTES)} (homogen.config.MAX_SHARD_BYTES): use shard_size <= {MAX_SHARD_BYTES // per_image}"
+            )
+        return self
 
     def store_format(self) -> str:
         if self.format:

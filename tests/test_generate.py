@@ -186,7 +186,7 @@ def test_a_partially_written_shard_is_not_visible(tmp_path, monkeypatch, fmt):
         generate(cfg, progress=False)
     writer = ZarrWriter(out) if fmt == "zarr" else HDF5Writer(out)
     assert writer.shard_info(0) is not None and writer.shard_info(1) is None
-    shard_dir = os.path.join(out, "shards") if fmt == "zarr" else out + ".parts"
+    shard_dir = out + ".parts"  # staged beside the store until commit
     assert sorted(os.listdir(shard_dir)) == (["shard-00000"] if fmt == "zarr" else ["shard-00000.h5"])
     monkeypatch.undo()
     assert generate(cfg, progress=False)["num_pairs"] == 16
@@ -196,8 +196,8 @@ def test_leftover_temporary_shards_do_not_confuse_reader_or_writer(tmp_path, ref
     out = tmp_path / "ds.zarr"
     cfg = GenerateConfig(output=str(out), shard_size=16)
     generate(cfg, progress=False)
-    junk = out / "shards" / ".tmp-shard-00001-deadbeef"
-    junk.mkdir()
+    junk = out.with_name(out.name + ".parts") / ".tmp-shard-00001-deadbeef"
+    junk.mkdir(parents=True)  # as a killed writer of a later run would leave it
     (junk / "zarr.json").write_text("{not json")
     assert_same_arrays(read_store(out), reference[0])
     assert generate(cfg, progress=False)["num_pairs"] == 128  # resumes a complete store: all skipped
@@ -232,7 +232,7 @@ def test_resume_after_the_process_is_killed_mid_shard(tmp_path, reference):
     res = subprocess.run([sys.executable, "-c", CRASHING_CHILD, str(out)], capture_output=True, text=True)
     assert res.returncode == 9, res.stderr
     assert os.path.exists(str(out) + ".lock")
-    leftovers = sorted(os.listdir(out / "shards"))
+    leftovers = sorted(os.listdir(str(out) + ".parts"))
     assert len(leftovers) == 3 and leftovers[0].startswith(".tmp-shard-00002-")
     assert leftovers[1:] == ["shard-00000", "shard-00001"]
     with pytest.raises(StoreError, match="incomplete"):
@@ -242,3 +242,44 @@ def test_resume_after_the_process_is_killed_mid_shard(tmp_path, reference):
     assert m["state"] == "complete" and m["num_pairs"] == 128
     assert_same_arrays(read_store(out), reference[0])
     assert not os.path.exists(str(out) + ".lock")
+
+
+# every parameter combination that cannot work: (flag values, the parameter named, the limit named)
+IMPOSSIBLE = [
+    ({"pairs_per_image": 1_000_000}, "pairs_per_image=1000000", "use pairs_per_image <= 32623"),
+    ({"image_width": 100_000}, "image_width x image_height = 100000x240", "MAX_FRAME_PIXELS"),
+    ({"image_width": 5000, "image_height": 5000}, "5000x5000", "MAX_FRAME_PIXELS"),
+    ({"shard_size": 100_000}, "shard_size=100000", "use shard_size <= 8155"),
+    ({"shard_size": 1000, "pairs_per_image": 40}, "shard_size=1000", "use shard_size <= 815"),
+    ({"patch_size": 300}, "patch_size=300", "use patch_size <= 240"),
+    ({"rho": 40}, "rho=40", "use rho <= 32"),
+    ({"rho": -1}, "rho", ">= 0"),
+    ({"pairs_per_image": 0}, "pairs_per_image", "greater than or equal to 1"),
+    ({"shard_size": 0}, "shard_size", "greater than or equal to 1"),
+    ({"test_fraction": 1.5}, "test_fraction", "less than or equal to 1"),
+]
+
+
+@pytest.mark.parametrize("flags, names, limit", IMPOSSIBLE)
+def test_impossible_parameters_are_refused_before_the_output_exists(tmp_path, flags, names, limit):
+    """Through the command line, as a user meets them: one line naming the parameter and its limit,
+    exit code 2, nothing created (these used to end in an out-of-memory traceback after the store
+    was created)."""
+    from typer.testing import CliRunner
+
+    from homogen.cli import app
+
+    out = tmp_path / "out.zarr"
+    args = ["generate", "--output", str(out)]
+    for k, v in flags.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert names in res.output and limit in res.output
+    assert "Traceback" not in res.output and not out.exists()
+
+
+def test_the_limits_leave_the_recipe_and_large_runs_alone():
+    GenerateConfig(shard_size=8155)  # 8155 images x 4 pairs of 128x128: just under 1 GiB in memory
+    GenerateConfig(sampling=SamplingConfig(image_width=4096, image_height=4096, patch_size=1024, rho=256))
+    GenerateConfig(sampling=SamplingConfig(pairs_per_image=32623), shard_size=1)
