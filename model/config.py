@@ -24,7 +24,11 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0)
-    loss: Literal["smooth_l1", "mse"] = Field("smooth_l1", description="regression loss on pixel offsets")
+    loss: Literal["smooth_l1", "mse", "photometric"] = Field(
+        "smooth_l1",
+        description="smooth_l1 or mse: supervised, on the pixel offsets; photometric: unsupervised L1 between "
+        "A warped by the prediction and B (model.losses; the labels only score val/test MACE)",
+    )
     step_size: int = Field(10, ge=1, description="epochs between learning-rate decays")
     gamma: float = Field(0.1, gt=0, le=1, description="learning-rate decay factor")
     patience: int | None = Field(5, ge=1, description="stop after this many epochs without a better val MACE")

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from homogen.model.direct import warp_a
 
-__all__ = ["PhotometricLoss", "photometric_loss"]
+__all__ = ["PhotometricLoss", "photometric_criterion", "photometric_loss"]
 
 
 def photometric_loss(offsets: Tensor, pairs: Tensor) -> Tensor:
@@ -35,13 +35,14 @@ def photometric_loss(offsets: Tensor, pairs: Tensor) -> Tensor:
     return ((warped - b).abs() * valid).sum(dim=(1, 2, 3)).div(count).mean()
 
 
+def photometric_criterion(pred: Tensor, offsets: Tensor, pairs: Tensor) -> Tensor:
+    """The training criterion ``TrainConfig(loss="photometric")``: :func:`photometric_loss` of
+    ``pred`` :math:`(B, 8)` on ``pairs`` :math:`(B, 2, P, P)`; ``offsets`` (the labels) are not read."""
+    return photometric_loss(pred, pairs)
+
+
 class PhotometricLoss(nn.Module):
-    """:func:`photometric_loss` as a training criterion: ``criterion(pred, pairs)``.
-
-    ``needs_labels = False`` tells the training step to give it the pairs, not the offsets.
-    """
-
-    needs_labels = False
+    """:func:`photometric_loss` as a module: ``loss(pred (B, 8), pairs (B, 2, P, P)) -> scalar``."""
 
     def forward(self, pred: Tensor, pairs: Tensor) -> Tensor:
         return photometric_loss(pred, pairs)
