@@ -6,8 +6,12 @@ in-process by default, or as the deployment ``train-model/gpu`` on a GPU work po
 reachable from the GPU machine (a shared path or an fsspec URL) and MLflow must be a shared
 tracking server, not a local SQLite file.
 
-Artifact: ``model-<name>-evaluation`` (markdown: MACE of the network and every baseline on the
-same test pairs, the registered version and the champion decision).
+The MLflow run opens before training and closes after registration: its metrics appear epoch by
+epoch while the flow runs (:mod:`homogen.model.mlflow_run`); its Source is ``homogen flow train-model``.
+Model selection uses the store's ``val`` split; the ``test`` split is scored once, after training.
+
+Artifact, one per registered model version: ``model-<name>-v<version>-evaluation`` (markdown: MACE of
+the network and every method on the same test pairs, the version and the champion decision).
 
 Run directly: ``python -m homogen.flows.train STORE``.
 """
@@ -23,9 +27,9 @@ from prefect.runtime import flow_run
 from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, TrackingConfig
 from homogen.flows.model_tasks import evaluate_task, register_task, train_task
 from homogen.flows.ui import artifact_key, rename_current_run
-from homogen.stores import open_dataset
-from homogen.model.evaluate import NETWORK, format_table
 from homogen.model.config import TrainConfig
+from homogen.model.evaluate import NETWORK, format_table
+from homogen.stores import open_dataset
 
 FLOW_RUN_TAG = "prefect_flow_run_id"
 """MLflow run tag holding the ``train-model`` flow run id (how a parent finds a remote run's model)."""
@@ -43,15 +47,15 @@ def _initial_run_name() -> str:
     return run_name(config if isinstance(config, TrainConfig) else QUICK_TRAIN)
 
 
-def evaluation_markdown(version: str, results: dict, tracked) -> str:
+def evaluation_markdown(version: str, results: dict, registered, run_id: str, model_name: str) -> str:
     """Evaluation table plus the registry outcome."""
     return "\n".join([
-        f"# HomographyNet on dataset `{version}`",
+        f"# {model_name} v{registered.model_version} on dataset `{version}` (test split)",
         "",
         format_table(results),
         "",
-        f"Registered **{tracked.model_uri or '-'}** as version **{tracked.model_version}**"
-        f" (MLflow run `{tracked.run_id}`); champion: **{tracked.champion}** ({tracked.promotion}).",
+        f"Registered **{registered.model_uri}** as `models:/{model_name}/{registered.model_version}`"
+        f" (MLflow run `{run_id}`); champion: **{registered.champion}** ({registered.promotion}).",
     ])
 
 
@@ -62,34 +66,37 @@ def train_model(
     evaluate: EvaluateConfig = EvaluateConfig(),
     tracking: TrackingConfig = TrackingConfig(),
 ) -> dict:
-    """Train on the store ``dataset`` (path or URL), evaluate on its test split, register in MLflow.
+    """Train on the store ``dataset`` (path or URL), select on its val split, score its test split once, register.
 
     Returns ``{"model_name", "model_version", "model_uri", "run_id", "champion", "promotion",
     "dataset_version", "test_mace"}``.
     """
-    version = open_dataset(dataset).version
+    from homogen.model.mlflow_run import TrainingRun
+
+    ds = open_dataset(dataset)
+    version = ds.version
     rename_current_run(run_name(config, version))
-    result = train_task(dataset, config, progress_key=artifact_key("train", version, "epochs"))
-    evaluation = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit)
     tags = {FLOW_RUN_TAG: str(flow_run.id)} if flow_run.id else {}
-    tracked = register_task(
-        result, dataset, evaluation, config, tracking.uri, tracking.experiment, tracking.model_name,
-        run_name=f"{tracking.model_name} on {version}", tags=tags,
-    )
+    with TrainingRun(ds, config, tracking_uri=tracking.uri, experiment=tracking.experiment,
+                     run_name=f"{tracking.model_name} on {version}", model_name=tracking.model_name, tags=tags,
+                     source="homogen flow train-model") as run:
+        result = train_task(dataset, config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch)
+        scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit)
+        registered = register_task(run, result, scores)
     create_markdown_artifact(
-        evaluation_markdown(version, evaluation["results"], tracked),
-        key=artifact_key("model", tracking.model_name, "evaluation"),
-        description=f"{tracking.model_name} v{tracked.model_version} on dataset {version}",
+        evaluation_markdown(version, scores.summary(), registered, run.run_id, tracking.model_name),
+        key=artifact_key("model", tracking.model_name, f"v{registered.model_version}", "evaluation"),
+        description=f"{tracking.model_name} v{registered.model_version} on dataset {version}",
     )
     return {
         "model_name": tracking.model_name,
-        "model_version": tracked.model_version,
-        "model_uri": tracked.model_uri,
-        "run_id": tracked.run_id,
-        "champion": tracked.champion,
-        "promotion": tracked.promotion,
+        "model_version": registered.model_version,
+        "model_uri": registered.model_uri,
+        "run_id": run.run_id,
+        "champion": registered.champion,
+        "promotion": registered.promotion,
         "dataset_version": version,
-        "test_mace": evaluation["results"][NETWORK]["mean"],
+        "test_mace": scores.results[NETWORK]["mean"],
     }
 
 

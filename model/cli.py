@@ -7,6 +7,7 @@ fast.
 
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional
 
 import typer
@@ -22,16 +23,16 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _methods(values: List[str]) -> list[str]:
-    from homogen.model.baselines import BASELINES
+    from homogen.model.evaluate import METHODS
 
     out: list[str] = []
     for v in values:
         out += [m.strip() for m in v.split(",") if m.strip()]
     if out == ["none"]:
         return []
-    bad = [m for m in out if m not in BASELINES]
+    bad = [m for m in out if m not in METHODS]
     if bad:
-        _fail(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(BASELINES)} (or 'none')")
+        _fail(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)} (or 'none')")
     return out
 
 
@@ -45,14 +46,13 @@ def _open(store: str):
 
 
 def _load(model: str, tracking_uri: Optional[str]):
-    from homogen.model.tracking import TrackingError, load_model
+    from homogen.model.loading import load_model
+    from homogen.redaction import redact
 
     try:
         return load_model(model, tracking_uri=tracking_uri)
-    except (TrackingError, ValueError, OSError, RuntimeError) as exc:
-        from homogen.model.tracking import strip_credentials
-
-        _fail(f"cannot load model {strip_credentials(model)}: {strip_credentials(str(exc))}")
+    except (ValueError, OSError, RuntimeError) as exc:  # TrackingError and CheckpointError are RuntimeErrors
+        _fail(f"cannot load model {redact(model)}: {redact(str(exc))}")
 
 
 def evaluate(
@@ -64,17 +64,20 @@ def evaluate(
         ["identity,orb,sift,ecc"], "--methods", help="baselines, comma-separated or repeated: identity, orb, sift, ecc, or 'none'"
     ),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="only the first N pairs of the split"),
-    split: str = typer.Option("test", help="test | train | all"),
+    split: str = typer.Option("test", help="test | val | train | all"),
     batch_size: int = typer.Option(64, min=1, help="network batch size"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for OpenCV and torch (default: theirs)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store for models:/ and runs:/ URIs (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"),
 ) -> None:
     """MACE (mean, median, p95), failures and ms/pair of the baselines and a model on the same pairs."""
-    from homogen.model.evaluate import evaluate_methods, format_table, load_test_pairs
+    from homogen.model.data import load_split
+    from homogen.model.evaluate import evaluate_methods, format_table
 
     chosen = _methods(methods)
+    if split not in ("test", "val", "train", "all"):
+        _fail(f"unknown split {split!r}: use test, val, train or all")
     ds = _open(store)
-    pairs, offsets = load_test_pairs(ds, split=None if split == "all" else split, limit=limit)
+    pairs, offsets = load_split(ds, None if split == "all" else split, limit=limit)
     if len(pairs) == 0:
         _fail(f"store {ds.uri} has no {split} pairs")
     net = _load(model, tracking_uri) if model else None
@@ -137,14 +140,19 @@ def train(
     methods: List[str] = typer.Option(["identity,orb,sift,ecc"], "--methods", help="baselines logged beside the model, or 'none'"),
     track: bool = typer.Option(True, help="log to MLflow and register the model"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"),
-    experiment: str = typer.Option("homographynet", help="MLflow experiment"),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else homogen)"),
     run_name: Optional[str] = typer.Option(None),
+    limit: Optional[int] = typer.Option(None, min=1, help="score only the first N test pairs"),
 ) -> None:
-    """Train HomographyNet on a store, evaluate it beside the baselines on the test split, log and register it."""
+    """Train HomographyNet on a store (selected on its val split), score it once beside the baselines on the
+    test split, and log all of it to MLflow while it happens; register the model."""
     from pydantic import ValidationError
 
-    from homogen.model.tracking import TrackingError, log_training_run, setup_tracking, strip_credentials
+    from homogen.model.evaluate import NETWORK, format_table, score_test
+    from homogen.model.mlflow_run import TrainingRun
+    from homogen.model.tracking import TrackingError
     from homogen.model.train import TrainConfig, train as run_train
+    from homogen.redaction import redact
 
     chosen = _methods(methods)
     try:
@@ -155,34 +163,47 @@ def train(
     except ValidationError as exc:
         _fail(f"invalid parameters: {exc}")
     ds = _open(store)
-    if track:
-        try:  # fail before hours of training, not after
-            setup_tracking(tracking_uri, experiment)
-        except TrackingError as exc:
-            _fail(f"{exc}; or pass --no-track")
+    if not track:
+        result = _train(run_train, ds, cfg, None)
+        scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
+        typer.echo(format_table(scores.summary()))
+        return
+    stack = contextlib.ExitStack()
+    try:  # fail before hours of training, not after
+        run = stack.enter_context(
+            TrainingRun(ds, cfg, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, source="homogen train")
+        )
+    except TrackingError as exc:
+        _fail(f"{exc}; or pass --no-track")
+    with stack:  # the run closes when this block ends: FINISHED, or FAILED on any exception (typer.Exit included)
+        result = _train(run_train, ds, cfg, run.log_epoch)
+        ckpt = result.best_checkpoint or result.last_checkpoint
+        run.set_tags({"device": result.device, "best_epoch": result.best_epoch, "checkpoint": ckpt})
+        try:
+            scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
+            run.log_test(scores)
+            registered = run.register(result.model, scores)
+        except Exception as exc:  # noqa: BLE001 - the checkpoint is safe on disk; say where
+            _fail(f"evaluation or MLflow logging failed ({redact(str(exc))[:300]}); the checkpoint is kept at {ckpt}", code=1)
+    typer.echo(format_table(scores.summary()))
+    typer.echo(
+        f"run {run.run_id}: model {run.model_name} v{registered.model_version}"
+        f"{' is now champion' if registered.champion else ''} ({registered.promotion}); "
+        f"test MACE {scores.results[NETWORK]['mean']:.3f} px"
+    )
+
+
+def _train(run_train, ds, cfg, on_epoch):
+    """Train, turning bad input into a one-line error; prints the outcome."""
+    from homogen.redaction import redact
+
     try:
-        result = run_train(ds, cfg, progress=True)
+        result = run_train(ds, cfg, progress=True, on_epoch=on_epoch)
     except (ValueError, RuntimeError) as exc:
-        _fail(strip_credentials(str(exc)))
+        _fail(redact(str(exc)))
     ckpt = result.best_checkpoint or result.last_checkpoint
     typer.echo(f"trained: best val MACE {result.best_val_mace:.3f} px at epoch {result.best_epoch}; checkpoint {ckpt}")
-    if not track:
-        return
-    try:
-        tracked = log_training_run(
-            result.model, ds, config=cfg, history=result.history, baselines=chosen, checkpoint=ckpt,
-            tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
-            tags={"device": result.device, "best_epoch": str(result.best_epoch)},
-        )
-    except Exception as exc:  # noqa: BLE001 - the checkpoint is safe on disk; say where
-        _fail(f"MLflow logging failed ({strip_credentials(str(exc))[:300]}); the checkpoint is kept at {ckpt}", code=1)
-    from homogen.model.evaluate import format_table
-
-    typer.echo(format_table({"homographynet": tracked.test, **tracked.baselines}))
-    typer.echo(
-        f"run {tracked.run_id}: model homographynet v{tracked.model_version}"
-        f"{' is now champion' if tracked.champion else ''} ({tracked.promotion})"
-    )
+    return result
 
 
 def register(app: typer.Typer) -> None:

@@ -1,15 +1,23 @@
-"""Evaluate HomographyNet and the classical baselines on the same test pairs.
+"""Evaluate HomographyNet and the other methods on the same test pairs.
 
-Every method sees the same pairs; MACE and friends come from :mod:`homogen.model.metrics`. A baseline that
-returns no homography is scored as the identity (zero offsets) and counted as a failure
-(CONVENTIONS.md). Timings are wall-clock per pair in this process: baselines one pair at a time,
-the network in batches of ``batch_size`` on the model's device (``torch.set_num_threads`` decides
-how many CPU cores it uses).
+Every method sees the same pairs; MACE and friends come from :mod:`homogen.model.metrics`. A method
+that returns no homography is scored as the identity (zero offsets) and counted as a failure
+(CONVENTIONS.md). Timings are wall-clock per pair in this process: per-pair methods one pair at a
+time, batch methods and the network in batches on their device (``torch.set_num_threads`` decides
+how many CPU cores they use).
+
+Methods are looked up in :data:`METHODS` by name. The classical baselines are there from the
+start; another module adds its own with :func:`register_method` (a function of one pair, or of a
+batch of pairs), and the CLI, the flows and the tracked runs then offer and log it like the rest.
+
+:func:`score_test` is the one scoring of a run's test split: the network and every method on the
+same pairs, once, after training (model selection having used ``val`` only).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -19,66 +27,91 @@ from homogen.model.metrics import pair_errors, summarize
 
 __all__ = [
     "DEFAULT_METHODS",
+    "METHODS",
     "NETWORK",
+    "Method",
+    "TestScores",
     "evaluate_methods",
     "format_table",
-    "load_test_pairs",
     "method_label",
     "predict_baseline",
     "predict_network",
+    "register_method",
+    "score_test",
 ]
 
 DEFAULT_METHODS: tuple[str, ...] = ("identity", "orb", "sift", "ecc")
 NETWORK = "homographynet"
 """Result key of the network (when ``model`` is given)."""
 
+
+@dataclass(frozen=True)
+class Method:
+    """An evaluation method: ``run(pairs, progress) -> (offsets (n,8) f32, failed (n,) bool)``.
+
+    ``pairs`` is uint8 :math:`(n, 2, P, P)`; ``progress(k)`` is called as pairs are done (may be None).
+    """
+
+    name: str
+    label: str
+    run: Callable[[np.ndarray, Callable[[int], None] | None], tuple[np.ndarray, np.ndarray]]
+
+
+METHODS: dict[str, Method] = {}
+"""Every method the evaluation knows, by name (the baselines, then whatever :func:`register_method` adds)."""
+
+
+def register_method(
+    name: str,
+    fn: Callable,
+    label: str | None = None,
+    batched: bool = False,
+) -> Method:
+    """Make ``fn`` an evaluation method called ``name``.
+
+    Args:
+        fn: per pair (``batched=False``): ``fn(a, b) -> offsets (8,) or None`` on two uint8 (P, P)
+            patches, None meaning failure; batched: ``fn(pairs (n,2,P,P) uint8) -> offsets (n,8)``
+            or ``(offsets (n,8), failed (n,) bool)``.
+        label: human-readable name for tables and plots (default ``name``).
+    """
+    if batched:
+
+        def run(pairs: np.ndarray, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+            out = fn(pairs)
+            pred, failed = out if isinstance(out, tuple) else (out, np.zeros(len(pairs), bool))
+            if progress is not None:
+                progress(len(pairs))
+            return np.asarray(pred, np.float32).reshape(len(pairs), 8), np.asarray(failed, bool).reshape(len(pairs))
+
+    else:
+
+        def run(pairs: np.ndarray, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+            return _per_pair(fn, pairs, progress)
+
+    METHODS[name] = Method(name, label or name, run)
+    return METHODS[name]
+
+
 _LABELS = {
     "identity": "identity",
     "orb": "ORB (500) + RANSAC",
     "sift": "SIFT + ratio + RANSAC",
     "ecc": "ECC (homography)",
-    NETWORK: "HomographyNet",
 }
 
 
 def method_label(name: str) -> str:
     """Human-readable name of a method key."""
-    return _LABELS.get(name, name)
+    if name == NETWORK:
+        return "HomographyNet"
+    return METHODS[name].label if name in METHODS else name
 
 
-def load_test_pairs(store: Any, split: str | None = "test", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(pairs uint8 (n,2,P,P), offsets f32 (n,8))`` of ``split`` (None: all), the first ``limit`` in store order.
-
-    ``store``: a path/URL or an opened :class:`homogen.stores.Dataset`. Reads chunk by chunk and
-    stops once ``limit`` pairs are in.
-    """
-    from homogen.stores import open_dataset
-
-    ds = open_dataset(str(store)) if isinstance(store, (str, bytes)) or hasattr(store, "__fspath__") else store
-    p = ds.patch_size
-    pairs, offsets, n = [np.empty((0, 2, p, p), np.uint8)], [np.empty((0, 8), np.float32)], 0
-    for block in ds.iter_chunks(split=split, fields=("pairs", "offsets")):
-        take = len(block["pairs"]) if limit is None else min(len(block["pairs"]), limit - n)
-        pairs.append(np.asarray(block["pairs"][:take]))
-        offsets.append(np.asarray(block["offsets"][:take], dtype=np.float32))
-        n += take
-        if limit is not None and n >= limit:
-            break
-    return np.concatenate(pairs), np.concatenate(offsets)
-
-
-def predict_baseline(
-    method: str | Callable, pairs: np.ndarray, progress: Callable[[int], None] | None = None
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Run one baseline on every pair.
-
-    Returns ``(offsets (n,8) f32 with failures as zeros, failed (n,) bool, seconds)``.
-    """
-    fn = BASELINES[method] if isinstance(method, str) else method
+def _per_pair(fn: Callable, pairs: np.ndarray, progress: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
     n = len(pairs)
     out = np.zeros((n, 8), np.float32)
     failed = np.zeros(n, bool)
-    t0 = time.perf_counter()
     for i in range(n):
         try:
             r = fn(pairs[i, 0], pairs[i, 1])
@@ -90,16 +123,51 @@ def predict_baseline(
             out[i] = r
         if progress is not None:
             progress(1)
-    return out, failed, time.perf_counter() - t0
+    return out, failed
+
+
+for _name, _fn in BASELINES.items():
+    register_method(_name, _fn, _LABELS.get(_name))
+
+# direct-mse, direct-ncc and <method>+refine (model.methods registers them through register_method)
+from homogen.model.methods import NETWORK_REFINE, refine_estimate  # noqa: E402
+
+
+def predict_baseline(
+    method: str | Callable, pairs: np.ndarray, progress: Callable[[int], None] | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Run one method (a :data:`METHODS` name, or a per-pair function) on every pair.
+
+    Returns ``(offsets (n,8) f32 with failures as zeros, failed (n,) bool, seconds)``.
+    """
+    t0 = time.perf_counter()
+    if isinstance(method, str):
+        pred, failed = METHODS[method].run(pairs, progress)
+    else:
+        pred, failed = _per_pair(method, pairs, progress)
+    return pred, failed, time.perf_counter() - t0
 
 
 def predict_network(
-    model: Any, pairs: np.ndarray, batch_size: int = 64, progress: Callable[[int], None] | None = None
+    model: Any,
+    pairs: np.ndarray | Iterable,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+    *,
+    amp: bool = False,
+    amp_dtype: str = "bfloat16",
+    channels_last: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Offsets (n,8) f32 predicted by a torch module taking uint8 (B,2,P,P); and the seconds it took.
 
-    The model is put in eval mode and run under ``torch.inference_mode`` on its own device.
+    The one predict loop of the package (training's validation uses it too). ``pairs``: a uint8
+    array (n,2,P,P), cut into batches of ``batch_size``, or an iterable of batches (arrays or
+    tensors (B,2,P,P), or ``(pairs, offsets)`` tuples of a loader, whose offsets are ignored).
+    The model is put in eval mode and run under ``torch.inference_mode`` on its own device, with
+    autocast (``amp``) and NHWC input (``channels_last``) when asked.
     """
+    import contextlib
+
     import torch
 
     model.eval()
@@ -107,12 +175,23 @@ def predict_network(
         device = next(model.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
+    if isinstance(pairs, np.ndarray):
+        batches: Iterable = (pairs[s : s + batch_size] for s in range(0, len(pairs), batch_size))
+    else:
+        batches = pairs
+    autocast = torch.autocast(device.type, dtype=getattr(torch, amp_dtype)) if amp else contextlib.nullcontext()
     outs = []
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for s in range(0, len(pairs), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(pairs[s : s + batch_size])).to(device)
-            outs.append(model(x).float().cpu().numpy())
+        for batch in batches:
+            if isinstance(batch, (tuple, list)):
+                batch = batch[0]
+            x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
+            x = x.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                outs.append(model(x).float().cpu().numpy())
             if progress is not None:
                 progress(len(x))
     if device.type == "cuda":
@@ -135,7 +214,7 @@ def evaluate_methods(
     Args:
         pairs: uint8 (n, 2, P, P), channel 0 = A, 1 = B.
         offsets: true offsets (n, 8) in label order.
-        methods: baseline keys of :data:`homogen.model.baselines.BASELINES`.
+        methods: names in :data:`METHODS`.
         model: optional torch module (uint8 (B,2,P,P) -> (B,8) offsets); result key ``"homographynet"``.
         batch_size: network batch size.
         progress: show a tqdm bar per method (stderr).
@@ -150,9 +229,11 @@ def evaluate_methods(
     if pairs.ndim != 4 or pairs.shape[1] != 2 or len(pairs) != len(offsets):
         raise ValueError(f"expected pairs (n,2,P,P) and offsets (n,8), got {pairs.shape} and {offsets.shape}")
     methods = list(methods)
-    unknown = [m for m in methods if m not in BASELINES]
+    unknown = [m for m in methods if m not in METHODS and m != NETWORK_REFINE]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(BASELINES)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)} or {NETWORK_REFINE}")
+    if NETWORK_REFINE in methods and model is None:
+        raise ValueError(f"method {NETWORK_REFINE} refines the network's estimate: give a model")
     n = len(pairs)
     results: dict[str, dict[str, Any]] = {}
 
@@ -178,9 +259,14 @@ def evaluate_methods(
         if b is not None:
             b.close()
         record(NETWORK, pred, 0, seconds)
+        net_pred, net_seconds = pred, seconds
     for m in methods:
         b, cb = bar(m)
-        pred, failed, seconds = predict_baseline(m, pairs, progress=cb)
+        if m == NETWORK_REFINE:  # the network's estimate above, refined: its time plus the refinement's
+            pred, failed, seconds = refine_estimate(pairs, net_pred)
+            seconds += net_seconds
+        else:
+            pred, failed, seconds = predict_baseline(m, pairs, progress=cb)
         if b is not None:
             b.close()
         record(m, pred, failed, seconds)
@@ -201,3 +287,50 @@ def format_table(results: dict[str, dict[str, Any]], order: Sequence[str] | None
             f"{r['ms_per_pair']:.2f} |"
         )
     return "\n".join(rows)
+
+
+@dataclass
+class TestScores:
+    """The test split of one run, scored once: the pairs, their true offsets, every method's result.
+
+    ``results``: ``{name: {"mean", "median", "p95", "failures", "n", "ms_per_pair", "pred", "errors"}}``
+    (see :func:`evaluate_methods`), the network first under :data:`NETWORK`.
+    """
+
+    __test__ = False  # not a pytest class
+
+    pairs: np.ndarray
+    offsets: np.ndarray
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """``results`` without the per-pair arrays (what tables, JSON and the flow's artifacts show)."""
+        return {k: {kk: vv for kk, vv in r.items() if kk not in ("pred", "errors")} for k, r in self.results.items()}
+
+
+def score_test(
+    dataset: Any,
+    model: Any,
+    methods: Iterable[str] = DEFAULT_METHODS,
+    limit: int | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> TestScores:
+    """Score ``model`` and ``methods`` on the ``test`` split of ``dataset`` (its first ``limit`` pairs), once.
+
+    Raises:
+        ValueError: the store has no test pairs (the message names the store and the fix).
+    """
+    from homogen.model.data import as_dataset, load_split
+    from homogen.redaction import redact
+
+    ds = as_dataset(dataset)
+    pairs, offsets = load_split(ds, "test", limit=limit)
+    if not len(pairs):
+        raise ValueError(
+            f"store {redact(str(ds.uri))} has no test pairs to evaluate on: generate it from more images "
+            f"or with a larger test_fraction"
+        )
+    results = evaluate_methods(pairs, offsets, methods=methods, model=model, batch_size=batch_size,
+                               progress=progress, return_predictions=True)
+    return TestScores(pairs, offsets, results)

@@ -1,10 +1,18 @@
 """Training HomographyNet on a homogen store, in the style of the torchvision reference scripts.
 
 ``train(store, TrainConfig(...))`` checks the store against the model, then alternates
-:func:`train_one_epoch` on the train split and :func:`evaluate` (MACE) on the test split, with a
-step learning-rate decay, early stopping on validation MACE, and an atomic checkpoint after every
+:func:`train_one_epoch` on the ``train`` split and :func:`evaluate` (MACE) on the ``val`` split, with
+a step learning-rate decay, early stopping on validation MACE, and an atomic checkpoint after every
 epoch (``last.pt``, plus ``best.pt`` when validation MACE improves). ``resume=True`` continues from
 ``last.pt``: on CPU a resumed run ends with the same weights as an uninterrupted one.
+
+The ``test`` split is never read here: model selection sees ``train`` and ``val`` only, and the
+test pairs are scored once, after training (:func:`homogen.model.evaluate.score_test`).
+
+The loss comes from :data:`CRITERIA` by name (``TrainConfig.loss``); another module adds one with
+:func:`register_criterion`. A criterion is called as ``criterion(pred, offsets, pairs)``: predicted
+and true offsets :math:`(B, 8)` float32, and the uint8 input pairs :math:`(B, 2, P, P)` (for losses
+that compare pixels rather than labels).
 """
 
 from __future__ import annotations
@@ -27,20 +35,26 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from homogen.config import workdir
-from homogen.sources import redact
 from homogen.model.config import TrainConfig
 from homogen.model.data import as_dataset, check_compatible, make_loader
+from homogen.model.evaluate import predict_network
 from homogen.model.metrics import pair_errors, summarize
+from homogen.model.losses import photometric_criterion
 from homogen.model.network import HomographyNet
+from homogen.redaction import redact
 
 __all__ = [
+    "CRITERIA",
     "CheckpointError",
+    "NoValidationSplitError",
     "TrainConfig",
     "TrainResult",
     "build_model",
     "evaluate",
     "load_checkpoint",
-    "load_model",
+    "make_criterion",
+    "network_from_checkpoint",
+    "register_criterion",
     "resolve_device",
     "save_checkpoint",
     "train",
@@ -71,6 +85,10 @@ class TrainResult:
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit this run; the message names the file."""
+
+
+class NoValidationSplitError(ValueError):
+    """The store has no ``val`` pairs to select the model on; the message says to regenerate it."""
 
 
 @dataclass
@@ -108,8 +126,37 @@ def build_model(cfg: TrainConfig) -> HomographyNet:
     return HomographyNet(width=cfg.width, patch_size=cfg.patch_size)
 
 
-def make_criterion(name: str) -> nn.Module:
-    return nn.SmoothL1Loss() if name == "smooth_l1" else nn.MSELoss()
+Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``criterion(pred (B,8) f32, offsets (B,8) f32, pairs (B,2,P,P) uint8) -> scalar loss``."""
+
+
+def _label_loss(loss: nn.Module) -> Criterion:
+    """A loss of predicted vs true offsets only (the pairs are not needed)."""
+
+    def criterion(pred: torch.Tensor, offsets: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        return loss(pred, offsets)
+
+    return criterion
+
+
+CRITERIA: dict[str, Callable[[], Criterion]] = {
+    "smooth_l1": lambda: _label_loss(nn.SmoothL1Loss()),
+    "mse": lambda: _label_loss(nn.MSELoss()),
+    "photometric": lambda: photometric_criterion,  # unsupervised: reads the pairs, never the offsets
+}
+"""Loss factories by ``TrainConfig.loss`` name; :func:`register_criterion` adds one."""
+
+
+def register_criterion(name: str, factory: Callable[[], Criterion]) -> None:
+    """Make ``TrainConfig(loss=name)`` train with ``factory()`` (see :data:`Criterion`)."""
+    CRITERIA[name] = factory
+
+
+def make_criterion(name: str) -> Criterion:
+    """The criterion called ``name`` (a key of :data:`CRITERIA`)."""
+    if name not in CRITERIA:
+        raise ValueError(f"unknown loss {name!r}: choose from {', '.join(sorted(CRITERIA))}")
+    return CRITERIA[name]()
 
 
 def _to_device(pairs: torch.Tensor, offsets: torch.Tensor, device: torch.device, channels_last: bool):
@@ -159,7 +206,7 @@ def train_one_epoch(
         pairs, offsets = _to_device(pairs, offsets, device, channels_last)
         with _autocast(device, amp, amp_dtype):
             pred = model(pairs)
-        loss = criterion(pred.float(), offsets)
+        loss = criterion(pred.float(), offsets, pairs)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -183,36 +230,31 @@ def train_one_epoch(
     }
 
 
-@torch.inference_mode()
-def predict(
+def evaluate(
     model: nn.Module,
     loader: Iterable,
-    device: torch.device,
+    device: torch.device | None = None,
     *,
     amp: bool = False,
     amp_dtype: str = "bfloat16",
     channels_last: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted and true offsets over ``loader``: two :math:`(N, 8)` float arrays."""
-    model.eval()
-    preds, trues = [], []
-    for pairs, offsets in loader:
-        x, _ = _to_device(pairs, offsets, device, channels_last)
-        with _autocast(device, amp, amp_dtype):
-            preds.append(model(x).float().cpu().numpy())
-        trues.append(offsets.numpy())
-    if not preds:
-        return np.empty((0, 8), np.float32), np.empty((0, 8), np.float32)
-    return np.concatenate(preds), np.concatenate(trues)
-
-
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, **kw) -> dict[str, float | int]:
-    """MACE of ``model`` over ``loader``: ``{"mean", "median", "p95", "failures", "n"}`` (pixels).
+) -> dict[str, float | int]:
+    """MACE of ``model`` over the ``(pairs, offsets)`` batches of ``loader``: ``{"mean", "median", "p95", "failures", "n"}`` (pixels).
 
     MACE per CONVENTIONS.md: mean over the 4 corners of the Euclidean corner error, then over pairs.
+    The model runs on its own device (``device`` is accepted for symmetry with :func:`train_one_epoch`).
     """
-    pred, true = predict(model, loader, device, **kw)
-    return summarize(pair_errors(pred, true) if len(true) else np.empty(0))
+    trues: list[np.ndarray] = []
+
+    def batches():
+        for pairs, offsets in loader:
+            trues.append(offsets.numpy())
+            yield pairs
+
+    pred, _ = predict_network(model, batches(), amp=amp, amp_dtype=amp_dtype, channels_last=channels_last)
+    if not trues:
+        return summarize(np.empty(0))
+    return summarize(pair_errors(pred, np.concatenate(trues)))
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -283,9 +325,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: str | os.PathLike) -> HomographyNet:
-    """The network stored in a checkpoint, in eval mode, on CPU."""
-    payload = load_checkpoint(path)
+def network_from_checkpoint(payload: dict[str, Any]) -> HomographyNet:
+    """The network of a checkpoint read by :func:`load_checkpoint`, in eval mode, on CPU.
+
+    (:func:`homogen.model.loading.load_model` takes a path, or any other place a model is kept.)
+    """
     model = HomographyNet(width=payload["width"], patch_size=payload["patch_size"])
     model.load_state_dict(payload["model"])
     return model.eval()
@@ -314,7 +358,7 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train HomographyNet on the train split of a store, validating MACE on its test split.
+    """Train HomographyNet on the ``train`` split of a store, selecting it on MACE over its ``val`` split.
 
     Args:
         dataset: store path/URL or a dataset from :func:`homogen.stores.open_dataset`.
@@ -322,9 +366,11 @@ def train(
         progress: show a tqdm bar per epoch (loss, samples/s).
         on_epoch: called after every epoch (after its checkpoint is written) with the epoch's
             record ``{epoch, train_loss, val_mace, val_median, val_p95, lr, samples_per_s,
-            samples, samples_seen}``.
+            samples, samples_seen}`` (e.g. :meth:`homogen.model.mlflow_run.TrainingRun.log_epoch`,
+            which logs it while training goes on).
 
     Raises:
+        NoValidationSplitError: the store has no ``val`` pairs (before anything is trained).
         IncompatibleStoreError: the store's schema version or patch size does not fit the model
             (before anything is trained).
         CheckpointError: ``resume`` found a checkpoint that is corrupt or belongs to another run.
@@ -370,18 +416,21 @@ def train(
         num_workers=cfg.num_workers, buffer_chunks=cfg.buffer_chunks, seed=cfg.seed, pin_memory=device.type == "cuda"
     )
     train_loader = make_loader(ds, "train", batch_size=cfg.batch_size, shuffle=True, **loader_kw)
-    val_loader = make_loader(ds, "test", batch_size=cfg.val_batch_size, shuffle=False, **loader_kw)
+    val_loader = make_loader(ds, "val", batch_size=cfg.val_batch_size, shuffle=False, **loader_kw)
     n_train = train_loader.dataset.num_samples()
     if n_train == 0:
-        raise ValueError(f"store {redact(ds.uri)} has no training pairs")
-    has_val = val_loader.dataset.num_samples() > 0
-    if not has_val:
-        log.warning("store %s has no test pairs: no validation, no early stopping; best = last", redact(ds.uri))
+        raise ValueError(f"store {redact(ds.uri)} has no training pairs: generate it from more images")
+    if val_loader.dataset.num_samples() == 0:
+        raise NoValidationSplitError(
+            f"store {redact(ds.uri)} has no val pairs, so the model cannot be selected without looking at the "
+            f"test pairs: regenerate the dataset with the installed homogen (val_fraction > 0, and enough images "
+            f"that some fall in val)"
+        )
     amp_kw = dict(amp=amp, amp_dtype=cfg.amp_dtype, channels_last=channels_last)
 
     def done() -> bool:
         out_of_budget = cfg.max_samples is not None and state.samples_seen >= cfg.max_samples
-        patience_spent = cfg.patience is not None and has_val and state.bad_epochs >= cfg.patience
+        patience_spent = cfg.patience is not None and state.bad_epochs >= cfg.patience
         return state.epoch >= cfg.epochs or out_of_budget or patience_spent
 
     while not done():
@@ -391,16 +440,16 @@ def train(
         total = n_train if budget is None else min(n_train, budget)
         with tqdm(total=total, unit="sample", desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False) as bar:
             stats = train_one_epoch(step_model, criterion, optimizer, train_loader, device, scaler, budget=budget, bar=bar, **amp_kw)
-        val = evaluate(step_model, val_loader, device, **amp_kw) if has_val else summarize(np.empty(0))
+        val = evaluate(step_model, val_loader, device, **amp_kw)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
 
         state.epoch += 1
         state.samples_seen += stats["samples"]
-        improved = has_val and val["mean"] < state.best_val_mace
+        improved = val["mean"] < state.best_val_mace
         if improved:
             state.best_val_mace, state.best_epoch, state.bad_epochs = val["mean"], state.epoch, 0
-        elif has_val:
+        else:
             state.bad_epochs += 1
         record = {
             "epoch": state.epoch,
@@ -430,7 +479,7 @@ def train(
             "state": state.as_dict(),
         }
         save_checkpoint(last_path, payload)
-        if improved or not has_val:
+        if improved:
             save_checkpoint(best_path, payload)
         if progress:
             tqdm.write(
@@ -440,7 +489,7 @@ def train(
         if on_epoch is not None:
             on_epoch(record)
 
-    final = load_model(best_path) if best_path.exists() else model.cpu().eval()
+    final = network_from_checkpoint(load_checkpoint(best_path)) if best_path.exists() else model.cpu().eval()
     return TrainResult(
         model=final,
         best_checkpoint=best_path if best_path.exists() else None,
@@ -451,5 +500,5 @@ def train(
         dataset_version=ds.version,
         best_val_mace=state.best_val_mace,
         best_epoch=state.best_epoch,
-        stopped_early=state.epoch < cfg.epochs and cfg.patience is not None and has_val and state.bad_epochs >= cfg.patience,
+        stopped_early=state.epoch < cfg.epochs and cfg.patience is not None and state.bad_epochs >= cfg.patience,
     )
