@@ -16,7 +16,8 @@ from homogen.model.baselines import (
     orb_ransac,
     sift_ransac,
 )
-from homogen.model.evaluate import evaluate_methods, format_table, load_test_pairs
+from homogen.model.data import load_split
+from homogen.model.evaluate import evaluate_methods, format_table
 from homogen.model.metrics import mace
 
 PHOTOS = sorted((Path(homogen.__file__).parent / "data" / "coco-sample" / "train2017").glob("*.jpg"))
@@ -127,9 +128,9 @@ def test_evaluate_methods_on_generated_store(tmp_path):
 
     out = tmp_path / "ds.zarr"
     generate(GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=8)))
-    pairs, offsets = load_test_pairs(str(out), split=None)
+    pairs, offsets = load_split(str(out), None)
     assert pairs.shape == (32, 2, P, P) and pairs.dtype == np.uint8
-    few, few_off = load_test_pairs(str(out), split=None, limit=5)
+    few, few_off = load_split(str(out), None, limit=5)
     assert len(few) == 5 and np.array_equal(few_off, offsets[:5])
 
     res = evaluate_methods(pairs, offsets, methods=tuple(BASELINES))
