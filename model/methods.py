@@ -23,7 +23,7 @@ import numpy as np
 
 from homogen.model.evaluate import METHODS, register_method
 
-__all__ = ["DIRECT", "NETWORK_REFINE", "REFINE", "base_method", "refine_estimate", "refinement_report"]
+__all__ = ["DIRECT", "NETWORK_REFINE", "REFINE", "base_method", "refine_estimate"]
 
 REFINE = "+refine"
 NETWORK_REFINE = "network" + REFINE
@@ -65,26 +65,8 @@ def _refined(base: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
     return run
 
 
-def refinement_report(results: dict[str, dict]) -> list[str]:
-    """One line per refined method whose base is in ``results`` too: the MACE gained and the time it cost."""
-    from homogen.model.evaluate import NETWORK, method_label
-
-    lines = []
-    for name, r in results.items():
-        base = base_method(name)
-        base = NETWORK if base == "network" else base
-        if base is None or base not in results:
-            continue
-        b = results[base]
-        lines.append(
-            f"{method_label(name)}: mean {b['mean']:.2f} -> {r['mean']:.2f} px ({r['mean'] - b['mean']:+.2f}), "
-            f"median {b['median']:.2f} -> {r['median']:.2f} px, +{r['ms_per_pair'] - b['ms_per_pair']:.1f} ms/pair"
-        )
-    return lines
-
-
 for _name, _loss in DIRECT.items():
-    register_method(_name, _direct(_loss), f"direct alignment ({_loss.upper()}, Adam, pyramid)", batched=True)
+    register_method(_name, _direct(_loss), f"direct {_loss.upper()} (Adam, pyramid)", batched=True)
 for _base in list(METHODS):
     if base_method(_base) is None:
         register_method(_base + REFINE, _refined(_base), f"{METHODS[_base].label} + refine", batched=True)
