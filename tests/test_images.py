@@ -3,6 +3,7 @@ reason, quarantined by generation, which goes on."""
 
 from __future__ import annotations
 
+import io
 import tracemalloc
 
 import cv2
@@ -12,7 +13,7 @@ from PIL import Image
 
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
-from homogen.images import BadImage, decode_gray, load_gray
+from homogen.images import BadImage, decode_gray, load_gray, reduction_factor
 
 from conftest import BAD_KINDS, BAD_SUFFIX, bad_image_bytes, encode, read_store
 
@@ -123,3 +124,202 @@ def test_sampling_defaults_refuse_nothing_from_the_bundled_sample(sample_photos)
     cfg = SamplingConfig()
     for p in sample_photos:
         assert load_gray(str(p), cfg.image_width, cfg.image_height, min_side=cfg.patch_size).shape == (240, 320)
+
+
+# ----------------------------------------------------------------------------- damaged JPEGs
+# Real photographs damaged here, in the entropy-coded data only: every header before the first
+# start-of-scan and the end-of-image marker stay intact, as in files cut or corrupted in a crawl.
+
+
+def _scan_start(data: bytes) -> int:
+    """Offset of the first byte of entropy-coded data (after the first SOS header)."""
+    sos = data.index(b"\xff\xda")
+    return sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+
+
+def _damage(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
+    start, end = _scan_start(data), len(data) - 2  # the last 2 bytes are the EOI marker
+    out = bytearray(data)
+    if kind == "1 KB overwritten":
+        at = int(rng.integers(start, end - 1024))
+        out[at : at + 1024] = rng.integers(0, 256, 1024, dtype=np.uint8).tobytes()
+    elif kind == "4 KB zeroed":
+        at = int(rng.integers(start, end - 4096))
+        out[at : at + 4096] = bytes(4096)
+    elif kind == "8 KB cut":
+        at = int(rng.integers(start, end - 8192))
+        del out[at : at + 8192]
+    elif kind == "bit flips (one per byte over 1 KB)":
+        at = int(rng.integers(start, end - 1024))
+        for i in range(at, at + 1024):
+            out[i] ^= 1 << int(rng.integers(8))
+    elif kind == "single bit flip":
+        out[int(rng.integers(start, end))] ^= 1 << int(rng.integers(8))
+    else:
+        raise ValueError(kind)
+    assert bytes(out[:start]) == data[:start] and out[-2:] == b"\xff\xd9"
+    return bytes(out)
+
+
+DAMAGE_KINDS = ["1 KB overwritten", "4 KB zeroed", "8 KB cut", "bit flips (one per byte over 1 KB)"]
+
+
+def _opencv_decode(data: bytes, capfd) -> tuple[np.ndarray, str]:
+    """OpenCV's own (lenient) libjpeg-turbo decode at the same scale, and what libjpeg printed."""
+    capfd.readouterr()
+    f = reduction_factor(*Image.open(io.BytesIO(data)).size, 320, 240)
+    flag = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2}[f]
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if img is not None and img.shape != (240, 320):
+        img = cv2.resize(img, (320, 240), interpolation=cv2.INTER_AREA)
+    return img, capfd.readouterr().err
+
+
+def test_damaged_jpegs_are_quarantined_or_decode_within_one_grey_level(sample_photos, capfd):
+    """256 damaged files: 32 photographs x 4 kinds of damage x 2 places. Each is quarantined with
+    libjpeg's reason, or decodes within 1 grey level of the clean photograph. A damaged stream that
+    is still a well-formed JPEG (libjpeg itself sees nothing wrong: OpenCV's decoder prints no
+    warning and gives the same pixels) cannot be told from an intact one by any decoder; such files
+    are counted here and in docs/RELIABILITY.md, and must stay rare."""
+    rng = np.random.default_rng(2026)
+    outcome = {"quarantined": 0, "within 1 level": 0}
+    undetectable = []
+    for photo in sample_photos:
+        data = photo.read_bytes()
+        clean = decode_gray(data, 320, 240)
+        for kind in DAMAGE_KINDS:
+            for _ in range(2):
+                damaged = _damage(data, kind, rng)
+                try:
+                    frame = decode_gray(damaged, 320, 240, min_side=128)
+                except BadImage as exc:
+                    assert exc.reason.startswith(("corrupt JPEG data (", "corrupt JPEG header (")), exc.reason
+                    outcome["quarantined"] += 1
+                    continue
+                if np.abs(frame.astype(np.int16) - clean).max() <= 1:
+                    outcome["within 1 level"] += 1
+                    continue
+                lenient, printed = _opencv_decode(damaged, capfd)
+                assert printed == "" and np.array_equal(lenient, frame), (photo.name, kind, printed)
+                undetectable.append((photo.name, kind))
+    assert sum(outcome.values()) + len(undetectable) == 256
+    assert outcome["quarantined"] >= 240, outcome
+    # measured: 252 quarantined, 4 within 1 level, 0 undetectable here; 3 of 768 with other seeds
+    assert len(undetectable) <= 256 // 50, undetectable
+
+
+def test_the_lenient_decoder_would_have_accepted_the_damage_strict_decoding_refuses(sample_photos, capfd):
+    """What strict decoding changes: OpenCV (as before) returned an image for these files, printing
+    'Corrupt JPEG data' on stderr, with pixels far from the clean photograph."""
+    rng = np.random.default_rng(7)
+    far = 0
+    for photo in sample_photos[:8]:
+        data = photo.read_bytes()
+        clean = decode_gray(data, 320, 240)
+        damaged = _damage(data, "8 KB cut", rng)
+        with pytest.raises(BadImage, match="corrupt JPEG data"):
+            decode_gray(damaged, 320, 240)
+        lenient, printed = _opencv_decode(damaged, capfd)
+        assert lenient is not None and ("Corrupt JPEG data" in printed or "Premature end of JPEG file" in printed)
+        far += np.abs(lenient.astype(np.int16) - clean).max() > 10
+    assert far == 8
+
+
+def test_single_bit_flips_that_leave_a_well_formed_jpeg_are_what_decoding_cannot_see(sample_photos, capfd):
+    """A flipped bit in a coefficient's magnitude bits leaves a valid JPEG with other pixels: no
+    decoder can flag it (JPEG has no checksum). Only the recorded content digest of each source file
+    (homogen.versions) tells such a file from the one a dataset was made from. Measured here so the
+    number in docs/RELIABILITY.md stays true: strict decoding catches some flips, and every one it
+    lets through is a stream libjpeg decodes without a warning."""
+    rng = np.random.default_rng(11)
+    caught = silent = 0
+    for photo in sample_photos:
+        data = photo.read_bytes()
+        clean = decode_gray(data, 320, 240)
+        damaged = _damage(data, "single bit flip", rng)
+        try:
+            frame = decode_gray(damaged, 320, 240)
+        except BadImage:
+            caught += 1
+            continue
+        lenient, printed = _opencv_decode(damaged, capfd)
+        assert printed == "" and np.array_equal(lenient, frame)
+        silent += np.abs(frame.astype(np.int16) - clean).max() > 1
+    assert caught >= 1 and caught + silent <= 32
+
+
+def test_generation_quarantines_damaged_jpegs_with_libjpegs_reason(tmp_path, sample_photos):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for p in sample_photos[:4]:
+        (src / p.name).write_bytes(p.read_bytes())
+    damaged = {}
+    for p, kind in zip(sample_photos[4:8], ["1 KB overwritten", "4 KB zeroed", "8 KB cut", "8 KB cut"]):
+        (src / p.name).write_bytes(_damage(p.read_bytes(), kind, rng))
+        damaged[int(p.stem)] = kind
+    manifest = generate(GenerateConfig(source=SourceConfig(root=str(src), kind="folder"),
+                                       output=str(tmp_path / "o.zarr")), progress=False)
+    reasons = {q["image_id"]: q["reason"] for q in manifest["quarantine"]}
+    assert set(reasons) == set(damaged)
+    assert all(r.startswith("corrupt JPEG data (") for r in reasons.values()), reasons
+    assert manifest["num_images"] == 4 and manifest["num_pairs"] == 16
+
+
+def test_regeneration_decodes_strictly_too_so_damage_cannot_hide_behind_itself(tmp_path, sample_photos):
+    """validate --regenerate remakes pairs with the same strict decode: a source file damaged after
+    generation is reported as unusable, not regenerated into the same garbage."""
+    from homogen.validate import validate_dataset
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sample_photos[:3]:
+        (src / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "o.zarr"
+    generate(GenerateConfig(source=SourceConfig(root=str(src), kind="folder", test_fraction=0.0, val_fraction=0.0),
+                            output=str(out)), progress=False)
+    victim = src / sample_photos[0].name
+    victim.write_bytes(_damage(victim.read_bytes(), "8 KB cut", np.random.default_rng(5)))
+    report = validate_dataset(str(out), regenerate=12, progress=False)
+    regen = next(c for c in report.checks if c.name == "regenerate")
+    assert regen.passed is False
+    assert any("corrupt JPEG data" in e["why"] for e in regen.examples), regen.examples
+
+
+def test_a_huge_progressive_jpeg_is_refused_from_its_header_before_any_decoding(rgb_photo):
+    """A 30000x30000 progressive JPEG would keep 900 megapixels of coefficients in memory even at
+    1/8 scale; it is refused from its frame header (SOF2), in microseconds, naming the limit."""
+    data = bytearray(encode(Image.fromarray(rgb_photo), "JPEG", progressive=True))
+    sof = data.index(b"\xff\xc2")
+    data[sof + 5 : sof + 9] = (30000).to_bytes(2, "big") * 2  # height, width
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadImage) as err:
+            decode_gray(bytes(data), 320, 240, min_side=128)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "too large to decode in bounded memory: 30000x30000 JPEG is 900 megapixels" in err.value.reason
+    assert "limit of 100" in err.value.reason and peak < 1e6
+
+
+def test_progressive_jpegs_within_the_limit_decode_like_baseline_ones(rgb_photo):
+    im = Image.fromarray(rgb_photo)
+    progressive = decode_gray(encode(im, "JPEG", progressive=True, quality=95), 320, 240)
+    baseline = decode_gray(encode(im, "JPEG", quality=95), 320, 240)
+    assert np.abs(progressive.astype(np.int16) - baseline).max() <= 1
+
+
+def test_a_source_whose_every_image_is_quarantined_is_an_error_not_an_empty_dataset(tmp_path, sample_photos):
+    from homogen.stores import StoreError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(9)
+    for p in sample_photos[:3]:
+        (src / p.name).write_bytes(_damage(p.read_bytes(), "8 KB cut", rng))
+    out = tmp_path / "o.zarr"
+    with pytest.raises(StoreError, match=r"no usable images: all 3 images of the source were quarantined \(first: .*corrupt JPEG data"):
+        generate(GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=str(out)), progress=False)
+    with pytest.raises(StoreError):  # nothing a reader or `validate` could take for a dataset
+        read_store(out)
