@@ -14,7 +14,7 @@ from homogen.cli import app
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.digests import digest_files, file_digest
 from homogen.generate import generate, plan
-from homogen.stores import open_dataset, open_writer
+from homogen.stores import StoreConflict, open_dataset, open_writer
 from homogen.validate import validate_dataset
 from homogen.versions import check_version, manifest_version
 
@@ -32,7 +32,7 @@ def coco_copy(tmp_path):
 
 
 def flip_one_byte(path, offset: int | None = None) -> None:
-    """Invert one byte in the middle of the file (in a JPEG: entropy-coded data, still decodable)."""
+    """Invert one byte in the middle of the file (planning hashes bytes and never decodes them)."""
     data = bytearray(path.read_bytes())
     i = len(data) // 2 if offset is None else offset
     data[i] ^= 0xFF
@@ -68,6 +68,24 @@ def test_changing_one_byte_of_one_image_changes_the_version(coco_copy):
     assert after.sources.image_id == before.sources.image_id and after.sources.split == before.sources.split
     flip_one_byte(photo)  # the same bytes again: the same version again
     assert plan(cfg(coco_copy)).version == before.version
+
+
+def test_rerun_after_an_image_was_replaced_refuses_the_stale_output_and_overwrite_remakes_its_pairs(coco_copy, tmp_path):
+    out = str(tmp_path / "ds.zarr")
+    old = generate(cfg(coco_copy, output=out), progress=False)
+    photo = first_images(coco_copy)[3]
+    photo.write_bytes(first_images(coco_copy, 32)[20].read_bytes())  # another photograph, same file name
+    new_version = plan(cfg(coco_copy)).version
+    with pytest.raises(StoreConflict, match=rf"holds dataset version {old['dataset_version']}.*makes version {new_version}"):
+        generate(cfg(coco_copy, output=out), progress=False)
+    assert open_dataset(out).version == old["dataset_version"]  # refused before any write
+    before = open_dataset(out)[:]
+    generate(cfg(coco_copy, output=out).model_copy(update={"overwrite": True}), progress=False)
+    after = open_dataset(out)
+    assert after.version == new_version
+    rows = after[:]["image_id"] == int(photo.stem)
+    assert rows.sum() == 2 and not (after[:]["pairs"][rows] == before["pairs"][rows]).all()  # its pairs remade
+    assert (after[:]["pairs"][~rows] == before["pairs"][~rows]).all()
 
 
 def test_the_manifest_records_each_images_content_digest(coco_copy, tmp_path):
