@@ -111,17 +111,29 @@ def bench(name: str, paths: list[str], repeat: int) -> None:
             if hname == "sha256" and t == 1:
                 continue
             rows.append((hname, t, best_time(lambda: run_one(paths, fn, t), repeat)))
-    rows.append((f"homogen.digests.digest_files ({HASH_NAME})", threads, best_time(lambda: digest_files(paths), repeat)))
+    rows.append(
+        (f"homogen.digests.digest_files ({HASH_NAME})", threads, best_time(lambda: digest_files(paths), repeat))
+    )
     if hasattr(os, "posix_fadvise"):
+
         def cold():
             drop_cache(paths)
 
         for hname in [h for h in ("read only", "sha256", "xxh3-128", "blake3") if h in HASHES]:
             for t in (1, threads):
-                rows.append((f"{hname}, cold cache", t, best_time(lambda: run_one(paths, HASHES[hname], t), repeat, cold)))
-        rows.append((f"homogen.digests.digest_files ({HASH_NAME}), cold cache", threads,
-                     best_time(lambda: digest_files(paths), repeat, cold)))
-    print(f"\n## {name}: {len(paths)} files, {mb:.1f} MB ({mb / len(paths) * 1000:.0f} kB/file); load {os.getloadavg()}")
+                rows.append(
+                    (f"{hname}, cold cache", t, best_time(lambda: run_one(paths, HASHES[hname], t), repeat, cold))
+                )
+        rows.append(
+            (
+                f"homogen.digests.digest_files ({HASH_NAME}), cold cache",
+                threads,
+                best_time(lambda: digest_files(paths), repeat, cold),
+            )
+        )
+    print(
+        f"\n## {name}: {len(paths)} files, {mb:.1f} MB ({mb / len(paths) * 1000:.0f} kB/file); load {os.getloadavg()}"
+    )
     print("| method | threads | s per 10k images | MB/s | speed vs baseline |")
     print("|---|---|---|---|---|")
     for label, t, sec in rows:
@@ -133,8 +145,11 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=2048, help="files made from the 32 bundled photographs")
     ap.add_argument("--repeat", type=int, default=3, help="runs per method; the best is kept")
     args = ap.parse_args()
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"blake3 {blake3.__version__ if blake3 else 'not installed'}, xxhash {xxhash.VERSION}; load before {os.getloadavg()}")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"blake3 {blake3.__version__ if blake3 else 'not installed'}, xxhash {xxhash.VERSION}; "
+        f"load before {os.getloadavg()}"
+    )
     photos = sorted((Path(SAMPLE_ROOT) / "train2017").glob("*.jpg"))
     with tempfile.TemporaryDirectory(prefix="homogen-hash-") as tmp:
         paths = []

@@ -81,7 +81,9 @@ def digest_files(paths: Sequence[str], threads: int | None = None) -> list[str |
         return list(pool.map(file_digest, paths))
 
 
-def changed_files(paths: Iterable[str], digests: Iterable[str | None], threads: int | None = None) -> list[tuple[str, str]]:
+def changed_files(
+    paths: Iterable[str], digests: Iterable[str | None], threads: int | None = None
+) -> list[tuple[str, str]]:
     """The ``(path, what)`` of every file whose digest is no longer the recorded one.
 
     ``what`` is ``"changed"``, ``"missing"`` (recorded, now gone) or ``"appeared"`` (recorded as
@@ -95,4 +97,3 @@ def changed_files(paths: Iterable[str], digests: Iterable[str | None], threads: 
             continue
         out.append((path, "missing" if is_ is None else "appeared" if was is None else "changed"))
     return out
-

@@ -176,48 +176,32 @@ def check_version(manifest: dict) -> "CheckResult":
         recomputed = manifest_version(manifest)
     except (KeyError, ValueError, TypeError) as exc:
         what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
-        return CheckResult(
-            name,
-            False,
-            1,
-            1,
-            (
-                f"cannot recompute the version from the manifest ({what}): it was edited by hand or written by an "
-                f"older homogen; regenerate the dataset"
-            ),
+        detail = (
+            f"cannot recompute the version from the manifest ({what}): it was edited by hand or written by an "
+            "older homogen; regenerate the dataset"
         )
+        return CheckResult(name, False, checked=1, failed=1, detail=detail)
+    source = manifest["source"]
     problems = []
-    if table.list_digest != manifest["source"].get("digest"):
-        problems.append(
-            f"source.digest {manifest['source'].get('digest')} is not the digest of source.files ({table.list_digest})"
-        )
-    if len(table) != manifest["source"].get("images"):
-        problems.append(f"source.images {manifest['source'].get('images')} but source.files lists {len(table)} images")
+    if table.list_digest != source.get("digest"):
+        problems.append(f"source.digest {source.get('digest')} is not the digest of source.files ({table.list_digest})")
+    if len(table) != source.get("images"):
+        problems.append(f"source.images {source.get('images')} but source.files lists {len(table)} images")
     if recomputed != manifest.get("dataset_version"):
         problems.append(
             f"dataset_version {manifest.get('dataset_version')} is not the version of the manifest's "
             f"contents ({recomputed})"
         )
     if problems:
-        return CheckResult(
-            name,
-            False,
-            1,
-            1,
-            "; ".join(problems)
-            + (": the manifest was edited after generation; regenerate the dataset or restore the manifest"),
-            problems,
+        detail = "; ".join(problems) + (
+            ": the manifest was edited after generation; regenerate the dataset or restore the manifest"
         )
-    return CheckResult(
-        name,
-        True,
-        1,
-        0,
-        (
-            f"version {recomputed} recomputed from the config, {len(table)} image digests ({table.hash}) and "
-            f"generator {manifest['generator_version']} / schema {manifest['schema_version']}"
-        ),
+        return CheckResult(name, False, checked=1, failed=1, detail=detail, examples=problems)
+    detail = (
+        f"version {recomputed} recomputed from the config, {len(table)} image digests ({table.hash}) and "
+        f"generator {manifest['generator_version']} / schema {manifest['schema_version']}"
     )
+    return CheckResult(name, True, checked=1, failed=0, detail=detail)
 
 
 def check_sources(
@@ -248,14 +232,8 @@ def check_sources(
         return CheckResult(name, True, len(table), 0, f"{len(table)} images under {redact(root)} hash as recorded")
     named = ", ".join(f"{e['name']} ({e['now']})" for e in examples[:MAX_NAMED])
     more = f" and {len(examples) - MAX_NAMED} more" if len(examples) > MAX_NAMED else ""
-    return CheckResult(
-        name,
-        False,
-        len(table),
-        len(changes),
-        (
-            f"{len(changes)} of {len(table)} images under {redact(root)} differ from the dataset's: {named}{more}; "
-            f"the dataset was made from the recorded bytes (pass --sources ROOT if the images moved)"
-        ),
-        examples,
+    detail = (
+        f"{len(changes)} of {len(table)} images under {redact(root)} differ from the dataset's: {named}{more}; "
+        "the dataset was made from the recorded bytes (if the images moved, pass --source-root ROOT with --sources)"
     )
+    return CheckResult(name, False, checked=len(table), failed=len(changes), detail=detail, examples=examples)

@@ -30,11 +30,13 @@ def ids_by_split(records) -> dict[str, set[int]]:
 def assert_disjoint(by_split: dict[str, set[int]]) -> None:
     names = list(by_split)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not by_split[a] & by_split[b], f"{a} and {b} share images {sorted(by_split[a] & by_split[b])}"
 
 
-def test_coco_with_a_test_split_gives_three_disjoint_splits_and_val_only_from_train(tmp_path, sample_photos, sample_coco):
+def test_coco_with_a_test_split_gives_three_disjoint_splits_and_val_only_from_train(
+    tmp_path, sample_photos, sample_coco
+):
     root = tmp_path / "coco"
     make_coco(root, "train2017", sample_photos[:24], sample_coco)
     make_coco(root, "val2017", sample_photos[24:], sample_coco)
@@ -47,8 +49,14 @@ def test_coco_with_a_test_split_gives_three_disjoint_splits_and_val_only_from_tr
     assert by["val"] == {i for i in by["train"] | by["val"] if training_split(i, 0.25) == "val"}
 
     out = tmp_path / "ds.zarr"
-    m = generate(GenerateConfig(source=SourceConfig(root=str(root), test_split="val2017", val_fraction=0.25),
-                                output=str(out), sampling=SamplingConfig(pairs_per_image=2)), progress=False)
+    m = generate(
+        GenerateConfig(
+            source=SourceConfig(root=str(root), test_split="val2017", val_fraction=0.25),
+            output=str(out),
+            sampling=SamplingConfig(pairs_per_image=2),
+        ),
+        progress=False,
+    )
     data = read_store(out)
     stored = {name: set(data["image_id"][data["split"] == code].tolist()) for name, code in SPLIT_CODES.items()}
     assert stored == by
@@ -122,8 +130,9 @@ def test_impossible_val_fraction_is_refused_naming_it(bad, tmp_path):
 
 def test_cli_val_fraction_reaches_the_store_and_info_shows_val_counts(tmp_path):
     out = str(tmp_path / "ds.zarr")
-    gen = CliRunner().invoke(app, ["generate", "--max-images", "12", "--val-fraction", "0.3", "--pairs-per-image", "1",
-                                   "-o", out])
+    gen = CliRunner().invoke(
+        app, ["generate", "--max-images", "12", "--val-fraction", "0.3", "--pairs-per-image", "1", "-o", out]
+    )
     assert gen.exit_code == 0, gen.output
     records = list_images(SourceConfig(root=str(SAMPLE), max_images=12, val_fraction=0.3))
     counts = {s: sum(r.split == s for r in records) for s in SPLIT_CODES}

@@ -44,8 +44,11 @@ def first_images(root, n: int = N_IMAGES):
 
 
 def cfg(root, output=None, **source) -> GenerateConfig:
-    return GenerateConfig(source=SourceConfig(root=str(root), max_images=N_IMAGES, **source), output=output,
-                          sampling=SamplingConfig(pairs_per_image=2))
+    return GenerateConfig(
+        source=SourceConfig(root=str(root), max_images=N_IMAGES, **source),
+        output=output,
+        sampling=SamplingConfig(pairs_per_image=2),
+    )
 
 
 def edit_manifest(store: str, **changes) -> None:
@@ -70,13 +73,17 @@ def test_changing_one_byte_of_one_image_changes_the_version(coco_copy):
     assert plan(cfg(coco_copy)).version == before.version
 
 
-def test_rerun_after_an_image_was_replaced_refuses_the_stale_output_and_overwrite_remakes_its_pairs(coco_copy, tmp_path):
+def test_rerun_after_an_image_was_replaced_refuses_the_stale_output_and_overwrite_remakes_its_pairs(
+    coco_copy, tmp_path
+):
     out = str(tmp_path / "ds.zarr")
     old = generate(cfg(coco_copy, output=out), progress=False)
     photo = first_images(coco_copy)[3]
     photo.write_bytes(first_images(coco_copy, 32)[20].read_bytes())  # another photograph, same file name
     new_version = plan(cfg(coco_copy)).version
-    with pytest.raises(StoreConflict, match=rf"holds dataset version {old['dataset_version']}.*makes version {new_version}"):
+    with pytest.raises(
+        StoreConflict, match=rf"holds dataset version {old['dataset_version']}.*makes version {new_version}"
+    ):
         generate(cfg(coco_copy, output=out), progress=False)
     assert open_dataset(out).version == old["dataset_version"]  # refused before any write
     before = open_dataset(out)[:]
@@ -155,10 +162,13 @@ def test_validate_recomputes_the_version_and_passes_an_untouched_store(store):
     assert report.check("sources_unchanged").passed is None  # re-hashing is asked for with sources=True
 
 
-@pytest.mark.parametrize("field, value", [
-    ("dataset_version", "0123456789ab"),
-    ("generator_version", "0.9"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("dataset_version", "0123456789ab"),
+        ("generator_version", "0.9"),
+    ],
+)
 def test_a_hand_edited_manifest_fails_the_version_check(store, field, value):
     edit_manifest(store, **{field: value})
     check = validate_dataset(store, progress=False).check("version_matches_content")
@@ -196,7 +206,8 @@ def test_validate_sources_names_the_images_that_changed(store, coco_copy):
     check = report.check("sources_unchanged")
     assert check.passed is False and check.checked == N_IMAGES and check.failed == 2
     assert {(e["name"], e["now"]) for e in check.examples} == {
-        (f"train2017/{photos[1].name}", "changed"), (f"train2017/{photos[5].name}", "missing"),
+        (f"train2017/{photos[1].name}", "changed"),
+        (f"train2017/{photos[5].name}", "missing"),
     }
     assert f"train2017/{photos[1].name} (changed)" in check.detail
     assert report.check("version_matches_content").passed is True  # the store itself is intact
