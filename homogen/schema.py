@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bump when the store layout (fields, shapes, manifest keys) changes.
 
 1: one group (Zarr) or file (HDF5) per shard, stitched by the manifest.
+2: one array per field at the root, checksummed chunks, dimension names, consolidated metadata.
 """
 
 LABEL_NAMES = ("dx_TL", "dy_TL", "dx_TR", "dy_TR", "dx_BR", "dy_BR", "dx_BL", "dy_BL")

@@ -1,65 +1,74 @@
-"""Zarr v3 (default) and HDF5 stores of one schema, written shard by shard, read as one dataset.
+"""Zarr v3 (default) and HDF5 stores of one schema: one array per field at the root.
 
-Layout (both formats): one group or file per shard, each holding the schema's arrays chunked
-along N, plus the manifest in the root's attributes.
+Layout (schema 2, fields in :mod:`homogen.schema`):
 
-- Zarr: ``OUT.zarr/`` root group (attribute ``homogen`` = manifest), ``OUT.zarr/shards/shard-00000/``.
-- HDF5: ``OUT.h5`` root file (attribute ``homogen`` = manifest as JSON, external links
-  ``shards/shard-00000`` to the parts), parts in ``OUT.h5.parts/shard-00000.h5``.
+- Zarr ``OUT.zarr/``: the root group's attribute ``homogen`` is the manifest; each field is one
+  array at the root (``OUT.zarr/pairs``, ``OUT.zarr/offsets``, ...), chunked along the pair axis,
+  with ``dimension_names`` and consolidated metadata. Every chunk ends in a CRC32C checksum
+  (zarr's ``crc32c`` codec, after zstd/Blosc), so a flipped bit is a read error, never a value.
+- HDF5 ``OUT.h5``: the same fields as one dataset each at the root (gzip + shuffle + Fletcher-32
+  checksum per chunk, dimension labels), manifest in the root attribute ``homogen`` (JSON).
 
-A shard becomes visible only when complete: on a local disk it is written under a temporary name
-and renamed; on object storage its ``complete`` attribute is written last. Writers of different
-shards never touch the same files, so shards can be written by many processes at once.
+Writing, in steps that each survive a kill:
+
+1. :meth:`StoreWriter.prepare` writes the root with the manifest (``state: generating``) in one
+   atomic write.
+2. Shards (any number of processes at once) are staged beside the store, in ``OUT.zarr.parts/``
+   or ``OUT.h5.parts/``: each under a temporary name, renamed when complete (on object stores
+   its ``complete`` attribute is written last). Writers of different shards share no file.
+3. :meth:`StoreWriter.commit` puts the staged rows, in shard order, into the root arrays (only
+   the rows of images that decoded: no hole, no padding row is ever visible), then flips the
+   manifest to ``complete`` in one write, then deletes the staged parts. Zarr chunks that line up
+   with a shard's chunks are hard-linked (no copy); the rest are re-encoded. HDF5 is written
+   as a new file and renamed over the root: HDF5 virtual datasets would leave one file per
+   shard, read missing parts as fill values without an error, and resolve their links relative
+   to the reader's working directory, so a real copy is the layout a plain ``h5py`` user can trust.
+
+The rows, and so the dataset, do not depend on the shard size, the chunk size or the number of
+workers. A re-run resumes a store of the same version; a partly generated one with another shard
+or chunk size is refused before any write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import json
 import os
 import shutil
-import socket
-import time
 import uuid
-from bisect import bisect_right
+import warnings
 from typing import TYPE_CHECKING, Iterator
 
 import fsspec
 import h5py
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from homogen.outputs import StoreError, StoreLocked, check_writable, is_local, local_path, output_lock
+from homogen.schema import BY_NAME, FIELDS, SCHEMA, SCHEMA_VERSION, SPLIT_CODES, SPLIT_NAMES, shard_name, split_code  # noqa: F401
 from homogen.sources import redact
-from homogen.schema import FIELDS, SCHEMA_VERSION, SPLIT_CODES, SPLIT_NAMES, shard_name, split_code  # noqa: F401 (re-exported)
 from homogen.versions import GENERATOR_VERSION
 
 if TYPE_CHECKING:
     from homogen.generate import Plan, ShardResult
 
 ATTR = "homogen"
+"""Root attribute holding the manifest."""
 
-
-class StoreError(RuntimeError):
-    """A store cannot be opened or written as asked; the message says why and what to do."""
+__all__ = [
+    "ATTR", "Dataset", "StoreConflict", "StoreError", "StoreLocked", "detect_format", "is_local",
+    "local_path", "open_dataset", "open_writer",
+]
 
 
 class StoreConflict(StoreError):
     """The output holds something else (another dataset version, or not a homogen store)."""
 
 
-class StoreLocked(StoreError):
-    """Another generation is writing the same output right now."""
-
-
-def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def local_path(url: str) -> str:
-    return url[len("file://") :] if url.startswith("file://") else url
+class DamagedChunk(StoreError):
+    """A chunk failed its checksum or is missing; the message names the array, the chunk and the file."""
 
 
 def detect_format(url: str) -> str:
@@ -72,93 +81,132 @@ def detect_format(url: str) -> str:
     return "zarr"
 
 
+@contextlib.contextmanager
+def quiet_zarr() -> Iterator[None]:
+    """Zarr warns that consolidated metadata is not in the v3 spec yet; we know, and use it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        yield
+
+
 # --------------------------------------------------------------------------------------- writing
 
 
 class StoreWriter:
-    """Writes one dataset shard by shard; subclasses know the format."""
+    """Writes one dataset: header, staged shards, commit; subclasses know the format."""
 
     format = "?"
 
     def __init__(self, url: str, chunk_size: int = 256):
         self.url = url.rstrip("/")
-        self.chunk_size = chunk_size
+        self.chunk_size = int(chunk_size)
+        self.parts = self.url + ".parts"
 
     # -- lifecycle --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self, wait_s: float = 0.0) -> Iterator[None]:
-        """Hold the output for one generation; a second one waits ``wait_s`` then is refused.
-
-        Local outputs only (a lock file beside the store); object stores rely on the atomic
-        shard writes and the version check of :meth:`prepare`.
-        """
-        if not is_local(self.url):
-            yield
-            return
-        path = local_path(self.url) + ".lock"
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                holder = _read_lock(path)
-                if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid", -1)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(path)  # left by a process that died
-                    continue
-                if time.monotonic() >= deadline:
-                    raise StoreLocked(
-                        f"{self.url} is being written by pid {holder.get('pid')} on {holder.get('host')} "
-                        f"since {holder.get('since')}: wait for that run to finish (or delete {path} "
-                        f"if that process is gone)"
-                    ) from None
-                time.sleep(0.5)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}, f)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+    def lock(self, wait_s: float = 0.0):
+        """Hold the output for one generation (:func:`homogen.outputs.output_lock`)."""
+        return output_lock(self.url, wait_s)
 
     def prepare(self, plan: "Plan", overwrite: bool = False) -> None:
-        """Create the output for ``plan``'s version; refuse one that holds anything else."""
+        """Create the output for ``plan``'s version, or resume it; refuse one that holds anything else.
+
+        Raises:
+            StoreConflict: another version, an old-layout store, or data that is not a store;
+                or a partly generated store of this version with another shard or chunk size
+                (naming both values).
+        """
+        check_writable(self.url)
         header = self.read_header()
-        if header is not None and header.get("dataset_version") == plan.version:
-            return  # the same dataset: resume it
+        if header is not None and header.get("schema_version") == SCHEMA_VERSION and header.get("dataset_version") == plan.version:
+            self._check_resumable(header, plan)
+            return
         if header is not None or self.exists_nonempty():
             if not overwrite:
-                what = (
-                    f"dataset version {header.get('dataset_version')}" if header else "data that is not a homogen store"
-                )
+                if header is None:
+                    what = "data that is not a homogen store"
+                elif header.get("schema_version") != SCHEMA_VERSION:
+                    what = f"a schema-{header.get('schema_version')} store (an older layout) of version {header.get('dataset_version')}"
+                else:
+                    what = f"dataset version {header.get('dataset_version')}"
                 raise StoreConflict(
                     f"output {redact(self.url)} holds {what}, and this config makes version {plan.version}: "
                     f"choose another output, or pass overwrite=True (--overwrite) to replace it"
                 )
             self.remove()
-        self.write_header(_header(plan, "generating", self))
+        existed = self.exists_nonempty()
+        try:
+            self.write_header(_header(plan, "generating", self))
+        except OSError as exc:
+            if not existed:
+                self.remove()  # a full disk at start leaves nothing behind
+            raise StoreError(f"could not create {redact(self.url)} ({_reason(exc)}): free space or fix the output, then re-run") from exc
 
-    def commit(self, plan: "Plan", results: list["ShardResult"]) -> dict:
-        """Write the final manifest (after every shard is complete) and return it."""
-        infos = [self.shard_info(s.index) for s in plan.shards]
+    def _check_resumable(self, header: dict, plan: "Plan") -> None:
+        if header.get("state") == "complete":
+            return  # the dataset is complete: whatever the shard or chunk size, nothing to write
+        for key, now in (("shard_size", plan.config.shard_size), ("chunk_size", self.chunk_size)):
+            if header.get(key) != now:
+                raise StoreConflict(
+                    f"output {redact(self.url)} is a partly generated store with {key} {header.get(key)}, "
+                    f"and this run asks for {key} {now}: re-run with {key}={header.get(key)} to finish it, "
+                    f"or pass overwrite=True (--overwrite) to start again"
+                )
+
+    def shard_info(self, index: int) -> dict | None:
+        """What a complete shard holds (``pairs``, ``images``, ``quarantined``, ``splits``), else None.
+
+        In a complete store every shard is done (its entry in the manifest, or an empty one when
+        the store was made with another shard size).
+        """
+        header = self.read_header()
+        if header is not None and header.get("state") == "complete":
+            shards = {s["index"]: s for s in header.get("shards", [])}
+            if index not in shards:
+                return {"pairs": 0, "images": 0, "quarantined": [], "splits": {}}
+            return {k: shards[index][k] for k in ("pairs", "images", "quarantined", "splits")}
+        return self.staged_info(index)
+
+    def commit(self, plan: "Plan", results: list["ShardResult"] | None = None) -> dict:
+        """Put every staged shard into the root arrays, mark the store complete, return the manifest.
+
+        Idempotent: a commit killed at any step is finished by the next one.
+        """
+        header = self.read_header()
+        if header is not None and header.get("state") == "complete" and header.get("dataset_version") == plan.version:
+            self.remove_debris()
+            return header
+        infos = [self.staged_info(s.index) for s in plan.shards]
         missing = [s.index for s, i in zip(plan.shards, infos) if i is None]
         if missing:
             raise StoreError(f"cannot commit {redact(self.url)}: shards {missing[:10]} are not complete; re-run generation")
-        self.remove_debris()
         manifest = _header(plan, "complete", self)
-        manifest["shards"] = [
-            {"index": s.index, "name": s.name, "pairs": i["pairs"], "images": i["images"], "splits": i["splits"]}
-            for s, i in zip(plan.shards, infos)
-        ]
-        manifest["quarantine"] = [
-            {**q, "path": redact(q["path"])} for i in infos for q in i["quarantined"]
-        ]
-        manifest["num_pairs"] = sum(i["pairs"] for i in infos)
+        start, entries = 0, []
+        for s, i in zip(plan.shards, infos):
+            entries.append({
+                "index": s.index, "name": shard_name(s.index), "start": start, "pairs": i["pairs"], "images": i["images"],
+                "splits": i["splits"], "quarantined": i["quarantined"],
+            })
+            start += i["pairs"]
+        manifest["shards"] = entries
+        manifest["quarantine"] = [{**q, "path": redact(q["path"])} for i in infos for q in i["quarantined"]]
+        manifest["num_pairs"] = start
+        if start == 0:  # every image quarantined: an error, never an empty dataset that validates
+            q = manifest["quarantine"]
+            raise StoreError(
+                f"no usable images: all {len(q)} images of the source were quarantined "
+                f"(first: {q[0]['path']}: {q[0]['reason']}); nothing was committed to {redact(self.url)}: "
+                f"fix or replace the images, then re-run"
+            )
         manifest["num_images"] = plan.num_images - len(manifest["quarantine"])
-        manifest["splits"] = {k: sum(i["splits"][k] for i in infos) for k in SPLIT_CODES}
-        self.write_header(manifest)
+        manifest["splits"] = {k: sum(i["splits"].get(k, 0) for i in infos) for k in SPLIT_CODES}
+        try:
+            self.assemble(entries, start, plan.config.sampling.patch_size, manifest)
+        except OSError as exc:
+            raise StoreError(
+                f"could not write the arrays of {redact(self.url)} ({_reason(exc)}): free space or fix the output, "
+                f"then re-run the same generation; the staged shards are kept"
+            ) from exc
+        self.remove_debris()
         return manifest
 
     # -- format-specific ----------------------------------------------------------------------
@@ -166,18 +214,23 @@ class StoreWriter:
     def write_header(self, header: dict) -> None: ...
     def exists_nonempty(self) -> bool: ...
     def remove(self) -> None: ...
-    def shard_info(self, index: int) -> dict | None: ...
+    def staged_info(self, index: int) -> dict | None: ...
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None: ...
+    def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict) -> None:
+        """Write the root arrays (``n`` rows) from the staged ``shards`` and then ``manifest``."""
     def remove_debris(self) -> None:
-        """Delete temporaries left by writes that died part-way (a killed process)."""
+        """Delete the staged parts and temporaries (after commit, or left by a killed process)."""
+
+
+def _reason(exc: BaseException) -> str:
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or f"errno = {errno.ENOSPC}," in str(exc)
+    return "the disk is full" if full else f"{type(exc).__name__}: {exc}"
 
 
 def _write_failed(url: str, index: int, exc: BaseException) -> StoreError:
     """A shard write that failed (disk full, permissions), as an error that says what to do."""
-    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or f"errno = {errno.ENOSPC}," in str(exc)
-    why = "the disk is full" if full else f"{type(exc).__name__}: {exc}"
     return StoreError(
-        f"could not write {shard_name(index)} of {redact(url)} ({why}): free space or fix the output, "
+        f"could not write {shard_name(index)} of {redact(url)} ({_reason(exc)}): free space or fix the output, "
         f"then re-run the same generation; the shards already complete are kept"
     )
 
@@ -186,83 +239,115 @@ def _header(plan: "Plan", state: str, writer: StoreWriter) -> dict:
     cfg = plan.config.model_dump(mode="json")
     cfg["source"]["root"] = redact(cfg["source"]["root"])
     cfg["output"] = redact(plan.output)
-    return {
+    header = {
         "schema_version": SCHEMA_VERSION,
         "generator_version": GENERATOR_VERSION,
         "dataset_version": plan.version,
         "state": state,
         "format": writer.format,
         "chunk_size": writer.chunk_size,
+        "shard_size": plan.config.shard_size,
+        "fields": {f.name: list(f.dims) for f in SCHEMA},
+        "split_codes": dict(SPLIT_CODES),
         "config": cfg,
         "source": {"root": redact(plan.config.source.root), "digest": plan.digest, "images": plan.num_images},
     }
+    extra = getattr(plan, "manifest_sources", None)  # what Plan records about the sources (digests)
+    if callable(extra):
+        header["source"].update(extra())
+    return header
 
 
 def _split_counts(arrays: dict[str, np.ndarray]) -> dict[str, int]:
     return {name: int(np.count_nonzero(arrays["split"] == code)) for name, code in SPLIT_CODES.items()}
 
 
-def _read_lock(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+def _chunks(n: int, chunk_size: int, row: tuple[int, ...]) -> tuple[int, ...]:
+    return (max(1, min(chunk_size, n)),) + row
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    return True
+def _codecs(field: str, dtype: np.dtype, ndim: int) -> list:
+    """zstd level 1 for pixels (overlapping crops of one frame compress ~1.5x, 3x faster than Blosc
+    zstd-3 with bitshuffle), Blosc zstd with byte shuffle for the small label arrays; each followed
+    by a CRC32C of the compressed chunk."""
+    if dtype == np.uint8 and ndim > 1:
+        return [ZstdCodec(level=1), Crc32cCodec()]
+    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]
+
+
+def _create_zarr_array(group, name: str, n: int, patch_size: int, chunk_size: int):
+    f = BY_NAME[name]
+    row = f.row_shape(patch_size)
+    return group.create_array(
+        name, shape=(n,) + row, dtype=f.dtype, chunks=_chunks(n, chunk_size, row),
+        compressors=_codecs(name, f.dtype, 1 + len(row)), dimension_names=f.dims, fill_value=0,
+        chunk_key_encoding={"name": "default", "separator": "/"}, overwrite=True,
+        # every chunk holds data: skip zarr's scan of each chunk for all-fill-value (~30% of the write)
+        config={"write_empty_chunks": True},
+    )
+
+
+def chunk_key(index: int, ndim: int) -> str:
+    """Zarr v3 key of chunk ``index`` along the pair axis of an ``ndim``-dimensional array."""
+    return "c/" + "/".join([str(index)] + ["0"] * (ndim - 1))
 
 
 class ZarrWriter(StoreWriter):
     format = "zarr"
 
-    def _fs(self):
-        return fsspec.core.url_to_fs(self.url)
+    def _fs(self, url: str | None = None):
+        return fsspec.core.url_to_fs(url or self.url)
 
     def read_header(self) -> dict | None:
-        try:
-            root = zarr.open_group(self.url, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-            return None
-        header = root.attrs.get(ATTR)
-        return dict(header) if header is not None else None
+        return read_zarr_manifest(self.url, missing_ok=True)
 
     def write_header(self, header: dict) -> None:
-        zarr.open_group(self.url, mode="a").attrs[ATTR] = header
+        # one write of zarr.json (zarr writes it under a temporary name and renames it locally):
+        # the root never exists without its manifest
+        with quiet_zarr():
+            zarr.create_group(self.url, attributes={ATTR: header}, overwrite=False, zarr_format=3) if not self._root_exists() \
+                else zarr.open_group(self.url, mode="r+", use_consolidated=False).attrs.put({ATTR: header})
+
+    def _root_exists(self) -> bool:
+        fs, path = self._fs()
+        return fs.exists(f"{path}/zarr.json")
 
     def exists_nonempty(self) -> bool:
+        """Anything but an empty group (a bare ``zarr.json``, as an older homogen killed between
+        creating the root and writing its manifest left it) is something to keep."""
         fs, path = self._fs()
-        return fs.exists(path) and bool(fs.ls(path))
+        _, parts = self._fs(self.parts)
+        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)} if fs.exists(path) else set()
+        bare = names <= {"zarr.json"} and not _has_attributes(fs, f"{path}/zarr.json")
+        return not bare or (fs.exists(parts) and bool(fs.ls(parts)))
 
     def remove(self) -> None:
-        fs, path = self._fs()
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        for url in (self.url, self.parts):
+            fs, path = self._fs(url)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
 
-    def shard_info(self, index: int) -> dict | None:
+    def staged_info(self, index: int) -> dict | None:
         try:
-            g = zarr.open_group(f"{self.url}/shards/{shard_name(index)}", mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+            with quiet_zarr():
+                g = zarr.open_group(f"{self.parts}/{shard_name(index)}", mode="r", use_consolidated=False)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError, ValueError):
             return None
         info = g.attrs.get("complete")
         return dict(info) if info else None
 
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None:
         info = {**info, "splits": _split_counts(arrays)}
-        final = f"{self.url}/shards/{shard_name(index)}"
+        final = f"{self.parts}/{shard_name(index)}"
         if is_local(self.url):
             base = local_path(final)
+            os.makedirs(os.path.dirname(base), exist_ok=True)
             tmp = os.path.join(os.path.dirname(base), f".tmp-{shard_name(index)}-{uuid.uuid4().hex[:8]}")
             try:
                 self._write_group(tmp, arrays, info)
                 os.rename(tmp, base)  # atomic: the shard appears complete or not at all
             except OSError as exc:
-                if self.shard_info(index) is None:
+                if self.staged_info(index) is None:
                     raise _write_failed(self.url, index, exc) from exc
                 # another writer finished the same shard first: same bytes, keep theirs
             finally:
@@ -274,38 +359,104 @@ class ZarrWriter(StoreWriter):
             except OSError as exc:
                 raise _write_failed(self.url, index, exc) from exc
 
-    def remove_debris(self) -> None:
-        if not is_local(self.url):
-            return  # object stores: a shard is written in place; a rerun overwrites it
-        root = glob.escape(local_path(self.url))
-        for tmp in glob.glob(os.path.join(root, "shards", ".tmp-shard-*")):
-            shutil.rmtree(tmp, ignore_errors=True)
-        for partial in glob.glob(os.path.join(root, "*.partial")):  # zarr's own atomic-write temporaries
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(partial)
-
     def _write_group(self, url: str, arrays: dict[str, np.ndarray], info: dict) -> None:
         g = zarr.open_group(url, mode="w")
+        n = len(arrays["image_id"])
+        patch = arrays["pairs"].shape[-1]
         for name in FIELDS:
-            data = arrays[name]
-            chunks = (max(1, min(self.chunk_size, len(data))),) + data.shape[1:]
-            arr = g.create_array(
-                name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=_compressor(data),
-                # every chunk holds data: skip zarr's scan of each chunk for all-fill-value (~30% of the write)
-                config={"write_empty_chunks": True},
-            )
-            if len(data):
-                arr[...] = data
+            arr = _create_zarr_array(g, name, n, patch, self.chunk_size)
+            if n:
+                arr[...] = arrays[name]
         g.attrs["complete"] = info  # last: on object stores this marks the shard complete
 
+    def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict) -> None:
+        with quiet_zarr():
+            root = zarr.open_group(self.url, mode="r+", use_consolidated=False)
+            for name in FIELDS:
+                arr = _create_zarr_array(root, name, n, patch_size, self.chunk_size)
+                for s in shards:
+                    if s["pairs"]:
+                        self._copy_rows(arr, name, s)
+            zarr.consolidate_metadata(self.url)
+            # last, one write: the manifest says complete only when every row is in place
+            root = zarr.open_group(self.url, mode="r+", use_consolidated=False)
+            root.attrs.put({ATTR: manifest})
+            zarr.consolidate_metadata(self.url)
 
-def _compressor(data: np.ndarray):
-    """Plain zstd level 1 for pixels (overlapping crops of one frame compress ~1.5x, 3x faster than
-    Blosc zstd-3 with bitshuffle, which compresses 8-bit photographs worse); Blosc with byte shuffle
-    for the small numeric label arrays."""
-    if data.dtype == np.uint8 and data.ndim > 1:
-        return ZstdCodec(level=1)
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    def _copy_rows(self, arr, name: str, shard: dict) -> None:
+        """Rows of one staged shard into ``arr`` at ``shard['start']``: whole chunks are linked
+        (same codecs and chunk length, so the same bytes), the rest decoded and re-encoded."""
+        src = zarr.open_array(f"{self.parts}/{shard['name']}/{name}", mode="r")
+        start, n, c = shard["start"], shard["pairs"], arr.chunks[0]
+        done = 0
+        if start % c == 0 and src.chunks[0] == c:
+            done = (n // c) * c
+            for k in range(n // c):
+                self._link(f"{self.parts}/{shard['name']}/{name}/{chunk_key(k, arr.ndim)}",
+                           f"{self.url}/{name}/{chunk_key(start // c + k, arr.ndim)}")
+        if done < n:
+            arr[start + done : start + n] = src[done:n]
+
+    def _link(self, src: str, dst: str) -> None:
+        if is_local(self.url):
+            s, d = local_path(src), local_path(dst)
+            os.makedirs(os.path.dirname(d), exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(d)
+            try:
+                os.link(s, d)
+            except OSError:
+                shutil.copyfile(s, d)  # a file system without hard links
+        else:
+            fs, _ = self._fs()
+            fs.copy(src, dst)
+
+    def remove_debris(self) -> None:
+        fs, parts = self._fs(self.parts)
+        if fs.exists(parts):
+            fs.rm(parts, recursive=True)
+        if is_local(self.url):
+            root = local_path(self.url)
+            for dirpath, _, names in os.walk(root):
+                for f in names:
+                    if f.endswith(".partial"):  # zarr's own atomic-write temporaries
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(os.path.join(dirpath, f))
+
+
+def _has_attributes(fs, meta: str) -> bool:
+    try:
+        doc = json.loads(fs.cat_file(meta))
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        return True  # unreadable: not ours to throw away
+    return bool(doc.get("attributes")) or doc.get("node_type") != "group"
+
+
+def read_zarr_manifest(url: str, missing_ok: bool = False) -> dict | None:
+    """The manifest in a Zarr root's ``zarr.json``; None if there is no root (``missing_ok``).
+
+    Raises:
+        StoreError: ``zarr.json`` is unreadable (truncated, edited into invalid JSON), naming it.
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    meta = f"{path}/zarr.json"
+    try:
+        raw = fs.cat_file(meta)
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise StoreError(f"no store at {redact(url)}: check the path, or generate it with `homogen generate`") from None
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise StoreError(
+            f"{redact(url)}/zarr.json is not valid JSON ({exc}): the file is truncated or was edited; "
+            f"regenerate the store (or restore the file from a copy)"
+        ) from exc
+    header = doc.get("attributes", {}).get(ATTR) if isinstance(doc, dict) else None
+    return dict(header) if isinstance(header, dict) else None
 
 
 class HDF5Writer(StoreWriter):
@@ -315,7 +466,6 @@ class HDF5Writer(StoreWriter):
         if not is_local(url):
             raise StoreError(f"HDF5 stores need a local path (got {redact(url)}): use format='zarr' for URLs")
         super().__init__(local_path(url), chunk_size)
-        self.parts = self.url + ".parts"
 
     def read_header(self) -> dict | None:
         if not os.path.isfile(self.url):
@@ -325,17 +475,20 @@ class HDF5Writer(StoreWriter):
                 raw = f.attrs.get(ATTR)
         except OSError:
             return None
-        return json.loads(raw) if raw is not None else None
+        try:
+            return json.loads(raw) if raw is not None else None
+        except ValueError as exc:
+            raise StoreError(f"the manifest in {self.url} is not valid JSON ({exc}): regenerate the store") from exc
 
     def write_header(self, header: dict) -> None:
-        os.makedirs(self.parts, exist_ok=True)
         tmp = f"{self.url}.tmp-{uuid.uuid4().hex[:8]}"
-        with h5py.File(tmp, "w") as f:
-            f.attrs[ATTR] = json.dumps(header)
-            g = f.create_group("shards")
-            for s in header.get("shards", []):
-                g[s["name"]] = h5py.ExternalLink(os.path.join(os.path.basename(self.parts), s["name"] + ".h5"), "/")
-        os.replace(tmp, self.url)
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs[ATTR] = json.dumps(header)
+            os.replace(tmp, self.url)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
 
     def exists_nonempty(self) -> bool:
         return os.path.exists(self.url) or (os.path.isdir(self.parts) and bool(os.listdir(self.parts)))
@@ -348,7 +501,7 @@ class HDF5Writer(StoreWriter):
     def _part(self, index: int) -> str:
         return os.path.join(self.parts, shard_name(index) + ".h5")
 
-    def shard_info(self, index: int) -> dict | None:
+    def staged_info(self, index: int) -> dict | None:
         part = self._part(index)
         if not os.path.isfile(part):
             return None
@@ -367,12 +520,7 @@ class HDF5Writer(StoreWriter):
         # OSError here, not a failed flush inside libhdf5 (which leaves the process to crash at exit).
         with h5py.File(f"{shard_name(index)}.h5", "w", driver="core", backing_store=False) as f:
             for name in FIELDS:
-                data = arrays[name]
-                chunks = (max(1, min(self.chunk_size, len(data))),) + data.shape[1:]
-                f.create_dataset(
-                    name, data=data, chunks=chunks, maxshape=(None,) + data.shape[1:],
-                    compression="gzip", compression_opts=4, shuffle=data.dtype != np.uint8,
-                )
+                _create_h5_dataset(f, name, arrays[name], self.chunk_size)
             f.attrs["complete"] = json.dumps(info)
             f.flush()
             image = f.id.get_file_image()
@@ -386,10 +534,44 @@ class HDF5Writer(StoreWriter):
             if os.path.exists(tmp):
                 os.remove(tmp)
 
-    def remove_debris(self) -> None:
-        for tmp in glob.glob(os.path.join(glob.escape(self.parts), "*.h5.tmp-*")) + glob.glob(glob.escape(self.url) + ".tmp-*"):
+    def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict) -> None:
+        tmp = f"{self.url}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with h5py.File(tmp, "w") as out:
+                for name in FIELDS:
+                    f = BY_NAME[name]
+                    ds = _create_h5_dataset(out, name, np.empty((n,) + f.row_shape(patch_size), f.dtype), self.chunk_size, fill=False)
+                    for s in shards:
+                        if s["pairs"]:
+                            with h5py.File(self._part(s["index"]), "r") as part:
+                                ds[s["start"] : s["start"] + s["pairs"]] = part[name][...]
+                out.attrs[ATTR] = json.dumps(manifest)
+            os.replace(tmp, self.url)  # the root appears complete or not at all
+        finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
+
+    def remove_debris(self) -> None:
+        shutil.rmtree(self.parts, ignore_errors=True)
+        folder = os.path.dirname(os.path.abspath(self.url))
+        stem = os.path.basename(self.url) + ".tmp-"
+        for name in os.listdir(folder):
+            if name.startswith(stem):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(folder, name))
+
+
+def _create_h5_dataset(f, name: str, data: np.ndarray, chunk_size: int, fill: bool = True):
+    """One field as an HDF5 dataset: chunked along pairs, gzip (+ shuffle for numbers), Fletcher-32
+    checksum per chunk, dimension labels from the schema."""
+    field = BY_NAME[name]
+    chunks = _chunks(len(data), chunk_size, data.shape[1:])
+    kw = dict(chunks=chunks, maxshape=(None,) + data.shape[1:], compression="gzip", compression_opts=4,
+              shuffle=data.dtype != np.uint8, fletcher32=True)
+    ds = f.create_dataset(name, data=data, **kw) if fill else f.create_dataset(name, shape=data.shape, dtype=data.dtype, **kw)
+    for i, dim in enumerate(field.dims):
+        ds.dims[i].label = dim
+    return ds
 
 
 def open_writer(url: str, format: str | None = None, chunk_size: int = 256) -> StoreWriter:
@@ -406,19 +588,18 @@ def open_writer(url: str, format: str | None = None, chunk_size: int = 256) -> S
 
 
 class Dataset:
-    """A finished store of either format, presented as one logical dataset.
+    """A finished store of either format: one array per field, read in row ranges.
 
     ``len(ds)`` pairs; ``ds[i]`` / ``ds[a:b]`` / ``ds.read(a, b)`` give a dict of the schema's
-    arrays; :meth:`chunks` and :meth:`iter_chunks` walk it in storage-aligned blocks.
+    arrays; :meth:`chunks` and :meth:`iter_chunks` walk it in storage-aligned blocks. A chunk
+    that fails its checksum is a :class:`DamagedChunk` naming the array, the chunk and its rows.
     """
 
-    def __init__(self, uri: str, manifest: dict, shards: list[dict], files: list | None = None):
+    def __init__(self, uri: str, manifest: dict, arrays: dict, files: list | None = None):
         self.uri = uri
-        self._files = list(files or [])  # open HDF5 parts, closed by close()
+        self._files = list(files or [])  # open HDF5 file, closed by close()
         self.manifest = manifest
-        self._shards = shards  # one {field: array-like} per shard, in order
-        sizes = [s["image_id"].shape[0] for s in shards]
-        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.arrays = arrays  # {field: zarr.Array or h5py.Dataset}, read lazily
 
     # -- metadata -------------------------------------------------------------------------
     @property
@@ -437,24 +618,19 @@ class Dataset:
     def rho(self) -> int:
         return int(self.sampling["rho"])
 
+    @property
+    def chunk_len(self) -> int:
+        """Rows per storage chunk."""
+        return int(self.arrays["image_id"].chunks[0])
+
     def __len__(self) -> int:
-        return int(self._starts[-1])
+        return int(self.arrays["image_id"].shape[0])
 
     def __repr__(self) -> str:
         return f"Dataset({redact(self.uri)!r}, version={self.version}, pairs={len(self)})"
 
-    @property
-    def shard_arrays(self) -> list[dict]:
-        """One ``{field: array}`` per shard, in order (Zarr arrays or h5py datasets, read lazily)."""
-        return list(self._shards)
-
-    @property
-    def shard_starts(self) -> np.ndarray:
-        """(shards + 1,) global index where each shard starts, from the lengths actually stored."""
-        return self._starts.copy()
-
     def close(self) -> None:
-        """Release open files (HDF5 parts); Zarr arrays hold none."""
+        """Release the open HDF5 file; Zarr arrays hold none."""
         for f in self._files:
             f.close()
         self._files = []
@@ -470,30 +646,41 @@ class Dataset:
         return (open_dataset, (self.uri,))
 
     # -- data -----------------------------------------------------------------------------
-    def read(self, start: int, stop: int, fields: tuple[str, ...] = FIELDS) -> dict[str, np.ndarray]:
-        """Pairs ``start:stop`` (global indices), concatenated across shards."""
-        start, stop = max(0, int(start)), min(len(self), int(stop))
-        parts: dict[str, list[np.ndarray]] = {f: [] for f in fields}
-        s = max(0, bisect_right(self._starts, start) - 1)
-        while start < stop and s < len(self._shards):
-            lo, hi = self._starts[s], self._starts[s + 1]
-            a, b = start - lo, min(stop, hi) - lo
-            if b > a:
-                for f in fields:
-                    parts[f].append(np.asarray(self._shards[s][f][a:b]))
-                start = lo + b
-            s += 1
-        return {f: (np.concatenate(v) if v else self._empty(f)) for f, v in parts.items()}
+    def chunk_file(self, field: str, k: int) -> str:
+        """Where chunk ``k`` of ``field`` lives (a Zarr chunk key, or the HDF5 file and dataset)."""
+        if self.manifest.get("format") == "hdf5":
+            return f"{self.uri} dataset /{field}"
+        return f"{redact(self.uri)}/{field}/{chunk_key(k, self.arrays[field].ndim)}"
 
-    def _empty(self, field: str) -> np.ndarray:
-        ref = self._shards[0][field] if self._shards else None
-        if ref is None:
-            return np.empty((0,))
-        return np.empty((0,) + tuple(ref.shape[1:]), ref.dtype)
+    def read_field(self, field: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of one field; a damaged chunk raises :class:`DamagedChunk` naming it."""
+        arr = self.arrays[field]
+        try:
+            return np.asarray(arr[start:stop])
+        except Exception as exc:  # a codec's checksum error, HDF5's filter failure
+            c = self.chunk_len
+            for k in range(start // c, -(-stop // c)):
+                try:
+                    arr[k * c : min((k + 1) * c, len(self))]
+                except Exception as inner:
+                    raise DamagedChunk(
+                        f"{field} chunk {k} (pairs {k * c}-{min((k + 1) * c, len(self)) - 1}) of {redact(self.uri)} "
+                        f"is damaged ({type(inner).__name__}: {str(inner)[:120]}), file {self.chunk_file(field, k)}: "
+                        f"regenerate the dataset (`homogen generate` with --overwrite) or restore the store from a copy"
+                    ) from inner
+            raise
+
+    def read(self, start: int, stop: int, fields: tuple[str, ...] = FIELDS) -> dict[str, np.ndarray]:
+        """Pairs ``start:stop``: ``{field: (stop - start, *row_shape)}``."""
+        start, stop = max(0, int(start)), min(len(self), int(stop))
+        stop = max(start, stop)
+        return {f: self.read_field(f, start, stop) for f in fields}
 
     def __getitem__(self, idx):
         if isinstance(idx, slice):
             start, stop, step = idx.indices(len(self))
+            if step < 0:
+                raise IndexError("negative steps are not supported")
             out = self.read(start, stop)
             return {k: v[::step] for k, v in out.items()} if step != 1 else out
         i = int(idx)
@@ -505,16 +692,11 @@ class Dataset:
 
     def chunks(self) -> list[tuple[int, int]]:
         """Global ``[start, stop)`` ranges aligned with the storage chunks, in order."""
-        out = []
-        for s, shard in enumerate(self._shards):
-            n = shard["image_id"].shape[0]
-            step = _chunk_len(shard["pairs"]) or n or 1
-            base = int(self._starts[s])
-            out += [(base + a, base + min(a + step, n)) for a in range(0, n, step)]
-        return out
+        n, c = len(self), self.chunk_len
+        return [(a, min(a + c, n)) for a in range(0, n, c)]
 
     def iter_chunks(self, split: str | None = None, fields: tuple[str, ...] = FIELDS) -> Iterator[dict[str, np.ndarray]]:
-        """Chunk by chunk, optionally only the rows of ``split`` ('train' or 'test')."""
+        """Chunk by chunk, optionally only the rows of ``split`` ('train', 'val' or 'test')."""
         code = None if split is None else split_code(split)
         need = tuple(fields) if code is None or "split" in fields else tuple(fields) + ("split",)
         for a, b in self.chunks():
@@ -530,57 +712,100 @@ class Dataset:
         return dict(self.manifest.get("splits", {}))
 
 
-def _chunk_len(arr) -> int:
-    chunks = getattr(arr, "chunks", None)
-    return int(chunks[0]) if chunks else 0
-
-
-def _check_manifest(uri: str, manifest: dict | None) -> dict:
+def check_manifest(uri: str, manifest: dict | None, where: str) -> dict:
+    """Refuse a manifest this homogen cannot read, naming the file ``where`` and the fix."""
     if manifest is None:
-        raise StoreError(f"{redact(uri)} is not a homogen store (no manifest): generate it with `homogen generate`")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(f"{redact(uri)} is not a homogen store (no manifest in {where}): generate it with `homogen generate`")
+    schema = manifest.get("schema_version")
+    if schema != SCHEMA_VERSION:
+        old = " (the old layout: one group or file per shard)" if schema == 1 else ""
         raise StoreError(
-            f"{redact(uri)} has schema version {manifest.get('schema_version')}, this homogen reads "
-            f"{SCHEMA_VERSION}: regenerate the dataset with this version"
+            f"{redact(uri)} is a schema-{schema} homogen store{old}, and this homogen reads schema {SCHEMA_VERSION} "
+            f"(one array per field): regenerate it with `homogen generate` into a new output (the old store is "
+            f"kept), or read it with the homogen version that wrote it"
         )
     if manifest.get("state") != "complete":
         raise StoreError(
             f"{redact(uri)} is incomplete (generation did not finish): re-run the same generation to complete it"
         )
+    bad = [k for k, t in (("dataset_version", str), ("num_pairs", int), ("config", dict), ("shards", list)) if not isinstance(manifest.get(k), t)]
+    if bad:
+        raise StoreError(f"the manifest in {where} of {redact(uri)} lacks or mistypes {bad}: it was edited; regenerate the store")
     return manifest
 
 
+def _check_arrays(uri: str, manifest: dict, arrays: dict, where: str) -> None:
+    n = manifest["num_pairs"]
+    p = int(manifest["config"]["sampling"]["patch_size"])
+    for f in SCHEMA:
+        if f.name not in arrays:
+            raise StoreError(f"{redact(uri)} has no array {f.name!r} ({where}): the store is damaged; regenerate it")
+        a = arrays[f.name]
+        if tuple(a.shape) != (n,) + f.row_shape(p) or np.dtype(a.dtype) != f.dtype:
+            raise StoreError(
+                f"{redact(uri)}: array {f.name} is {a.dtype}{tuple(a.shape)}, the manifest ({where}) says "
+                f"{f.dtype}{(n,) + f.row_shape(p)}: the manifest or the array was edited; regenerate the store"
+            )
+
+
+def missing_chunks(uri: str, arrays: dict) -> list[str]:
+    """Chunk keys of a Zarr store that should exist and do not (zarr would read them as zeros)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    out = []
+    for name, arr in arrays.items():
+        n, c = arr.shape[0], arr.chunks[0]
+        expected = {chunk_key(k, arr.ndim) for k in range(-(-n // c))}
+        base = f"{path}/{name}/"
+        present = {p[len(base):] for p in fs.find(base)} if n else set()
+        out += [f"{redact(uri)}/{name}/{k}" for k in sorted(expected - present)]
+    return out
+
+
 def open_dataset(uri: str) -> Dataset:
-    """Open a finished store of either format (path or fsspec URL)."""
+    """Open a finished store of either format (path or fsspec URL).
+
+    Raises:
+        StoreError: no store, an old layout, an incomplete or edited manifest, a truncated
+            ``zarr.json``, a missing chunk: each naming the file and the fix.
+    """
     uri = str(uri).rstrip("/")
     if detect_format(uri) == "hdf5":
         return _open_hdf5(local_path(uri))
+    where = f"{redact(uri)}/zarr.json"
+    manifest = check_manifest(uri, read_zarr_manifest(uri), where)
     try:
-        root = zarr.open_group(uri, mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-        raise StoreError(f"no store at {redact(uri)}: check the path, or generate it with `homogen generate`") from None
-    raw = root.attrs.get(ATTR)
-    manifest = _check_manifest(uri, dict(raw) if raw is not None else None)
-    shards = []
-    for s in manifest["shards"]:
-        g = zarr.open_group(f"{uri}/shards/{s['name']}", mode="r")
-        shards.append({f: g[f] for f in FIELDS})
-    return Dataset(uri, manifest, shards)
+        with quiet_zarr():
+            root = zarr.open_group(uri, mode="r")
+            arrays = {f: root[f] for f in FIELDS if f in root}
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        raise StoreError(f"{redact(uri)}: the metadata of an array cannot be read ({exc}): regenerate the store") from exc
+    _check_arrays(uri, manifest, arrays, where)
+    gone = missing_chunks(uri, arrays)
+    if gone:
+        raise DamagedChunk(
+            f"{redact(uri)} lacks {len(gone)} chunk file(s), e.g. {', '.join(gone[:3])}: they were deleted; "
+            f"regenerate the dataset or restore the store from a copy"
+        )
+    return Dataset(uri, manifest, arrays)
 
 
 def _open_hdf5(path: str) -> Dataset:
     if not os.path.isfile(path):
         raise StoreError(f"no store at {path}: check the path, or generate it with `homogen generate`")
     try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get(ATTR)
+        f = h5py.File(path, "r")
     except OSError as exc:
-        raise StoreError(f"{path} is not a readable HDF5 file ({exc})") from None
-    manifest = _check_manifest(path, json.loads(raw) if raw is not None else None)
-    parts = path + ".parts"
-    shards, files = [], []
-    for s in manifest["shards"]:
-        f = h5py.File(os.path.join(parts, s["name"] + ".h5"), "r")
-        files.append(f)
-        shards.append({name: f[name] for name in FIELDS})
-    return Dataset(path, manifest, shards, files)
+        raise StoreError(f"{path} is not a readable HDF5 file ({exc}): it is truncated or not a store; regenerate it") from exc
+    try:
+        raw = f.attrs.get(ATTR)
+        try:
+            manifest = json.loads(raw) if raw is not None else None
+        except ValueError as exc:
+            raise StoreError(f"the manifest in {path} is not valid JSON ({exc}): it was edited; regenerate the store") from exc
+        check_manifest(path, manifest, path)
+        arrays = {name: f[name] for name in FIELDS if name in f}
+        _check_arrays(path, manifest, arrays, path)
+    except BaseException:
+        f.close()
+        raise
+    return Dataset(path, manifest, arrays, [f])

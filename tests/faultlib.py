@@ -136,8 +136,9 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 def store_paths(output: Path) -> list[Path]:
-    """Every file-system entry a store of either format owns (Zarr: the folder; HDF5: file + parts)."""
-    return [output] + ([Path(f"{output}.parts")] if output.suffix in (".h5", ".hdf5") else [])
+    """Every file-system entry a store of either format owns: the root (Zarr folder, HDF5 file) and
+    the shards staged beside it until commit (``OUT.parts``)."""
+    return [output, Path(f"{output}.parts")]
 
 
 def tree_digest(output: Path) -> dict[str, str]:
