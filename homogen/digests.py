@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 import xxhash
+from tqdm.auto import tqdm
 
 from homogen.redaction import redact
 from homogen.sources import SourceError
@@ -41,16 +42,12 @@ def default_threads() -> int:
     return min(32, 4 * (os.cpu_count() or 1))
 
 
-def digest_bytes(data: bytes) -> str:
-    """The digest of ``data``: 32 hex characters."""
-    return xxhash.xxh3_128_hexdigest(data)
-
-
 def file_digest(path: str) -> str | None:
-    """The digest of one file (local path or fsspec URL); ``None`` if it does not exist.
+    """The digest of one file (local path or fsspec URL), 32 hex characters; ``None`` if it does
+    not exist.
 
     Raises:
-        DigestError: the file exists but cannot be read.
+        DigestError: the file exists but cannot be read (permissions, network, a backend's error).
     """
     h = xxhash.xxh3_128()
     try:
@@ -59,7 +56,7 @@ def file_digest(path: str) -> str | None:
                 h.update(block)
     except (FileNotFoundError, IsADirectoryError):
         return None
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, and each fsspec backend's own error types
         raise DigestError(f"cannot read source image {redact(path)} to hash it ({exc}): check access to it") from exc
     return h.hexdigest()
 
@@ -72,13 +69,21 @@ def _open(path: str):
     return fsspec.open(path, "rb")
 
 
-def digest_files(paths: Sequence[str], threads: int | None = None) -> list[str | None]:
-    """:func:`file_digest` of every path, in the order given, hashed by ``threads`` threads."""
+def digest_files(paths: Sequence[str], threads: int | None = None, progress: bool = False) -> list[str | None]:
+    """:func:`file_digest` of every path, in the order given, hashed by ``threads`` threads
+    (default :func:`default_threads`); ``progress`` shows a bar (full COCO takes ~40 s)."""
     threads = default_threads() if threads is None else threads
-    if threads <= 1 or len(paths) <= 1:
-        return [file_digest(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(threads, len(paths)), thread_name_prefix="digest") as pool:
-        return list(pool.map(file_digest, paths))
+    bar = tqdm(total=len(paths), desc="hash source images", unit="image", disable=not progress)
+    with bar:
+        if threads <= 1 or len(paths) <= 1:
+            return [_counted(file_digest(p), bar) for p in paths]
+        with ThreadPoolExecutor(max_workers=min(threads, len(paths)), thread_name_prefix="digest") as pool:
+            return [_counted(d, bar) for d in pool.map(file_digest, paths)]
+
+
+def _counted(digest: str | None, bar) -> str | None:
+    bar.update()
+    return digest
 
 
 def changed_files(

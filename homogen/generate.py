@@ -124,22 +124,22 @@ class Plan:
         }
 
 
-def plan(config: GenerateConfig, threads: int | None = None) -> Plan:
-    """List the source, hash every image's bytes (``threads`` threads; no decoding), compute the
-    dataset version and cut the shards.
+def plan(config: GenerateConfig, threads: int | None = None, progress: bool = False) -> Plan:
+    """List the source, hash every image's bytes (``threads`` threads; no decoding; ``progress``
+    shows a bar), compute the dataset version and cut the shards.
 
     Raises:
         SourceError: the source cannot be listed, or an image exists but cannot be read.
     """
     records = list_images(config.source)
-    sources = source_table(records, config.source.root, threads)
+    sources = source_table(records, config.source.root, threads, progress)
     version = dataset_version(config, sources)
     return Plan(config, version, config.resolved_output(version), sources, make_shards(records, config.shard_size))
 
 
 def generate(config: GenerateConfig, progress: bool = True) -> dict:
     """Generate (or finish) a whole dataset in this process and return its manifest."""
-    p = plan(config)
+    p = plan(config, progress=progress)
     writer = open_writer(p.output, config.store_format(), config.chunk_size)
     with writer.lock():
         writer.prepare(p, overwrite=config.overwrite)

@@ -102,7 +102,9 @@ class SourceTable:
         return [f"{base}/{n}" for n in self.name]
 
 
-def source_table(records: Sequence["ImageRecord"], root: str, threads: int | None = None) -> SourceTable:
+def source_table(
+    records: Sequence["ImageRecord"], root: str, threads: int | None = None, progress: bool = False
+) -> SourceTable:
     """Hash every record's file (in parallel threads) and name it relative to ``root``.
 
     Raises:
@@ -112,7 +114,7 @@ def source_table(records: Sequence["ImageRecord"], root: str, threads: int | Non
         tuple(r.image_id for r in records),
         tuple(relative_names(root, [r.path for r in records])),
         tuple(r.split for r in records),
-        tuple(digest_files([r.path for r in records], threads)),
+        tuple(digest_files([r.path for r in records], threads, progress)),
     )
 
 
