@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
+from prefect.utilities.callables import ParameterSchema
 
+from homogen.flows.config import FLAT_OVERRIDES, NO_CREDENTIALS_PATTERN, URL_FIELDS
 from homogen.flows.generate_and_train import generate_and_train
 from homogen.flows.train import train_model
 
@@ -39,14 +41,41 @@ GPU_TRAIN = {"device": "cuda", "width": 1.0, "epochs": 10, "batch_size": 64, "nu
 """``train-model/gpu``'s default training parameters (full-width network on CUDA)."""
 
 
+def refuse_credentials(deployment: RunnerDeployment) -> RunnerDeployment:
+    """``deployment`` whose parameter schema refuses URLs with credentials (``pattern`` on each URL field).
+
+    The server validates a run's parameters against this schema before it stores the run, so
+    ``--param source=s3://KEY:SECRET@bucket/coco`` is refused with nothing written to its database
+    (the flow's own check, :class:`homogen.flows.config.PipelineConfig`, would come too late: the
+    parameters are stored when the run is created).
+    """
+    schema = deployment._parameter_openapi_schema.model_dump(exclude_unset=True)
+    defs = schema.get("definitions", {})
+
+    def field(properties: dict, path: tuple[str, ...]) -> dict:
+        node = properties[path[0]]
+        if len(path) == 1:
+            return node
+        ref = node["$ref"].rsplit("/", 1)[-1]  # "#/definitions/GenerateConfig"
+        return field(defs[ref]["properties"], path[1:])
+
+    for path in URL_FIELDS:
+        field(schema["properties"], ("config", *path))["pattern"] = NO_CREDENTIALS_PATTERN
+    for name, path in FLAT_OVERRIDES.items():
+        if path in URL_FIELDS:
+            schema["properties"][name]["pattern"] = NO_CREDENTIALS_PATTERN
+    deployment._parameter_openapi_schema = ParameterSchema(**schema)
+    return deployment
+
+
 def local_deployment() -> RunnerDeployment:
     """``generate-and-train/local``: run on demand with the defaults (override with ``--param``)."""
-    return generate_and_train.to_deployment(
+    return refuse_credentials(generate_and_train.to_deployment(
         name="local",
         description="Generate a dataset on Dask, validate it, train and register HomographyNet (defaults: bundled images, short training).",
         tags=TAGS,
         entrypoint_type=EntrypointType.MODULE_PATH,
-    )
+    ))
 
 
 def regenerate_schedules(cycle=REGENERATE_CYCLE, timezone: str = "UTC") -> list:
@@ -56,13 +85,13 @@ def regenerate_schedules(cycle=REGENERATE_CYCLE, timezone: str = "UTC") -> list:
 
 def regenerate_deployment() -> RunnerDeployment:
     """``generate-and-train/regenerate``: the weekly cycle of perturbation ranges."""
-    return generate_and_train.to_deployment(
+    return refuse_credentials(generate_and_train.to_deployment(
         name="regenerate",
         description="Weekly: a new dataset per perturbation range (rho 16, 24, 32), a new model version on each.",
         schedules=regenerate_schedules(),
         tags=TAGS + ["scheduled"],
         entrypoint_type=EntrypointType.MODULE_PATH,
-    )
+    ))
 
 
 def gpu_deployment(pool: str = GPU_POOL) -> RunnerDeployment:

@@ -17,7 +17,13 @@ the error names the parameter):
 
 from __future__ import annotations
 
-from typing import Any
+import ctypes
+import os
+import re
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -25,6 +31,7 @@ from homogen.flows.cluster import DASK_ADDRESS_ENV, DaskConfig  # noqa: F401  (r
 from homogen.flows.generate import QUICK_GENERATE  # noqa: F401  (re-exported)
 from homogen.config import GenerateConfig
 from homogen.model.config import TrainConfig
+from homogen.redaction import redact
 
 QUICK_TRAIN = TrainConfig(epochs=2, width=0.25, batch_size=32, step_size=10, patience=None)
 """Default training: 2 epochs of a quarter-width HomographyNet (about a minute on 2 CPU cores)."""
@@ -45,14 +52,17 @@ class EvaluateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    methods: tuple[str, ...] = Field(("identity", "orb", "sift"), description="baselines (model.baselines.BASELINES keys)")
+    methods: tuple[str, ...] = Field(("identity", "orb", "sift"), description="model.evaluate.METHODS keys (identity, orb, sift, ecc, direct-mse, direct-ncc, "
+                                        "METHOD+refine) or network+refine")
     limit: int | None = Field(200, ge=1, description="test pairs scored (the first N); None: all")
 
 
 class PipelineConfig(BaseModel):
     """Everything one ``generate-and-train`` run does. Partial sections are deep-merged into the defaults."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: an error never repeats the values given (a URL's credentials would reach
+    # the run's state message and logs)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     generate: GenerateConfig = QUICK_GENERATE
     validate_regenerate: int = Field(8, ge=0, description="pairs regenerated from the source images and compared byte for byte")
@@ -77,6 +87,29 @@ class PipelineConfig(BaseModel):
             if isinstance(default, BaseModel) and isinstance(given, dict):
                 merged[name] = deep_merge(default.model_dump(), given)
         return merged
+
+    @model_validator(mode="after")
+    def _check_consistent(self) -> "PipelineConfig":
+        """What a later stage would refuse, refused now: URLs with credentials, patch sizes that differ."""
+        for path in URL_FIELDS:
+            url = get_path(self, path)
+            if isinstance(url, str) and redact(url) != url:
+                raise ValueError(
+                    f"{'.'.join(path)}={redact(url)!r} (shown without them) carries credentials, a query or a fragment, "
+                    "which Prefect would store in plain text with the run's parameters: pass the URL without them "
+                    "and provide credentials in the environment (fsspec storage options such as "
+                    "FSSPEC_S3_KEY / FSSPEC_S3_SECRET or AWS_ACCESS_KEY_ID; MLFLOW_TRACKING_USERNAME / "
+                    "MLFLOW_TRACKING_PASSWORD for MLflow)"
+                )
+        made, read = self.generate.sampling.patch_size, self.train.patch_size
+        if made != read:
+            raise ValueError(
+                f"generate.sampling.patch_size={made} but train.patch_size={read}: the network reads patches of "
+                f"the store's size; set both to the same value"
+            )
+        if self.train_deployment is not None and not re.fullmatch(r"[^/\s]+/[^/\s]+", self.train_deployment):
+            raise ValueError(f"train_deployment={self.train_deployment!r}: use '<flow name>/<deployment name>', e.g. 'train-model/gpu'")
+        return self
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -103,7 +136,47 @@ FLAT_OVERRIDES: dict[str, tuple[str, ...]] = {
     "dask_address": ("dask", "address"),
     "n_workers": ("dask", "n_workers"),
 }
-"""Flat parameter name -> path in :class:`PipelineConfig` (the shortcuts of ``generate-and-train``)."""
+"""Flat parameter name -> path in :class:`PipelineConfig`: the one list of the shortcuts. The
+``generate-and-train`` flow's signature and ``homogen run``'s options are made from it
+(:func:`flat_parameters`), with the fields' types, descriptions and the pipeline's defaults."""
+
+URL_FIELDS: tuple[tuple[str, ...], ...] = (("generate", "source", "root"), ("generate", "output"), ("tracking", "uri"))
+"""Paths of the config's URLs: they must carry no credentials, query or fragment (Prefect stores
+parameters in plain text); the deployments' parameter schema refuses them server-side as well."""
+
+NO_CREDENTIALS_PATTERN = r"^(?![\s\S]*[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#\s'\"<>]*@|[^?#\s'\"<>]*[?#]))"
+"""JSON-schema ``pattern`` matching exactly the strings :func:`homogen.redaction.redact` leaves
+unchanged (no ``user:password@``, query or fragment in any URL): the server refuses a run whose URL
+parameters fail it before it stores them."""
+
+
+def get_path(config: BaseModel, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` (``("generate", "sampling", "rho")``) of a config."""
+    value: Any = config
+    for key in path:
+        value = getattr(value, key)
+    return value
+
+
+def field_info(path: tuple[str, ...]):
+    """The pydantic ``FieldInfo`` of the field at ``path`` in :class:`PipelineConfig`."""
+    model: Any = PipelineConfig
+    for key in path[:-1]:
+        model = model.model_fields[key].annotation
+    return model.model_fields[path[-1]]
+
+
+def flat_parameters() -> dict[str, tuple[Any, str]]:
+    """Each flat shortcut -> (its type, made optional, ``None`` = not given; its help with the pipeline's default)."""
+    defaults = PipelineConfig()
+    out = {}
+    for name, path in FLAT_OVERRIDES.items():
+        info = field_info(path)
+        default = get_path(defaults, path)
+        shown = "the bundled sample" if path == ("generate", "source", "root") else default
+        default_text = "" if shown is None else f"default: {shown}; "
+        out[name] = (Optional[info.annotation], f"{info.description or name} ({default_text}sets {'.'.join(path)})")
+    return out
 
 
 class InvalidParameters(ValueError):
@@ -135,7 +208,7 @@ def apply_overrides(config: PipelineConfig, **flat: Any) -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(deep_merge(config.model_dump(), update))
     except ValidationError as exc:
-        raise InvalidParameters(describe_errors(exc, given)) from None
+        raise InvalidParameters(describe_errors(exc, given)) from exc
 
 
 def describe_errors(exc: ValidationError, given: dict[str, Any] | None = None) -> str:
@@ -146,5 +219,80 @@ def describe_errors(exc: ValidationError, given: dict[str, Any] | None = None) -
         lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
     msg = "invalid parameters: " + "; ".join(lines)
     if given:
-        msg += " (given: " + ", ".join(f"{k}={v!r}" for k, v in given.items()) + ")"
+        msg += " (given: " + ", ".join(f"{k}={redact(v)!r}" for k, v in given.items()) + ")"
     return msg
+
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(?::(\d+))?")
+"""Devices the trainer takes (``torch.device`` strings it supports)."""
+
+
+def torch_has_cuda() -> bool:
+    """Whether the installed torch build has CUDA, read from ``torch/version.py`` without importing torch."""
+    spec = find_spec("torch")
+    if spec is None or spec.origin is None:
+        return False
+    version = Path(spec.origin).with_name("version.py")
+    text = version.read_text() if version.is_file() else ""
+    return re.search(r"^cuda\b[^=]*=\s*None\s*$", text, re.M) is None and "cuda" in text
+
+
+def visible_cuda_devices() -> int:
+    """CUDA devices this process may use (NVML's count within ``CUDA_VISIBLE_DEVICES``), without torch.
+
+    NVML, not the CUDA driver API: it creates no CUDA context, so processes forked later still can.
+    """
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1" if sys.platform != "win32" else "nvml.dll")
+    except OSError:
+        return 0
+    if nvml.nvmlInit_v2() != 0:
+        return 0
+    try:
+        count = ctypes.c_uint(0)
+        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return 0
+    finally:
+        nvml.nvmlShutdown()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return count.value
+    return min(count.value, len([v for v in visible.split(",") if v.strip()]))
+
+
+def check_before_work(cfg: PipelineConfig) -> None:
+    """Refuse, before the first shard, what this machine would refuse later; torch-free, well under a second.
+
+    The config itself is already consistent (:class:`PipelineConfig`'s validators: URLs, patch
+    sizes, ranges). Here: the training device exists on this machine (skipped when training runs
+    as ``train_deployment`` elsewhere), and every evaluation method is known.
+
+    Raises:
+        InvalidParameters: naming the parameter, what this machine has, and the fix.
+    """
+    from homogen.model.evaluate import METHODS  # numpy and OpenCV only (direct alignment imports torch when it runs)
+    from homogen.model.methods import NETWORK_REFINE
+
+    unknown = [m for m in cfg.evaluate.methods if m not in METHODS and m != NETWORK_REFINE]
+    if unknown:
+        raise InvalidParameters(
+            f"evaluate.methods: unknown method(s) {unknown}: use some of {sorted(METHODS)} or {NETWORK_REFINE}"
+        )
+    device = cfg.train.device
+    m = DEVICE.fullmatch(device)
+    if m is None:
+        raise InvalidParameters(f"train.device={device!r} is not a device the trainer uses: use auto, cpu, cuda, cuda:N or mps")
+    if cfg.train_deployment is not None or device in ("auto", "cpu"):
+        return
+    where = "; or train on a GPU machine with train_deployment='train-model/gpu'"
+    if device == "mps" and sys.platform != "darwin":
+        raise InvalidParameters(f"train.device='mps' needs Apple silicon (this is {sys.platform}): use device=auto or cpu{where}")
+    if device.startswith("cuda"):
+        if not torch_has_cuda():
+            raise InvalidParameters(f"train.device={device!r}, but the installed torch has no CUDA: use device=auto or cpu{where}")
+        index, count = int(m.group(1) or 0), visible_cuda_devices()
+        if index >= count:
+            raise InvalidParameters(
+                f"train.device={device!r}, but this machine has {count} CUDA device(s) visible: "
+                f"use {'cuda:0..cuda:' + str(count - 1) + ', ' if count else ''}auto or cpu{where}"
+            )

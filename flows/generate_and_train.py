@@ -20,14 +20,23 @@ Importing this module reaches no torch: Dask starts its workers with *spawn*, wh
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
-from homogen.flows.config import FLAT_OVERRIDES, PipelineConfig, apply_overrides
+from homogen.flows.config import (
+    FLAT_OVERRIDES,
+    InvalidParameters,
+    PipelineConfig,
+    apply_overrides,
+    check_before_work,
+    flat_parameters,
+)
 from homogen.flows.generate import generate_dataset_on
 from homogen.flows.ui import rename_current_run
 from homogen.flows.validate import validate_dataset_flow
@@ -90,30 +99,17 @@ def train_remotely(deployment: str, dataset_uri: str, config: PipelineConfig) ->
     }
 
 
-@flow(name="generate-and-train", flow_run_name=_initial_run_name)
-def generate_and_train(
-    config: PipelineConfig = PipelineConfig(),
-    rho: int | None = None,
-    pairs_per_image: int | None = None,
-    max_images: int | None = None,
-    source: str | None = None,
-    output: str | None = None,
-    seed: int | None = None,
-    epochs: int | None = None,
-    width: float | None = None,
-    device: str | None = None,
-    dask_address: str | None = None,
-    n_workers: int | None = None,
-) -> dict:
+def generate_and_train(config: PipelineConfig = PipelineConfig(), **flat: Any) -> dict:
     """Generate, validate, train, register. Returns the dataset version and the registered model version.
+
+    The flat shortcuts (:data:`homogen.flows.config.FLAT_OVERRIDES`) are keyword parameters of their
+    own, typed from their fields (:func:`_signature`); ``None`` = not given.
 
     Returns:
         ``{"dataset_version", "dataset_uri", "pairs", "model_name", "model_version", "champion", ...}``.
     """
-    cfg = apply_overrides(
-        config, rho=rho, pairs_per_image=pairs_per_image, max_images=max_images, source=source, output=output,
-        seed=seed, epochs=epochs, width=width, device=device, dask_address=dask_address, n_workers=n_workers,
-    )
+    cfg = apply_overrides(config, **flat)
+    check_before_work(cfg)
     log = get_run_logger()
     dataset = generate_dataset_on(cfg.dask)(cfg.generate)
     rename_current_run(run_name(cfg, dataset["version"]))
@@ -134,6 +130,24 @@ def generate_and_train(
     }
 
 
+def _signature() -> inspect.Signature:
+    """``(config, *, rho=None, epochs=None, ...)``: one keyword per flat shortcut, typed from its field."""
+    params = [inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=PipelineConfig(), annotation=PipelineConfig)]
+    params += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind)
+        for name, (kind, _) in flat_parameters().items()
+    ]
+    return inspect.Signature(params, return_annotation=dict)
+
+
+# The function keeps its name (deployments' entrypoints are module.function) and becomes the flow.
+generate_and_train.__signature__ = _signature()
+generate_and_train.__doc__ += "\n    Args:\n        config: the whole pipeline (partial sections keep the defaults).\n" + "".join(
+    f"        {name}: {text}\n" for name, (_, text) in flat_parameters().items()
+)  # the parameters' descriptions in Prefect's UI
+generate_and_train = flow(name="generate-and-train", flow_run_name=_initial_run_name)(generate_and_train)
+
+
 def parse_flat(args: list[str]) -> dict:
     """``["rho=24", "epochs=3"]`` -> ``{"rho": 24, "epochs": 3}`` (values as JSON when they parse, else strings)."""
     out = {}
@@ -148,5 +162,19 @@ def parse_flat(args: list[str]) -> dict:
     return out
 
 
+def main(args: list[str]) -> None:
+    """``python -m homogen.flows.generate_and_train rho=24``: check the parameters here, then run the flow.
+
+    Checked before the flow is called, so that a refused value (a URL with credentials above all)
+    never reaches Prefect's database as a run parameter.
+    """
+    flat = parse_flat(args)
+    try:
+        check_before_work(apply_overrides(PipelineConfig(), **flat))
+    except InvalidParameters as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    print(json.dumps(generate_and_train(**flat), indent=2, default=str))
+
+
 if __name__ == "__main__":
-    print(json.dumps(generate_and_train(**parse_flat(sys.argv[1:])), indent=2, default=str))
+    main(sys.argv[1:])

@@ -52,10 +52,11 @@ def test_regenerate_has_one_schedule_per_perturbation_range():
 
 
 def test_each_range_makes_its_own_dataset_version():
-    from homogen.versions import dataset_version
+    from homogen.versions import SourceTable, dataset_version
 
+    same_images = SourceTable((9,), ("train2017/000000000009.jpg",), ("train",), ("0" * 32,))
     versions = {
-        dataset_version(apply_overrides(PipelineConfig(), rho=rho).generate, "same-images") for rho, _ in REGENERATE_CYCLE
+        dataset_version(apply_overrides(PipelineConfig(), rho=rho).generate, same_images) for rho, _ in REGENERATE_CYCLE
     }
     assert len(versions) == len(REGENERATE_CYCLE)
 
@@ -84,3 +85,22 @@ def test_flow_parameters_validate_before_the_run():
         generate_and_train.validate_parameters({"rho": "big"})
     ok = generate_and_train.validate_parameters({"rho": 24, "config": {"train": {"epochs": 1}}})
     assert ok["rho"] == 24 and ok["config"].train.epochs == 1 and ok["config"].generate.sampling.pairs_per_image == 32
+
+
+def test_served_deployments_refuse_credentials_in_url_parameters():
+    from homogen.redaction import redact
+
+    for d in served_deployments():
+        params_schema = schema(d)
+        for params in (
+            {"source": "https://reader:pw@images.example.com/coco"},
+            {"output": "s3://AKIA:secret@bucket/ds.zarr"},
+            {"config": {"generate": {"source": {"root": "gs://token@bucket/coco"}}}},
+            {"config": {"generate": {"output": "https://host/ds.zarr?X-Amz-Signature=abc"}}},
+            {"config": {"tracking": {"uri": "postgresql://u:p@db:5432/mlflow"}}},
+        ):
+            with pytest.raises(SchemaError, match="does not match"):
+                validate(params, params_schema, raise_on_error=True)
+        for url in ("s3://bucket/coco", "/data/user@host/coco", "sqlite:///work/mlflow.db", "http://mlflow:5000", "C:\\data\\coco"):
+            assert redact(url) == url  # the schema and the flow's own check agree: what the scrubber keeps is accepted
+            validate({"source": url, "config": {"generate": {"output": url}, "tracking": {"uri": url}}}, params_schema, raise_on_error=True)

@@ -1,0 +1,201 @@
+"""A real Prefect server, the README's serving command, and Prefect's own CLI against them.
+
+One server for the module (``prefect server start``: SQLite in a temporary PREFECT_HOME,
+127.0.0.1, a free port, no telemetry) and one ``python -m homogen.deployments.serve`` beside it,
+as the README's walk-through starts them. This is what catches a Prefect / FastAPI / SQLAlchemy
+combination that installs but does not work: CLI reads answered with HTTP 422 (FastAPI >= 0.151
+with Prefect 3.8.8), a scheduler that never inserts a run (SQLAlchemy 2.1), a failed run whose
+reason cannot be read from the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from homogen.deployments.definitions import REGENERATE_CYCLE
+
+pytestmark = pytest.mark.slow
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+"""The ``prefect`` command of this environment (as the README runs it)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check, timeout: float, procs=()) -> object:
+    """Poll ``check()`` until it returns something truthy; fail naming ``what`` (and a dead process's output)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, proc, log in procs:
+            if proc.poll() is not None:
+                pytest.fail(f"{name} exited with {proc.returncode} while waiting for {what}:\n{log.read_text()[-3000:]}")
+        try:
+            found = check()
+        except httpx.HTTPError:
+            found = None
+        if found:
+            return found
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C (as a user stops it), then kill the process group it leads if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+class Server:
+    """The running server: its API URL, its SQLite file, the environment that reaches it, the CLI."""
+
+    def __init__(self, root: Path, port: int):
+        self.root = root
+        self.url = f"http://127.0.0.1:{port}/api"
+        self.db = root / "home" / "prefect.db"
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HOMOGEN_", "MLFLOW_"))
+        } | {
+            "PREFECT_HOME": str(root / "home"),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.db}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",  # the API is what is under test; the UI build costs seconds
+            "HOMOGEN_WORKDIR": str(root / "work"),
+            "NO_COLOR": "1",
+            "COLUMNS": "250",  # the CLI's tables print whole ids
+        }
+
+    def client_env(self) -> dict:
+        return self.env | {"PREFECT_API_URL": self.url}
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """``prefect <args>`` against this server, as a user types it."""
+        out = subprocess.run(
+            [PREFECT, *args], env=self.client_env(), cwd=self.root, capture_output=True, text=True, timeout=timeout
+        )
+        if check and out.returncode != 0:
+            pytest.fail(f"`prefect {' '.join(args)}` exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        return out
+
+    def api(self, method: str, path: str, body: dict | None = None):
+        response = httpx.request(method, f"{self.url}/{path}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def flow_runs(self, **filters) -> list[dict]:
+        return self.api("POST", "flow_runs/filter", {"flow_runs": filters, "limit": 200})
+
+    def deployment(self, name: str) -> dict:
+        return self.api("GET", f"deployments/name/{name}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``prefect server start`` and ``python -m homogen.deployments.serve``, as the README starts them."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    (root / "home").mkdir()
+    srv = Server(root, free_port())
+    port = srv.url.split(":")[2].split("/")[0]
+    server_log, serve_log = root / "server.log", root / "serve.log"
+    server_proc = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port],
+        env=srv.env, cwd=root, stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    procs = [("prefect server start", server_proc, server_log)]
+    serve_proc = None
+    try:
+        wait_for("the server's health check", lambda: srv.api("GET", "health"), 90, procs)
+        serve_proc = subprocess.Popen(
+            [sys.executable, "-m", "homogen.deployments.serve"],
+            env=srv.client_env(), cwd=root, stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        procs.append(("python -m homogen.deployments.serve", serve_proc, serve_log))
+        srv.procs = procs
+        wait_for("both deployments to be registered", lambda: len(srv.api("POST", "deployments/filter", {})) == 2, 90, procs)
+        yield srv
+    finally:
+        if serve_proc is not None:
+            stop(serve_proc)
+        stop(server_proc)
+
+
+def test_prefect_cli_lists_deployments_and_flow_runs(server):
+    deployments = server.cli("deployment", "ls")
+    assert "generate-and-train/local" in deployments.stdout and "generate-and-train/regenerate" in deployments.stdout
+    runs = server.cli("flow-run", "ls", "--state", "Scheduled")
+    assert "generate-and-train" in runs.stdout or "No flow runs found" in runs.stdout
+
+
+def test_the_scheduler_creates_the_weekly_regenerate_runs_each_with_its_rho(server):
+    regenerate = server.deployment("generate-and-train/regenerate")
+    runs = wait_for(
+        "the scheduler to insert the regenerate runs",
+        lambda: [r for r in server.flow_runs(deployment_id={"any_": [regenerate["id"]]}) if r["state_type"] == "SCHEDULED"],
+        60, server.procs,
+    )
+    by_rho: dict[int, list] = {}
+    for run in runs:
+        by_rho.setdefault(run["parameters"]["rho"], []).append(run)
+    assert sorted(by_rho) == sorted(rho for rho, _ in REGENERATE_CYCLE) == [16, 24, 32]
+    weekday = {16: 0, 24: 2, 32: 4}  # Monday, Wednesday, Friday (cron 1, 3, 5)
+    for rho, scheduled in by_rho.items():
+        for run in scheduled:
+            when = time.strptime(run["expected_start_time"][:19], "%Y-%m-%dT%H:%M:%S")
+            assert (when.tm_wday, when.tm_hour, when.tm_min) == (weekday[rho], 3, 0), run["expected_start_time"]
+    # and Prefect's CLI shows them
+    listed = server.cli("flow-run", "ls", "--state", "Scheduled", "--limit", "50")
+    assert sum(r["id"] in listed.stdout for r in runs) >= min(len(runs), 3)
+
+
+def test_a_run_with_an_impossible_device_fails_and_the_cli_says_why(server):
+    started = server.cli(
+        "deployment", "run", "generate-and-train/local", "--param", "device=tpu", "--watch", "--watch-timeout", "120",
+        check=False, timeout=180,
+    )
+    run = server.flow_runs(deployment_id={"any_": [server.deployment("generate-and-train/local")["id"]]})[0]
+    assert run["state_type"] == "FAILED", started.stdout + started.stderr
+    logs = server.cli("flow-run", "logs", run["id"])
+    assert "train.device='tpu'" in logs.stdout and "use auto, cpu, cuda" in logs.stdout
+    inspected = server.cli("flow-run", "inspect", run["id"])
+    assert "FAILED" in inspected.stdout.upper() and "train.device" in inspected.stdout
+    assert not (server.root / "work" / "datasets").exists()  # refused before the first shard
+
+
+SECRET = "n0t-in-the-database"
+
+
+def test_credentials_in_url_parameters_are_refused_before_anything_is_stored(server):
+    local = server.deployment("generate-and-train/local")
+    before = len(server.flow_runs())
+    refused = server.cli(
+        "deployment", "run", "generate-and-train/local", "--param", f"source=https://reader:{SECRET}@images.example.com/coco",
+        check=False,
+    )
+    assert refused.returncode != 0 and "does not match" in refused.stdout + refused.stderr  # the server's schema check
+    for params in (
+        {"config": {"generate": {"output": f"s3://AKIAEXAMPLE:{SECRET}@bucket/ds.zarr"}}},
+        {"config": {"tracking": {"uri": f"https://mlflow.example.com/?token={SECRET}"}}},
+        {"output": f"gs://{SECRET}@bucket/ds.zarr"},
+    ):
+        response = httpx.post(f"{server.url}/deployments/{local['id']}/create_flow_run", json={"parameters": params})
+        assert response.status_code == 409 and "does not match" in response.text, params
+    assert len(server.flow_runs()) == before  # no run was created
+    for path in server.db.parent.glob("prefect.db*"):  # the database, its WAL and journal, byte for byte
+        assert SECRET.encode() not in path.read_bytes(), path.name
