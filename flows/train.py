@@ -47,12 +47,16 @@ def _initial_run_name() -> str:
     return run_name(config if isinstance(config, TrainConfig) else QUICK_TRAIN)
 
 
-def evaluation_markdown(version: str, results: dict, registered, run_id: str, model_name: str) -> str:
-    """Evaluation table plus the registry outcome."""
+def evaluation_markdown(version: str, results: dict, registered, run_id: str, model_name: str, noise: str = "none") -> str:
+    """Evaluation table (with the store's photometric noise level and any refinement gains) plus the registry outcome."""
+    from homogen.model.report import refinement_report
+
+    gains = refinement_report(results)
     return "\n".join([
-        f"# {model_name} v{registered.model_version} on dataset `{version}` (test split)",
+        f"# {model_name} v{registered.model_version} on dataset `{version}` (test split, photometric noise: {noise})",
         "",
         format_table(results),
+        *(["", "Refinement:", *gains] if gains else []),
         "",
         f"Registered **{registered.model_uri}** as `models:/{model_name}/{registered.model_version}`"
         f" (MLflow run `{run_id}`); champion: **{registered.champion}** ({registered.promotion}).",
@@ -84,7 +88,8 @@ def train_model(
         scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit)
         registered = register_task(run, result, scores)
     create_markdown_artifact(
-        evaluation_markdown(version, scores.summary(), registered, run.run_id, tracking.model_name),
+        evaluation_markdown(version, scores.summary(), registered, run.run_id, tracking.model_name,
+                            noise=str(ds.sampling.get("photometric", "none"))),
         key=artifact_key("model", tracking.model_name, f"v{registered.model_version}", "evaluation"),
         description=f"{tracking.model_name} v{registered.model_version} on dataset {version}",
     )

@@ -5,7 +5,10 @@
 - ``test_pairs.png``: the first test pairs with the true (green) and predicted (red)
   quadrilaterals, drawn by :func:`homogen.render.sample_grid` (the dataset preview's renderer);
 - ``corner_errors.png``: histogram of per-corner errors, one curve per method;
-- ``evaluation.md`` / ``evaluation.json``: MACE mean, median, p95, failures and ms/pair per method;
+- ``methods/errors_<method>.png``, ``methods/overlay_<method>.png``: per method, its MACE histogram
+  and a few pairs with A warped onto B (:mod:`homogen.model.plots`);
+- ``evaluation.md`` / ``evaluation.json``: MACE mean, median, p95, failures and ms/pair per method
+  (and what ``<method>+refine`` gained and cost);
 - ``dataset_manifest.json``: the store's manifest (credentials removed).
 
 Everything comes from one :class:`~homogen.model.evaluate.TestScores`: nothing is scored here.
@@ -84,7 +87,12 @@ def write_evaluation(folder: str | os.PathLike, ds: Any, scores: Any, grid_pairs
         paths.append(test_pairs_png(ds, scores.results[NETWORK]["pred"], out / "test_pairs.png", n=grid_pairs))
     errs = {k: corner_errors(r["pred"], scores.offsets) for k, r in scores.results.items() if "pred" in r}
     paths.append(error_histogram_png(errs, out / "corner_errors.png", title=f"test corner errors, dataset {ds.version}"))
-    (out / "evaluation.md").write_text(format_table(summary) + "\n")
+    from homogen.model.plots import write_plots  # per method: MACE histogram, A warped onto B (issue 12)
+    from homogen.model.report import refinement_report
+
+    paths += write_plots(out / "methods", ds, scores.results, scores.pairs, split_indices(ds, "test", len(scores.pairs)))
+    gains = refinement_report(summary)
+    (out / "evaluation.md").write_text(format_table(summary) + "\n" + ("\nRefinement:\n" + "\n".join(gains) + "\n" if gains else ""))
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
     (out / "dataset_manifest.json").write_text(redact(json.dumps(ds.manifest, indent=2, default=str)))
     return paths + [str(out / n) for n in ("evaluation.md", "evaluation.json", "dataset_manifest.json")]

@@ -22,17 +22,19 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _methods(values: List[str]) -> list[str]:
+def _methods(values: List[str], network: bool = False) -> list[str]:
     from homogen.model.evaluate import METHODS
+    from homogen.model.methods import NETWORK_REFINE
 
     out: list[str] = []
     for v in values:
         out += [m.strip() for m in v.split(",") if m.strip()]
     if out == ["none"]:
         return []
-    bad = [m for m in out if m not in METHODS]
+    bad = [m for m in out if m not in METHODS and not (network and m == NETWORK_REFINE)]
     if bad:
-        _fail(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)} (or 'none')")
+        more = f", {NETWORK_REFINE} (with --model)" if network else ""
+        _fail(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}{more} (or 'none')")
     return out
 
 
@@ -57,12 +59,18 @@ def _load(model: str, tracking_uri: Optional[str]):
 
 def evaluate(
     store: str = typer.Argument(..., help="dataset store (path or URL)"),
+    more_stores: Optional[List[str]] = typer.Argument(
+        None, help="more stores (e.g. the same images at other photometric levels): adds a per-noise-level table"
+    ),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="models:/homographynet@champion, runs:/RUN_ID, an MLflow model folder or a checkpoint .pt"
     ),
     methods: List[str] = typer.Option(
-        ["identity,orb,sift,ecc"], "--methods", help="baselines, comma-separated or repeated: identity, orb, sift, ecc, or 'none'"
+        ["identity,orb,sift,ecc"], "--methods",
+        help="comma-separated or repeated: identity, orb, sift, ecc, direct-mse, direct-ncc; METHOD+refine "
+        "(e.g. sift+refine, network+refine with --model); or 'none'",
     ),
+    plots: Optional[str] = typer.Option(None, "--plots", help="write per-method error histograms and overlays here"),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="only the first N pairs of the split"),
     split: str = typer.Option("test", help="test | val | train | all"),
     batch_size: int = typer.Option(64, min=1, help="network batch size"),
@@ -73,7 +81,7 @@ def evaluate(
     from homogen.model.data import load_split
     from homogen.model.evaluate import evaluate_methods, format_table
 
-    chosen = _methods(methods)
+    chosen = _methods(methods, network=model is not None)
     if split not in ("test", "val", "train", "all"):
         _fail(f"unknown split {split!r}: use test, val, train or all")
     ds = _open(store)
@@ -89,9 +97,36 @@ def evaluate(
 
         cv2.setNumThreads(threads)
         torch.set_num_threads(threads)
-    results = evaluate_methods(pairs, offsets, methods=chosen, model=net, batch_size=batch_size, progress=True)
-    typer.echo(f"dataset {ds.version}, {split} split, {len(pairs)} pairs (rho {ds.rho}, P {ds.patch_size})\n")
-    typer.echo(format_table(results))
+    from homogen.model.report import format_levels, noise_level, refinement_report
+
+    by_level = {}
+    for k, one in enumerate([ds, *(_open(s) for s in more_stores or [])]):
+        if k:
+            pairs, offsets = load_split(one, None if split == "all" else split, limit=limit)
+        results = evaluate_methods(pairs, offsets, methods=chosen, model=net, batch_size=batch_size, progress=True,
+                                   return_predictions=plots is not None)
+        level = noise_level(one)
+        typer.echo(f"dataset {one.version}, {split} split, {len(pairs)} pairs (rho {one.rho}, P {one.patch_size}, "
+                   f"photometric noise {level})\n")
+        typer.echo(format_table(results))
+        gains = refinement_report(results)
+        if gains:
+            typer.echo("\nrefinement:\n" + "\n".join(gains))
+        by_level[level if level not in by_level else f"{level} ({one.version})"] = results
+        if plots:
+            from pathlib import Path
+
+            import numpy as np
+
+            from homogen.model.artifacts import split_indices
+            from homogen.model.plots import write_plots
+
+            idx = np.arange(len(pairs)) if split == "all" else split_indices(one, split, len(pairs))
+            folder = Path(plots) / (one.version if more_stores else "")
+            typer.echo(f"wrote {len(write_plots(folder, one, results, pairs, idx))} plots to {folder}")
+        typer.echo("")
+    if len(by_level) > 1:
+        typer.echo("by noise level:\n" + format_levels(by_level))
 
 
 def predict(
@@ -129,6 +164,9 @@ def train(
     epochs: int = typer.Option(10, min=1),
     batch_size: int = typer.Option(64, min=1),
     lr: float = typer.Option(1e-3),
+    loss: str = typer.Option(
+        "smooth_l1", help="smooth_l1 | mse (supervised, on the offsets) | photometric (unsupervised: A warped onto B, labels unread)"
+    ),
     width: float = typer.Option(1.0, help="channel multiplier (1.0 = the paper's network)"),
     max_samples: Optional[int] = typer.Option(None, min=1, help="stop after this many training samples"),
     patience: Optional[int] = typer.Option(5, min=1, help="early stopping patience (epochs)"),
@@ -157,7 +195,7 @@ def train(
     chosen = _methods(methods)
     try:
         cfg = TrainConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, width=width, max_samples=max_samples, patience=patience,
+            epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, width=width, max_samples=max_samples, patience=patience,
             device=device, num_workers=num_workers, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
         )
     except ValidationError as exc:

@@ -130,7 +130,7 @@ for _name, _fn in BASELINES.items():
     register_method(_name, _fn, _LABELS.get(_name))
 
 # direct-mse, direct-ncc and <method>+refine (model.methods registers them through register_method)
-from homogen.model.methods import NETWORK_REFINE, refine_estimate  # noqa: E402
+from homogen.model.methods import NETWORK_REFINE, prepare, refine_estimate  # noqa: E402
 
 
 def predict_baseline(
@@ -234,6 +234,7 @@ def evaluate_methods(
         raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)} or {NETWORK_REFINE}")
     if NETWORK_REFINE in methods and model is None:
         raise ValueError(f"method {NETWORK_REFINE} refines the network's estimate: give a model")
+    prepare(methods)  # direct alignment's imports happen before any timing
     n = len(pairs)
     results: dict[str, dict[str, Any]] = {}
 

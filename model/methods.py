@@ -23,7 +23,7 @@ import numpy as np
 
 from homogen.model.evaluate import METHODS, register_method
 
-__all__ = ["DIRECT", "NETWORK_REFINE", "REFINE", "base_method", "refine_estimate"]
+__all__ = ["DIRECT", "NETWORK_REFINE", "REFINE", "base_method", "prepare", "refine_estimate"]
 
 REFINE = "+refine"
 NETWORK_REFINE = "network" + REFINE
@@ -34,6 +34,13 @@ DIRECT: dict[str, str] = {"direct-mse": "mse", "direct-ncc": "ncc"}
 def base_method(name: str) -> str | None:
     """``'sift'`` for ``'sift+refine'``; None for a name without the suffix."""
     return name[: -len(REFINE)] if name.endswith(REFINE) else None
+
+
+def prepare(methods: list[str] | tuple[str, ...]) -> None:
+    """Import torch and kornia now if ``methods`` align directly, so that no method's timing pays for it."""
+    if any(m in DIRECT or base_method(m) is not None for m in methods):
+        import homogen.model.direct  # noqa: F401
+        import homogen.model.refine  # noqa: F401
 
 
 def _direct(loss: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:

@@ -188,6 +188,7 @@ class TrainingRun:
             "store_uri": redact(str(self.ds.uri)),
             "mlflow.source.name": self.source,
             "mlflow.source.type": "LOCAL",
+            **({"loss": self.config.loss} if getattr(self.config, "loss", None) else {}),  # supervised or photometric
             **self.tags,
         }
         with warnings.catch_warnings():
@@ -304,7 +305,8 @@ class TrainingRun:
         metadata = {"patch_size": p, "width": float(getattr(model, "width", 1.0)), "rho": int(self.ds.rho),
                     "dataset_version": version, "test_mace": test_mace}
         info = log_network(model, scores.pairs[:2], metadata, model_id=self.model_id)
-        mv = mlflow.register_model(info.model_uri, self.model_name, tags={"dataset_version": version})
+        loss = {"loss": self.config.loss} if getattr(self.config, "loss", None) else {}
+        mv = mlflow.register_model(info.model_uri, self.model_name, tags={"dataset_version": version, **loss})
         register_model_tags(self._client, self.model_name, str(mv.version), dataset_version=version,
                             rho=int(self.ds.rho), patch_size=p, test_mace=test_mace)
 
