@@ -748,21 +748,26 @@ def _check_arrays(uri: str, manifest: dict, arrays: dict, where: str) -> None:
             )
 
 
-def missing_chunks(uri: str, arrays: dict) -> list[str]:
-    """Chunk keys of a Zarr store that should exist and do not (zarr would read them as zeros)."""
+def missing_chunks(uri: str, arrays: dict) -> dict[str, list[int]]:
+    """Per array of a Zarr store, the chunk numbers that should exist and do not (zarr would read
+    them as the fill value, silently). One listing per array."""
     fs, path = fsspec.core.url_to_fs(uri)
-    out = []
+    out = {}
     for name, arr in arrays.items():
         n, c = arr.shape[0], arr.chunks[0]
-        expected = {chunk_key(k, arr.ndim) for k in range(-(-n // c))}
         base = f"{path}/{name}/"
         present = {p[len(base):] for p in fs.find(base)} if n else set()
-        out += [f"{redact(uri)}/{name}/{k}" for k in sorted(expected - present)]
+        gone = [k for k in range(-(-n // c)) if chunk_key(k, arr.ndim) not in present]
+        if gone:
+            out[name] = gone
     return out
 
 
-def open_dataset(uri: str) -> Dataset:
+def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
     """Open a finished store of either format (path or fsspec URL).
+
+    ``check_chunks``: list each Zarr array's chunks and refuse a store that lacks one (validation
+    turns it off to report every damaged chunk itself).
 
     Raises:
         StoreError: no store, an old layout, an incomplete or edited manifest, a truncated
@@ -770,7 +775,7 @@ def open_dataset(uri: str) -> Dataset:
     """
     uri = str(uri).rstrip("/")
     if detect_format(uri) == "hdf5":
-        return _open_hdf5(local_path(uri))
+        return _open_hdf5(local_path(uri))  # one file: no chunk can go missing alone
     where = f"{redact(uri)}/zarr.json"
     manifest = check_manifest(uri, read_zarr_manifest(uri), where)
     try:
@@ -780,11 +785,12 @@ def open_dataset(uri: str) -> Dataset:
     except (ValueError, KeyError, FileNotFoundError) as exc:
         raise StoreError(f"{redact(uri)}: the metadata of an array cannot be read ({exc}): regenerate the store") from exc
     _check_arrays(uri, manifest, arrays, where)
-    gone = missing_chunks(uri, arrays)
+    gone = missing_chunks(uri, arrays) if check_chunks else {}
     if gone:
+        files = [f"{redact(uri)}/{f}/{chunk_key(k, arrays[f].ndim)}" for f, ks in gone.items() for k in ks]
         raise DamagedChunk(
-            f"{redact(uri)} lacks {len(gone)} chunk file(s), e.g. {', '.join(gone[:3])}: they were deleted; "
-            f"regenerate the dataset or restore the store from a copy"
+            f"{redact(uri)} lacks {len(files)} chunk file(s) ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}): "
+            f"they were deleted; regenerate the dataset or restore the store from a copy"
         )
     return Dataset(uri, manifest, arrays)
 

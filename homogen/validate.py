@@ -7,10 +7,11 @@ nobody asked for) is reported as *not applicable* (``passed=None``), never as a 
 
 Per pair (``checked`` / ``failed`` count pairs):
 
-- ``readable``: every chunk of every field reads and decompresses, and none is missing from
-  storage (a missing chunk reads silently as zeros); a damaged chunk is named by shard, field and
-  index range, and the walk goes on with the next chunk.
-- ``schema``: dtypes and shapes of the store schema (:func:`homogen.generate.empty_arrays`).
+- ``readable``: every chunk of every array reads, passes its checksum (CRC32C in Zarr, Fletcher-32
+  in HDF5) and decompresses, and none is missing from storage (zarr would read a missing chunk as
+  zeros); each damaged chunk is named by array, chunk number, pair range and file, and the walk
+  goes on with the next chunk.
+- ``schema``: dtypes and shapes of the store schema (:mod:`homogen.schema`).
 - ``finite``: no NaN/Inf in offsets, homography, corners.
 - ``homography_normalised``: ``homography[2, 2] == 1`` (to 1e-9).
 - ``homography_matches_offsets``: H re-derived from the patch corners and the offsets by an
@@ -26,8 +27,11 @@ Per pair (``checked`` / ``failed`` count pairs):
 
 Per dataset:
 
-- ``counts_match_manifest``: total, per shard, per split (and per shard and split) pair counts
-  equal the manifest's, and every field of a shard has the same length.
+- ``counts_match_manifest``: total and per split pair counts equal the manifest's, and the
+  manifest's shards tile the arrays (each starts where the previous one ends).
+- ``images_accounted``: the image ids stored plus the quarantined ones are exactly the planned
+  image list (``source.files`` of the manifest), none in both, each stored image with
+  ``pairs_per_image`` pairs.
 - ``no_duplicates``: no two pairs with the same (image id, corners, offsets), nor with identical pixels.
 - ``offsets_uniform``: per label column and pooled, mean within Z standard errors of 0, standard
   deviation within Z standard errors of rho/sqrt(3) (SE rho/sqrt(3N) and rho/sqrt(15N) for a
@@ -78,12 +82,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from homogen.config import SamplingConfig, SourceConfig
-from homogen.generate import empty_arrays, image_pairs
+from homogen.generate import image_pairs
 from homogen.images import BadImage, load_gray
 from homogen.sampling import PHOTOMETRIC_LEVELS, patch_corners
 from homogen.redaction import redact
 from homogen.sources import SourceError, list_images
-from homogen.stores import FIELDS, SPLIT_CODES, Dataset, open_dataset
+from homogen.schema import FIELDS, SPLIT_CODES, empty_arrays
+from homogen.stores import Dataset, missing_chunks, open_dataset
 from homogen.versions import check_sources, check_version, source_table
 
 REPROJECTION_TOL_PX = 1e-3
@@ -231,15 +236,13 @@ class _Tally:
 
 @dataclass
 class _Where:
-    """A block of pairs: global start index, its shard name and the shard's first global index."""
+    """A block of pairs: its global start index and its storage chunk number."""
 
     start: int
-    shard: str
-    shard_start: int
+    chunk: int
 
     def describe(self, j: int) -> dict:
-        i = self.start + j
-        return {"index": i, "shard": self.shard, "shard_index": i - self.shard_start}
+        return {"index": self.start + j, "chunk": self.chunk}
 
 
 # ------------------------------------------------------------------------------- pixel check
@@ -413,13 +416,15 @@ class _Walk:
         self.label_hashes: list[np.ndarray] = []
         self.indices: list[np.ndarray] = []
         self.image_splits: list[np.ndarray] = []
+        self.image_ids: list[np.ndarray] = []
         self.split_counts = {s: 0 for s in SPLIT_CODES}
-        self.shard_split_counts: dict[str, dict[str, int]] = {}
         self.n_off = 0
         self.sum_off = np.zeros(8)
         self.cross_off = np.zeros((8, 8))
         self.readable: list[tuple[int, int]] = []
-        self.missing = missing_chunks(ds)
+        self.damaged: list[dict] = []  # every damaged chunk: array, chunk, pairs, file, error
+        self.missing = {(f, k) for f, ks in missing_chunks(ds.uri, ds.arrays).items() for k in ks} \
+            if ds.manifest.get("format") == "zarr" else set()
 
     def block(self, where: _Where, stop: int) -> None:
         """Read pairs ``where.start:stop`` and run every per-pair check on them."""
@@ -434,36 +439,34 @@ class _Walk:
         self._accumulate(data, where)
 
     def _read(self, where: _Where, stop: int) -> dict | None:
-        tally = self.tallies["readable"]
+        """Every array's rows of one chunk; each array whose chunk is missing or fails to decode
+        (checksum, codec) is recorded in :attr:`damaged` and the block is skipped."""
+        data, bad = {}, {}
+        for f in FIELDS:
+            if (f, where.chunk) in self.missing:  # absent from storage: zarr would read the fill value, silently
+                bad[f] = "chunk file missing from storage"
+                continue
+            try:
+                data[f] = np.asarray(self.ds.arrays[f][where.start : stop])
+            except Exception as exc:  # noqa: BLE001 - codecs and HDF5 raise many types on damage
+                bad[f] = f"{type(exc).__name__}: {str(exc)[:160]}"
         n = stop - where.start
-        try:
-            data = self.ds.read(where.start, stop)
-        except Exception as exc:  # noqa: BLE001 - codecs and HDF5 raise many types on damage
-            bad = {}
-            for f in FIELDS:
-                try:
-                    self.ds.read(where.start, stop, (f,))
-                except Exception as field_exc:  # noqa: BLE001
-                    bad[f] = f"{type(field_exc).__name__}: {str(field_exc)[:160]}"
-            self._unreadable(where, stop, bad or {f: f"{type(exc).__name__}: {str(exc)[:160]}" for f in FIELDS})
+        if bad:
+            self._unreadable(where, stop, bad)
             return None
-        gone = [f for f in self.missing.get(where.shard, ()) if not data[f].any()]
-        if gone:  # a chunk file absent from storage reads as the fill value, silently
-            self._unreadable(where, stop, {f: "chunk missing from storage (reads as the fill value 0)" for f in gone})
-            return None
-        tally.add(np.ones(n, bool), where)
+        self.tallies["readable"].add(np.ones(n, bool), where)
         return data
 
     def _unreadable(self, where: _Where, stop: int, bad: dict[str, str]) -> None:
         tally, n = self.tallies["readable"], stop - where.start
-        a = where.start - where.shard_start
         tally.checked += n
         tally.failed += n
-        if len(tally.examples) < MAX_EXAMPLES:
-            tally.examples.append({
-                "shard": where.shard, "shard_range": f"[{a}, {a + n})", "global_range": f"[{where.start}, {stop})",
-                "fields": sorted(bad), "error": "; ".join(sorted(set(bad.values()))),
+        for f, why in sorted(bad.items()):
+            self.damaged.append({
+                "array": f, "chunk": where.chunk, "pairs": f"[{where.start}, {stop})",
+                "file": self.ds.chunk_file(f, where.chunk), "error": why,
             })
+        tally.examples = self.damaged[:MAX_EXAMPLES]
 
     def _check_schema(self, data: dict, where: _Where) -> bool:
         n = len(data["image_id"])
@@ -521,11 +524,9 @@ class _Walk:
             [_hash64(i.tobytes() + c.tobytes() + o.tobytes()) for i, c, o in zip(d["image_id"], d["corners"], d["offsets"])],
             np.uint64))
         self.image_splits.append(np.unique(np.stack([d["image_id"], d["split"].astype(np.int64)], 1), axis=0))
-        shard_counts = self.shard_split_counts.setdefault(where.shard, {s: 0 for s in SPLIT_CODES})
+        self.image_ids.append(np.asarray(d["image_id"], np.int64))
         for name, code in SPLIT_CODES.items():
-            k = int(np.count_nonzero(d["split"] == code))
-            self.split_counts[name] += k
-            shard_counts[name] += k
+            self.split_counts[name] += int(np.count_nonzero(d["split"] == code))
         off = np.asarray(d["offsets"], np.float64)
         off = off[np.isfinite(off).all(1)]
         self.n_off += len(off)
@@ -555,8 +556,8 @@ class _Walk:
             if t[name].worst is not None and name in ("homography_matches_offsets", "offsets_in_range", "pixels_match_homography"):
                 d += f"; worst {t[name].worst:.3g}"
             if name == "readable" and t[name].failed:
-                d = f"{t[name].failed} pairs in damaged chunks: " + ", ".join(
-                    f"{e['shard']} {e['shard_range']} ({'/'.join(e['fields'])})" for e in t[name].examples)
+                d = f"{t[name].failed} pairs in {len(self.damaged)} damaged chunks: " + ", ".join(
+                    f"{e['array']} chunk {e['chunk']} (pairs {e['pairs']}, {e['file']}: {e['error']})" for e in self.damaged)
             out.append(t[name].result(d))
         return out
 
@@ -568,55 +569,58 @@ def _hash64(data: bytes) -> int:
 # --------------------------------------------------------------------------- dataset checks
 
 
-def _shard_layout(ds: Dataset) -> list[tuple[str, int, int]]:
-    """(name, global start, global stop) of each shard, from the stored arrays' lengths."""
-    starts = ds.shard_starts  # the lengths actually stored, not the manifest's
-    return [(s["name"], int(starts[i]), int(starts[i + 1])) for i, s in enumerate(ds.manifest["shards"])]
-
-
-def missing_chunks(ds: Dataset) -> dict[str, list[str]]:
-    """Per shard name, the fields with fewer chunks in storage than their length needs.
-
-    ``split`` is left out: an all-train chunk equals the fill value and may legitimately be unstored.
-    """
-    out: dict[str, list[str]] = {}
-    for (name, _, _), shard in zip(_shard_layout(ds), ds.shard_arrays):
-        for f in FIELDS:
-            arr = shard[f]
-            n, step = int(arr.shape[0]), int((arr.chunks or (arr.shape[0],))[0] or 1)
-            if f == "split" or n == 0:
-                continue
-            stored = arr.nchunks_initialized if hasattr(arr, "nchunks_initialized") else arr.id.get_num_chunks()
-            if stored < -(-n // step):
-                out.setdefault(name, []).append(f)
-    return out
-
-
-def _field_lengths(ds: Dataset) -> list[dict[str, int]]:
-    return [{f: int(shard[f].shape[0]) for f in FIELDS} for shard in ds.shard_arrays]
-
-
 def check_counts(ds: Dataset, walk: _Walk) -> CheckResult:
-    """Total, per-shard, per-split and per-shard-split counts against the manifest."""
+    """Total and per-split counts against the manifest; the manifest's shards tile the arrays."""
     m = ds.manifest
     problems = []
     if len(ds) != m.get("num_pairs"):
         problems.append(f"store holds {len(ds)} pairs, manifest says {m.get('num_pairs')}")
-    for (name, a, b), lengths, entry in zip(_shard_layout(ds), _field_lengths(ds), m["shards"]):
-        if len(set(lengths.values())) > 1:
-            problems.append(f"{name}: fields of different lengths {lengths}")
-        if b - a != entry.get("pairs"):
-            problems.append(f"{name}: {b - a} pairs stored, manifest says {entry.get('pairs')}")
-        counted = walk.shard_split_counts.get(name)
-        if counted is not None and walk.tallies["readable"].failed == 0 and counted != entry.get("splits"):
-            problems.append(f"{name}: splits {counted}, manifest says {entry.get('splits')}")
+    lengths = {f: int(a.shape[0]) for f, a in ds.arrays.items()}
+    if len(set(lengths.values())) > 1:
+        problems.append(f"arrays of different lengths {lengths}")
+    at = 0
+    for entry in m["shards"]:
+        if entry.get("start") != at:
+            problems.append(f"{entry.get('name')} starts at pair {entry.get('start')}, the previous shard ends at {at}")
+        at = int(entry.get("start") or 0) + int(entry.get("pairs") or 0)
+    if at != len(ds):
+        problems.append(f"the manifest's shards end at pair {at}, the arrays hold {len(ds)}")
     if walk.tallies["readable"].failed == 0 and walk.split_counts != m.get("splits"):
         problems.append(f"splits {walk.split_counts}, manifest says {m.get('splits')}")
     detail = "; ".join(problems) if problems else (
-        f"{len(ds)} pairs in {len(m['shards'])} shards, splits {walk.split_counts} as in the manifest")
+        f"{len(ds)} pairs from {len(m['shards'])} shards, splits {walk.split_counts} as in the manifest")
     if walk.tallies["readable"].failed:
         detail += "; split counts not compared (damaged chunks)"
     return CheckResult("counts_match_manifest", not problems, len(ds), len(problems), detail, problems[:MAX_EXAMPLES])
+
+
+def check_images(ds: Dataset, walk: _Walk) -> CheckResult:
+    """Stored image ids plus quarantined ones equal the planned image list; each stored image has
+    ``pairs_per_image`` pairs."""
+    name = "images_accounted"
+    m = ds.manifest
+    if walk.tallies["readable"].failed:
+        return CheckResult(name, None, 0, 0, "not checked: damaged chunks (see readable)")
+    try:
+        planned = np.asarray(m["source"]["files"]["image_id"], np.int64)
+        quarantined = np.asarray([q["image_id"] for q in m.get("quarantine", [])], np.int64)
+    except (KeyError, TypeError, ValueError) as exc:
+        return CheckResult(name, False, 1, 1, f"the manifest has no planned image list ({exc!r}): regenerate the dataset")
+    ids, counts = np.unique(np.concatenate(walk.image_ids) if walk.image_ids else np.empty(0, np.int64), return_counts=True)
+    ppi = int(ds.sampling["pairs_per_image"])
+    problems = []
+    for what, values in (
+        ("stored but not planned", np.setdiff1d(ids, planned)),
+        ("quarantined but not planned", np.setdiff1d(quarantined, planned)),
+        ("both stored and quarantined", np.intersect1d(ids, quarantined)),
+        ("planned but neither stored nor quarantined", np.setdiff1d(planned, np.union1d(ids, quarantined))),
+        (f"stored with other than {ppi} pairs", ids[counts != ppi]),
+    ):
+        if len(values):
+            problems.append(f"{len(values)} images {what} (ids {values[:10].tolist()})")
+    detail = "; ".join(problems) if problems else (
+        f"{len(ids)} images stored ({ppi} pairs each) + {len(quarantined)} quarantined = the {len(planned)} planned")
+    return CheckResult(name, not problems, len(planned), len(problems), detail, problems[:MAX_EXAMPLES])
 
 
 def check_duplicates(walk: _Walk) -> CheckResult:
@@ -724,13 +728,11 @@ def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: lis
     if pool.size == 0:
         return CheckResult(name, None, 0, 0, "no readable pairs to regenerate")
     chosen = np.sort(np.random.default_rng(seed).choice(pool, size=min(k, pool.size), replace=False))
-    layout = _shard_layout(ds)
     ppi = sampling.pairs_per_image
     failed, examples = 0, []
     frames: dict[int, np.ndarray] = {}
     for i in chosen:
         i = int(i)
-        shard, start = next((n, a) for n, a, b in layout if a <= i < b)
         stored = ds[i]
         iid = int(stored["image_id"])
         why = ""
@@ -742,7 +744,7 @@ def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: lis
                     frames[iid] = load_gray(by_id[iid].path, sampling.image_width, sampling.image_height, min_side=sampling.patch_size)
                 out = empty_arrays(ppi, sampling.patch_size)
                 image_pairs(frames[iid], by_id[iid], sampling, out, 0)
-                row = (i - start) % ppi
+                row = i % ppi  # every stored image holds ppi consecutive pairs
                 differ = [f for f in FIELDS if not np.array_equal(out[f][row], stored[f])]
                 if differ:
                     why = f"differs in {', '.join(differ)}"
@@ -751,7 +753,7 @@ def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: lis
         if why:
             failed += 1
             if len(examples) < MAX_EXAMPLES:
-                examples.append({"index": i, "shard": shard, "image_id": iid, "why": why})
+                examples.append({"index": i, "image_id": iid, "why": why})
     detail = (f"{len(chosen)} pairs remade from {root}: " +
               ("bit-identical pixels and labels" if not failed else f"{failed} differ"))
     return CheckResult(name, failed == 0, len(chosen), failed, detail, examples)
@@ -777,15 +779,14 @@ def validate_dataset(
         sources: also re-hash every source image (under ``source_root`` or the manifest's root)
             and name those whose bytes changed (homogen.versions.check_sources).
     """
-    ds = path_or_ds if isinstance(path_or_ds, Dataset) else open_dataset(path_or_ds)
+    ds = path_or_ds if isinstance(path_or_ds, Dataset) else open_dataset(path_or_ds, check_chunks=False)
     walk = _Walk(ds)
-    layout = _shard_layout(ds)
-    for a, b in tqdm(ds.chunks(), desc=f"validate {ds.version}", unit="chunk", disable=not progress):
-        name, start = next((n, s) for n, s, e in layout if s <= a < e)
-        walk.block(_Where(a, name, start), b)
+    for k, (a, b) in enumerate(tqdm(ds.chunks(), desc=f"validate {ds.version}", unit="chunk", disable=not progress)):
+        walk.block(_Where(a, k), b)
     checks = walk.per_pair_results()
     checks += [
         check_counts(ds, walk),
+        check_images(ds, walk),
         check_duplicates(walk),
         check_uniform(walk, ds.rho),
         check_splits(walk),

@@ -22,7 +22,7 @@ from homogen.warping import cut_pair
 SOURCE = SourceConfig(max_images=6)  # 6 bundled COCO photographs: 4 train, 2 test
 PPI = 4
 SHARD_SIZE = 3  # 2 shards of 12 pairs
-CHUNK = 8  # chunks [0, 8), [8, 12) in each shard
+CHUNK = 8  # chunks [0, 8), [8, 16), [16, 24) of every array
 
 
 def make_store(path: str, photometric: str = "none", source: SourceConfig = SOURCE, ppi: int = PPI) -> str:
@@ -47,21 +47,19 @@ def copy_store(src: str, dst_dir) -> str:
     dst = str(dst_dir / os.path.basename(src))
     if src.endswith(".h5"):
         shutil.copy(src, dst)
-        shutil.copytree(src + ".parts", dst + ".parts")
     else:
         shutil.copytree(src, dst)
     return dst
 
 
 @contextlib.contextmanager
-def shard_arrays(store: str, shard: int = 0):
-    """The arrays of one shard, writable, for either format."""
-    name = f"shard-{shard:05d}"
+def root_arrays(store: str):
+    """The store's arrays, writable (new values get valid checksums), for either format."""
     if store.endswith(".h5"):
-        with h5py.File(f"{store}.parts/{name}.h5", "r+") as f:
+        with h5py.File(store, "r+") as f:
             yield f
     else:
-        yield zarr.open_group(f"{store}/shards/{name}", mode="r+")
+        yield zarr.open_group(store, mode="r+")
 
 
 def run(store: str, **kw):
@@ -70,7 +68,7 @@ def run(store: str, **kw):
 
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
 def test_clean_store_passes_every_check(clean, fmt):
-    report = run(clean[fmt], regenerate=6)
+    report = run(clean[fmt], regenerate=6, sources=True)
     assert report.passed, report.to_markdown()
     assert report.num_pairs == 6 * PPI
     for c in report.checks:
@@ -114,7 +112,7 @@ def test_zero_perturbation_store_has_no_false_duplicates(tmp_path):
 
 def test_labels_disagreeing_with_h_fail_the_dlt_check(clean, tmp_path):
     store = copy_store(clean["zarr"], tmp_path)
-    with shard_arrays(store) as g:
+    with root_arrays(store) as g:
         off = g["offsets"][0]
         off[2] -= 5.0 * np.sign(off[2])  # stays within [-rho, rho]
         g["offsets"][0] = off
@@ -127,9 +125,9 @@ def test_labels_disagreeing_with_h_fail_the_dlt_check(clean, tmp_path):
 
 
 def _wrong_direction_b(store: str, rows: range) -> None:
-    """Rewrite B of ``rows`` (shard 0) as the recipe would with H^-1 instead of H."""
+    """Rewrite B of ``rows`` as the recipe would with H^-1 instead of H."""
     records = {r.image_id: r for r in list_images(SOURCE)}
-    with shard_arrays(store) as g:
+    with root_arrays(store) as g:
         for i in rows:
             h = np.asarray(g["homography"][i])
             x, y = (int(v) for v in g["corners"][i][0])
@@ -155,20 +153,20 @@ def test_b_made_with_the_wrong_direction_of_h_fails_the_pixel_check(clean, tmp_p
 
 def test_offsets_out_of_range_are_named(clean, tmp_path):
     store = copy_store(clean["zarr"], tmp_path)
-    with shard_arrays(store, 1) as g:
-        off = g["offsets"][1]
+    with root_arrays(store) as g:
+        off = g["offsets"][13]
         off[5] = 40.0  # rho = 32
-        g["offsets"][1] = off
+        g["offsets"][13] = off
     report = run(store)
     check = report.check("offsets_in_range")
     assert check.passed is False and check.failed == 1
-    assert check.examples[0]["shard"] == "shard-00001"
-    assert check.examples[0]["index"] == 12 + 1 and check.examples[0]["value"] == pytest.approx(40.0)
+    assert check.examples[0]["chunk"] == 1
+    assert check.examples[0]["index"] == 13 and check.examples[0]["value"] == pytest.approx(40.0)
 
 
 def test_duplicated_sample_fails_only_the_duplicate_check(clean, tmp_path):
     store = copy_store(clean["zarr"], tmp_path)
-    with shard_arrays(store) as g:
+    with root_arrays(store) as g:
         for name in ("pairs", "offsets", "homography", "corners", "image_id", "split"):
             g[name][0] = g[name][1]  # rows 0..3 come from the same image
     report = run(store)
@@ -180,7 +178,7 @@ def test_duplicated_sample_fails_only_the_duplicate_check(clean, tmp_path):
 
 def test_train_image_also_in_test_fails_the_split_check(clean, tmp_path):
     store = copy_store(clean["zarr"], tmp_path)
-    with shard_arrays(store) as g:
+    with root_arrays(store) as g:
         image_id = int(g["image_id"][2])
         split = int(g["split"][2])
         g["split"][2] = 1 - split
@@ -196,12 +194,25 @@ def test_counts_disagreeing_with_the_manifest_fail(clean, tmp_path):
     root = zarr.open_group(store, mode="r+")
     manifest = dict(root.attrs["homogen"])
     manifest["shards"][1] = {**manifest["shards"][1], "pairs": 11}
-    manifest["splits"] = {"train": manifest["splits"]["train"] + 1, "test": manifest["splits"]["test"]}
+    manifest["splits"] = {**manifest["splits"], "train": manifest["splits"]["train"] + 1}
     root.attrs["homogen"] = manifest
     check = run(store).check("counts_match_manifest")
     assert check.passed is False
-    assert "shard-00001: 12 pairs stored, manifest says 11" in check.detail
+    assert "the manifest's shards end at pair 23, the arrays hold 24" in check.detail
     assert "manifest says {'train'" in check.detail
+
+
+def test_stored_images_must_be_the_planned_ones_minus_the_quarantined(clean, tmp_path):
+    store = copy_store(clean["zarr"], tmp_path)
+    with root_arrays(store) as g:
+        ids = np.asarray(g["image_id"][:])
+        gone = int(ids[4])
+        ids[ids == gone] = 999_999  # one image's pairs now claim an image nobody planned
+        g["image_id"][:] = ids
+    check = run(store).check("images_accounted")
+    assert check.passed is False
+    assert "1 images stored but not planned (ids [999999])" in check.detail
+    assert f"1 images planned but neither stored nor quarantined (ids [{gone}])" in check.detail
 
 
 def _damage_chunk_file(path: str) -> None:
@@ -214,35 +225,32 @@ def _damage_chunk_file(path: str) -> None:
 def test_damaged_chunk_is_named_and_the_rest_still_checked(clean, tmp_path, fmt):
     store = copy_store(clean[fmt], tmp_path)
     if fmt == "zarr":
-        _damage_chunk_file(f"{store}/shards/shard-00001/pairs/c/1/0/0/0")  # pairs [8, 12) of shard 1
+        _damage_chunk_file(f"{store}/pairs/c/2/0/0/0")  # pairs [16, 24)
     else:
-        part = f"{store}.parts/shard-00001.h5"
-        with h5py.File(part, "r") as f:
-            info = f["pairs"].id.get_chunk_info_by_coord((8, 0, 0, 0))
-        with open(part, "r+b") as f:
+        with h5py.File(store, "r") as f:
+            info = f["pairs"].id.get_chunk_info_by_coord((16, 0, 0, 0))
+        with open(store, "r+b") as f:
             f.seek(info.byte_offset + 16)
             f.write(b"\xde\xad\xbe\xef" * 64)
     report = run(store)
     check = report.check("readable")
-    assert check.passed is False and check.failed == 4
-    assert check.examples[0]["shard"] == "shard-00001"
-    assert check.examples[0]["shard_range"] == "[8, 12)" and check.examples[0]["global_range"] == "[20, 24)"
-    assert "pairs" in check.examples[0]["fields"]
-    assert "shard-00001 [8, 12)" in check.detail
-    assert report.check("homography_matches_offsets").checked == 20  # other chunks were still checked
+    assert check.passed is False and check.failed == 8
+    assert {k: check.examples[0][k] for k in ("array", "chunk", "pairs")} == {"array": "pairs", "chunk": 2, "pairs": "[16, 24)"}
+    assert "pairs chunk 2 (pairs [16, 24)" in check.detail
+    assert report.check("homography_matches_offsets").checked == 16  # other chunks were still checked
     assert report.check("pixels_match_homography").passed is True
 
 
 def test_regenerate_fails_when_a_pixel_was_changed(clean, tmp_path):
     store = copy_store(clean["zarr"], tmp_path)
-    with shard_arrays(store, 1) as g:
-        pair = np.asarray(g["pairs"][5])
+    with root_arrays(store) as g:
+        pair = np.asarray(g["pairs"][17])
         pair[1, 64, 64] ^= 1  # one level on one pixel: invisible to the pixel check
-        g["pairs"][5] = pair
+        g["pairs"][17] = pair
     report = run(store, regenerate=24)
     check = report.check("regenerate")
     assert check.passed is False and check.failed == 1
-    assert check.examples[0]["index"] == 12 + 5 and "pairs" in check.examples[0]["why"]
+    assert check.examples[0]["index"] == 17 and "pairs" in check.examples[0]["why"]
     assert report.failed_checks == ["regenerate"]
 
 
@@ -268,8 +276,8 @@ def test_photometric_store_with_wrong_direction_b_fails(tmp_path):
 
 def test_chunk_missing_from_storage_is_named(clean, tmp_path):
     store = copy_store(clean["zarr"], tmp_path)
-    os.remove(f"{store}/shards/shard-00000/pairs/c/0/0/0/0")  # would read back as zeros
+    os.remove(f"{store}/pairs/c/0/0/0/0")  # zarr would read it back as zeros
     check = run(store).check("readable")
     assert check.passed is False and check.failed == 8
-    assert check.examples[0]["shard"] == "shard-00000" and check.examples[0]["shard_range"] == "[0, 8)"
-    assert "missing" in check.examples[0]["error"]
+    assert {k: check.examples[0][k] for k in ("array", "chunk", "pairs")} == {"array": "pairs", "chunk": 0, "pairs": "[0, 8)"}
+    assert "missing" in check.examples[0]["error"] and check.examples[0]["file"].endswith("/pairs/c/0/0/0/0")
