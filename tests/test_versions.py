@@ -3,8 +3,11 @@ records each image's digest, and `validate` recomputes the version and re-hashes
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import xxhash
@@ -12,7 +15,7 @@ from typer.testing import CliRunner
 
 from homogen.cli import app
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
-from homogen.digests import digest_files, file_digest
+from homogen.digests import DigestError, digest_files, file_digest
 from homogen.generate import generate, plan
 from homogen.stores import StoreConflict, open_dataset, open_writer
 from homogen.validate import validate_dataset
@@ -132,6 +135,69 @@ def test_digests_are_the_same_at_any_thread_count(sample_photos):
     one = digest_files(paths, threads=1)
     assert digest_files(paths, threads=8) == one == [xxhash.xxh3_128_hexdigest(p.read_bytes()) for p in sample_photos]
     assert len(set(one)) == len(paths)
+
+
+class _Dropping(SimpleHTTPRequestHandler):
+    """Serves a folder; for the files named in ``dropped`` the connection drops after 10 bytes."""
+
+    dropped: tuple[str, ...] = ()
+
+    def _drops(self) -> bool:
+        if self.path.rsplit("/", 1)[-1] not in self.dropped:
+            return False
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        return True
+
+    def do_HEAD(self):
+        if not self._drops():
+            super().do_HEAD()
+
+    def do_GET(self):
+        if self._drops():
+            self.wfile.write(b"\xff\xd8" * 5)
+            self.close_connection = True
+        else:
+            super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_coco(coco_copy):
+    """The COCO copy served over HTTP on 127.0.0.1; ``drop(name)`` makes that file's transfer fail."""
+    handler = type("Handler", (_Dropping,), {"dropped": ()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(coco_copy)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def drop(name: str) -> None:
+        handler.dropped = (name,)
+
+    yield url, drop
+    server.shutdown()
+    server.server_close()
+
+
+def test_images_read_over_http_hash_as_the_local_files_do(http_coco, coco_copy):
+    url, _ = http_coco
+    over_http = plan(cfg(url))
+    assert over_http.sources.digest == plan(cfg(coco_copy)).sources.digest
+    assert over_http.version == plan(cfg(coco_copy)).version
+
+
+def test_an_image_whose_transfer_fails_stops_planning_naming_it(http_coco, coco_copy, tmp_path):
+    url, drop = http_coco
+    name = first_images(coco_copy)[4].name
+    drop(name)
+    with pytest.raises(DigestError, match=rf"cannot read source image {url}/train2017/{name} to hash it .*content"):
+        plan(cfg(url))
+    out = tmp_path / "ds.zarr"
+    result = CliRunner().invoke(app, ["generate", "--source", url, "--max-images", "8", "-o", str(out)])
+    assert result.exit_code == 2 and f"train2017/{name} to hash it" in result.output
+    assert "Traceback" not in result.output and not out.exists()
 
 
 def test_a_missing_image_has_no_digest_and_is_quarantined_at_generation(coco_copy, tmp_path):
