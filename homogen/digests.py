@@ -57,7 +57,8 @@ def file_digest(path: str) -> str | None:
     except (FileNotFoundError, IsADirectoryError):
         return None
     except Exception as exc:  # noqa: BLE001 - OSError, and each fsspec backend's own error types
-        raise DigestError(f"cannot read source image {redact(path)} to hash it ({exc}): check access to it, then retry") from exc
+        reason = redact(f"cannot read source image {path} to hash it ({exc})")  # URLs in exc too
+        raise DigestError(f"{reason}: check access to it, then retry") from exc
     return h.hexdigest()
 
 

@@ -165,11 +165,16 @@ class _Dropping(SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # the client hanging up on a dropped transfer is expected
+
+
 @pytest.fixture
 def http_coco(coco_copy):
     """The COCO copy served over HTTP on 127.0.0.1; ``drop(name)`` makes that file's transfer fail."""
     handler = type("Handler", (_Dropping,), {"dropped": ()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(coco_copy)))
+    server = _QuietServer(("127.0.0.1", 0), functools.partial(handler, directory=str(coco_copy)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
 
