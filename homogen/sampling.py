@@ -74,6 +74,23 @@ def patch_homography(offsets: np.ndarray, patch_size: int) -> np.ndarray:
     return h / h[2, 2]
 
 
+def quads_convex(offsets: np.ndarray, patch_size: int) -> np.ndarray:
+    """Per pair, whether the patch corners + offsets form a convex quadrilateral turning the patch's way.
+
+    A quadrilateral that folds (two corners crossed) or is mirrored (the patch flipped over) is not.
+
+    Args:
+        offsets: (N, 8) or (8,) in label order.
+    Returns:
+        (N,) bool.
+    """
+    q = patch_corners(patch_size).astype(np.float64)[None] + np.asarray(offsets, np.float64).reshape(-1, 4, 2)
+    e = np.roll(q, -1, axis=1) - q  # edges TL->TR, TR->BR, BR->BL, BL->TL
+    f = np.roll(e, -1, axis=1)
+    cross = e[..., 0] * f[..., 1] - e[..., 1] * f[..., 0]
+    return np.all(cross > 0, axis=1)  # image coordinates (y down): the patch itself turns with cross > 0
+
+
 def photometric(rng: np.random.Generator, patch: np.ndarray, level: str) -> np.ndarray:
     """Brightness/contrast jitter and Gaussian noise of the named level ('none' returns ``patch``)."""
     if level == "none":

@@ -27,12 +27,12 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from homogen.sampling import patch_corners, quads_convex
+
 __all__ = [
     "BASELINES",
     "Method",
-    "patch_corners",
     "offsets_from_homography",
-    "homography_from_offsets",
     "identity",
     "orb_ransac",
     "sift_ransac",
@@ -40,19 +40,6 @@ __all__ = [
 ]
 
 Method = Callable[[np.ndarray, np.ndarray], "np.ndarray | None"]
-
-
-def patch_corners(patch_size: int) -> np.ndarray:
-    """Patch-local corners TL, TR, BR, BL as float64 (4, 2)."""
-    p = float(patch_size)
-    return np.array([[0.0, 0.0], [p, 0.0], [p, p], [0.0, p]], dtype=np.float64)
-
-
-def homography_from_offsets(offsets: np.ndarray, patch_size: int) -> np.ndarray:
-    """Patch-local H (3x3, float64) mapping each corner to corner + offset (maps B to A)."""
-    c = patch_corners(patch_size)
-    dst = c + np.asarray(offsets, dtype=np.float64).reshape(4, 2)
-    return cv2.getPerspectiveTransform(c.astype(np.float32), dst.astype(np.float32)).astype(np.float64)
 
 
 def offsets_from_homography(
@@ -73,7 +60,7 @@ def offsets_from_homography(
     scale = np.abs(h).max()
     if scale == 0 or abs(np.linalg.det(h / scale)) < eps:
         return None
-    c = patch_corners(patch_size)
+    c = patch_corners(patch_size).astype(np.float64)
     hom = np.c_[c, np.ones(4)] @ h.T
     w = hom[:, 2]
     # All four corners must stay on one side of the line at infinity (a proper quadrilateral).
@@ -83,18 +70,11 @@ def offsets_from_homography(
     off = (mapped - c).reshape(8)
     if not np.all(np.isfinite(off)):
         return None
-    if not _convex_same_orientation(mapped):
+    if not quads_convex(off, patch_size)[0]:
         return None
     if max_offset is not None and np.abs(off).max() > max_offset:
         return None
     return off.astype(np.float32)
-
-
-def _convex_same_orientation(q: np.ndarray) -> bool:
-    """True when the quadrilateral TL, TR, BR, BL turns the same way as the patch at every corner."""
-    e = np.roll(q, -1, axis=0) - q  # edges TL->TR, TR->BR, BR->BL, BL->TL
-    cross = e[:, 0] * np.roll(e, -1, axis=0)[:, 1] - e[:, 1] * np.roll(e, -1, axis=0)[:, 0]
-    return bool(np.all(cross > 0))  # image coords (y down): the patch itself gives cross > 0
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> int:

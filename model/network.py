@@ -11,6 +11,8 @@ import torch
 from kornia.geometry.transform import get_perspective_transform
 from torch import Tensor, nn
 
+from homogen import sampling
+
 __all__ = ["HomographyNet", "offsets_to_homography", "patch_corners"]
 
 CONV_CHANNELS = (64, 64, 64, 64, 128, 128, 128, 128)
@@ -107,13 +109,11 @@ class HomographyNet(nn.Module):
 
 
 def patch_corners(patch_size: int, batch: int = 1, dtype=torch.float32, device=None) -> Tensor:
-    """Patch-local corners TL, TR, BR, BL = (0,0), (P,0), (P,P), (0,P).
+    """:func:`homogen.sampling.patch_corners` as a tensor: TL, TR, BR, BL = (0,0), (P,0), (P,P), (0,P).
 
-    Shape: :math:`(B, 4, 2)` as ``(x, y)``.
+    Shape: :math:`(B, 4, 2)` as ``(x, y)`` (one row, expanded).
     """
-    p = float(patch_size)
-    c = torch.tensor([[0.0, 0.0], [p, 0.0], [p, p], [0.0, p]], dtype=dtype, device=device)
-    return c.expand(batch, 4, 2)
+    return torch.from_numpy(sampling.patch_corners(patch_size)).to(dtype=dtype, device=device).expand(batch, 4, 2)
 
 
 def offsets_to_homography(offsets: Tensor, patch_size: int) -> Tensor:

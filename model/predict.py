@@ -65,7 +65,7 @@ def predict_homography(model: Any, img_a: np.ndarray, img_b: np.ndarray) -> Pred
     """Run ``model`` (uint8 (1,2,P,P) -> (1,8)) on two grayscale images of any sizes."""
     import torch
 
-    from homogen.model.baselines import homography_from_offsets
+    from homogen.sampling import patch_homography
 
     p = int(getattr(model, "patch_size", 128))
     if img_a.ndim != 2 or img_b.ndim != 2:
@@ -80,7 +80,7 @@ def predict_homography(model: Any, img_a: np.ndarray, img_b: np.ndarray) -> Pred
         device = torch.device("cpu")
     with torch.inference_mode():
         off = model(x.to(device)).float().cpu().numpy().reshape(8)
-    hp = homography_from_offsets(off, p)
+    hp = patch_homography(off, p)
     s_a = resize_matrix((img_a.shape[1], img_a.shape[0]), (p, p))
     s_b = resize_matrix((img_b.shape[1], img_b.shape[0]), (p, p))
     h = np.linalg.inv(s_a) @ hp @ s_b

@@ -10,7 +10,6 @@ import homogen
 from homogen.model.baselines import (
     BASELINES,
     ecc,
-    homography_from_offsets,
     identity,
     offsets_from_homography,
     orb_ransac,
@@ -19,6 +18,7 @@ from homogen.model.baselines import (
 from homogen.model.data import load_split
 from homogen.model.evaluate import evaluate_methods, format_table
 from homogen.model.metrics import mace
+from homogen.sampling import patch_homography
 
 PHOTOS = sorted((Path(homogen.__file__).parent / "data" / "coco-sample" / "train2017").glob("*.jpg"))
 P = 128
@@ -47,7 +47,7 @@ def pairs():
 def test_recipe_pair_satisfies_b_equals_a_of_hq(pairs):
     # The test helper itself: B(q) = A(H q) on the interior (photometric check of the direction).
     a, b, off = pairs[0]
-    h = homography_from_offsets(off, P)
+    h = patch_homography(off, P)
     a_at_hq = cv2.warpPerspective(a, h, (P, P), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
     a_at_hinv_q = cv2.warpPerspective(a, np.linalg.inv(h), (P, P), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
     inner = (slice(40, 88), slice(40, 88))
@@ -58,7 +58,7 @@ def test_recipe_pair_satisfies_b_equals_a_of_hq(pairs):
 
 def test_homography_offsets_round_trip_and_degenerate_cases():
     off = np.array(OFFSETS[1], np.float32)
-    np.testing.assert_allclose(offsets_from_homography(homography_from_offsets(off, P), P), off, atol=1e-3)
+    np.testing.assert_allclose(offsets_from_homography(patch_homography(off, P), P), off, atol=1e-3)
     np.testing.assert_array_equal(offsets_from_homography(np.eye(3), P), np.zeros(8))
     assert offsets_from_homography(None, P) is None
     assert offsets_from_homography(np.zeros((3, 3)), P) is None  # singular
@@ -85,7 +85,7 @@ def test_swapped_direction_gives_large_error(pairs):
         assert mace(right, off) < 1.5
         assert swapped is not None and mace(swapped, off) > 20
         # Interpreting the right estimate in the wrong direction (offsets of H^-1) is as wrong.
-        inv = offsets_from_homography(np.linalg.inv(homography_from_offsets(right, P)), P)
+        inv = offsets_from_homography(np.linalg.inv(patch_homography(right, P)), P)
         assert mace(inv, off) > 20
 
 
@@ -148,3 +148,14 @@ def test_evaluate_methods_on_generated_store(tmp_path):
     assert "SIFT" in table and f"{res['sift']['failures']}/32" in table
     with pytest.raises(ValueError):
         evaluate_methods(pairs, offsets, methods=("nope",))
+
+
+def test_one_convexity_rule_flags_folded_and_mirrored_quadrilaterals():
+    from homogen.sampling import quads_convex
+
+    ok = np.array(OFFSETS, np.float32)
+    fold = np.array([[P, 0, -P, 0, 0, 0, 0, 0]], np.float32)  # TL and TR swap places
+    mirror = np.array([[P, 0, -P, 0, -P, 0, P, 0]], np.float32)  # the patch flipped left-right
+    assert quads_convex(ok, P).tolist() == [True] * 3
+    assert not quads_convex(fold, P)[0] and not quads_convex(mirror, P)[0]
+    assert offsets_from_homography(patch_homography(mirror[0], P), P) is None

@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 import homogen
-from homogen.model.baselines import homography_from_offsets
+from homogen.sampling import patch_homography
 from homogen.model.cli import register
 from homogen.model.network import HomographyNet
 from homogen.model.predict import overlay, predict_homography, resize_matrix
@@ -54,7 +54,7 @@ def test_patch_sized_inputs_give_the_patch_homography(pair):
     a, b = pair
     pred = predict_homography(oracle_net(OFF), a, b)
     np.testing.assert_allclose(pred.offsets, OFF, atol=1e-4)
-    hp = homography_from_offsets(OFF, P)
+    hp = patch_homography(OFF, P)
     np.testing.assert_allclose(pred.homography, hp / hp[2, 2], atol=1e-6)
     assert photometric_error(a, b, pred.homography) < 0.4 * photometric_error(a, b, np.linalg.inv(pred.homography))
 
@@ -65,7 +65,7 @@ def test_homography_is_in_input_pixel_coordinates_and_maps_b_to_a(pair):
     big_b = cv2.resize(b, (256, 224), interpolation=cv2.INTER_CUBIC)
     pred = predict_homography(oracle_net(OFF), big_a, big_b)
     s_a, s_b = resize_matrix((200, 160), (P, P)), resize_matrix((256, 224), (P, P))
-    expect = np.linalg.inv(s_a) @ homography_from_offsets(OFF, P) @ s_b
+    expect = np.linalg.inv(s_a) @ patch_homography(OFF, P) @ s_b
     np.testing.assert_allclose(pred.homography, expect / expect[2, 2], rtol=1e-5, atol=1e-6)
     # Photometric: B warped by H lands on A; the other direction does not.
     good = photometric_error(big_a, big_b, pred.homography)
@@ -82,7 +82,7 @@ def test_homography_is_in_input_pixel_coordinates_and_maps_b_to_a(pair):
 
 def test_overlay_is_in_a_frame(pair):
     a, b = pair
-    h = homography_from_offsets(OFF, P)
+    h = patch_homography(OFF, P)
     out = overlay(a, b, h)
     assert out.shape == (P, P, 3) and out.dtype == np.uint8
     # Where both exist, green is A and red/blue are warped B; near the centre they agree.
@@ -136,7 +136,7 @@ def test_cli_predict_prints_h_and_writes_overlay(cli, pair, tmp_path):
     lines = res.output.splitlines()
     i = next(k for k, line in enumerate(lines) if line.startswith("H (maps B pixels to A pixels"))
     h = np.array([[float(v) for v in lines[i + r].split()] for r in (1, 2, 3)])
-    expect = homography_from_offsets(OFF, P) @ resize_matrix((256, 256), (P, P))
+    expect = patch_homography(OFF, P) @ resize_matrix((256, 256), (P, P))
     np.testing.assert_allclose(h, expect / expect[2, 2], rtol=1e-4, atol=1e-5)
     o = cv2.imread(str(tmp_path / "o.png"))
     assert o is not None and o.shape == (P, P, 3)
