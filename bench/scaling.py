@@ -14,14 +14,16 @@ so that 1 worker and the direct call do the same work on one core.
 
 - *direct*: ``homogen.generate.generate`` in this process (the baseline).
 - *cold*: what one ``generate-dataset`` run pays on a fresh machine: the flow starts its own
-  LocalCluster (worker processes that import Prefect and homogen), runs, and stops it.
+  LocalCluster (worker processes that import homogen), runs, and stops it. The flow's default
+  settings are this, with one worker per core.
 - *warm*: the flow on a cluster that is already up (``DaskConfig.address``, as with
   ``HOMOGEN_DASK_ADDRESS``): the Prefect + Dask orchestration overhead alone, the fair measure
   of per-run overhead.
 
-Targets (2-core machine): 2 workers >= 1.7x 1 worker; flow on 1 worker within 15 % of the
-direct call (overhead = t_flow_1 / t_direct - 1) at 10,000 pairs. With ``--repeats`` the best
-time of each is used (the least disturbed by other load on the machine).
+Targets (2-core machine): the flow at its default settings (cold, 2 workers) >= 1.8x the direct
+call, the last line printed; flow on 1 worker within 10 % of the direct call (overhead =
+t_flow_1 / t_direct - 1) at 10,000 pairs. With ``--repeats`` the best time of each is used (the
+least disturbed by other load on the machine); the load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ import os
 # re-import this module, so they get the same settings (and flows.cluster sets them too).
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLOSC_NTHREADS", "OPENCV_FOR_THREADS_NUM"):
     os.environ.setdefault(_var, "1")
+# Prefect's ephemeral API (when no PREFECT_API_URL is set) gives up after 20 s by default: too
+# short on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -46,7 +51,7 @@ import cv2  # noqa: E402
 from prefect import flow  # noqa: E402
 
 from homogen.flows.cluster import DaskConfig, local_cluster  # noqa: E402
-from homogen.flows.generate import generate_dataset_on  # noqa: E402
+from homogen.flows.generate import generate_dataset  # noqa: E402
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig  # noqa: E402
 from homogen.generate import generate, plan  # noqa: E402
 from homogen.stores import open_dataset  # noqa: E402
@@ -127,9 +132,8 @@ def main() -> None:
         return config(source, args.pairs_per_image, args.shard_size, out)
 
     def on(dask: DaskConfig):
-        return lambda out: generate_dataset_on(dask)(cfg(out))
+        return lambda out: generate_dataset(cfg(out), dask)
 
-    # started after the warm-up flow, so that local_cluster hands the workers this process's Prefect API
     clusters = {n: local_cluster(n_workers=n, threads_per_worker=1, dashboard_address=None) for n in (1, 2)}
     variants = {
         "direct (library, 1 process)": lambda out: generate(cfg(out), progress=False),
@@ -141,9 +145,9 @@ def main() -> None:
     best: dict[str, float] = {}
     versions = set()
     try:
-        for n, cluster in clusters.items():  # the warm clusters' workers import Prefect and homogen now
+        for n, cluster in clusters.items():  # the warm clusters' workers import homogen now
             small = config(SAMPLE_ROOT, 1, 4, str(root / f"warm-{n}.zarr"))
-            generate_dataset_on(DaskConfig(address=cluster.scheduler_address))(small)
+            generate_dataset(small, DaskConfig(address=cluster.scheduler_address))
         for r in range(args.repeats):
             for i, (name, run) in enumerate(variants.items()):
                 out = str(root / f"v{i}-r{r}.zarr")
@@ -169,9 +173,10 @@ def main() -> None:
         print(f"{name:32s} {t:8.2f} {n / t:9.1f} {direct / t:8.2f}x")
     for mode in ("cold", "warm"):
         one, two = best[f"flow, 1 worker, {mode}"], best[f"flow, 2 workers, {mode}"]
-        print(f"{mode}: speed-up 2 workers / 1 worker {one / two:.2f}x (target >= 1.7x); "
-              f"Prefect + Dask overhead on 1 worker vs direct {100 * (one / direct - 1):+.1f} % (target <= 15 %)")
+        print(f"{mode}: speed-up 2 workers / 1 worker {one / two:.2f}x; "
+              f"Prefect + Dask overhead on 1 worker vs direct {100 * (one / direct - 1):+.1f} % (target <= 10 %)")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"flow 2 workers / direct 1 process: {direct / best['flow, 2 workers, cold']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Where generation's shard tasks run: :class:`DaskConfig` and the prefect-dask task runner it makes.
+"""Where generation's shards run: :class:`DaskConfig` and the Dask client it opens (:func:`dask_client`).
 
-Torch-free on purpose: Dask starts worker processes with multiprocessing's *spawn*, which
+The flow process submits plain Dask tasks (:func:`homogen.flows.shards.write_shard`), not Prefect
+tasks, so workers never talk to Prefect: they need no Prefect API URL and pay no per-task Prefect
+cost. Torch-free on purpose: Dask starts worker processes with multiprocessing's *spawn*, which
 re-imports the parent's ``__main__`` module in every worker, so an entry point that imports only
 this module (``python -m homogen.flows.generate``, ``bench/scaling.py``) keeps its workers light.
 """
@@ -8,10 +10,10 @@ this module (``python -m homogen.flows.generate``, ``bench/scaling.py``) keeps i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from distributed import LocalCluster
-from prefect.client.orchestration import get_client
-from prefect_dask import DaskTaskRunner
+from distributed import Client, LocalCluster
 from pydantic import BaseModel, ConfigDict, Field
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLOSC_NTHREADS", "OPENCV_FOR_THREADS_NUM")
@@ -55,18 +57,14 @@ class DaskConfig(BaseModel):
             return os.cpu_count() or 1
 
 
-
 def local_cluster(**kwargs) -> LocalCluster:
-    """A LocalCluster whose worker processes report task runs to this process's Prefect API.
+    """A LocalCluster of this machine whose sockets listen on loopback only.
 
-    The workers get the API URL this flow run uses in their environment: in Prefect's ephemeral
-    mode (no ``PREFECT_API_URL``) each worker process would otherwise start a server of its own.
-    Worker processes also get :data:`THREAD_ENV` set to their thread count, so that ``n`` workers
-    of one thread use ``n`` cores, not ``n`` times the cores.
+    Worker processes get :data:`THREAD_ENV` set to their thread count, so that ``n`` workers of
+    one thread use ``n`` cores, not ``n`` times the cores.
     """
     if kwargs.get("processes", True):
         env = dict(kwargs.pop("env", None) or {})
-        env.setdefault("PREFECT_API_URL", str(get_client(sync_client=True).api_url))
         for var in THREAD_ENV:
             env.setdefault(var, str(kwargs.get("threads_per_worker") or 1))
         kwargs["env"] = env
@@ -79,20 +77,26 @@ def local_cluster(**kwargs) -> LocalCluster:
     return LocalCluster(**kwargs)
 
 
-def dask_task_runner(cfg: DaskConfig) -> DaskTaskRunner:
-    """A Dask task runner for ``cfg``: the given (or ``$HOMOGEN_DASK_ADDRESS``) cluster, else a LocalCluster.
+def cluster_kwargs(cfg: DaskConfig) -> dict:
+    """The :func:`local_cluster` arguments for ``cfg`` (when it names no address)."""
+    return {
+        "n_workers": cfg.resolved_workers(),
+        "threads_per_worker": cfg.threads_per_worker,
+        "processes": cfg.processes,
+        "dashboard_address": cfg.dashboard_address,
+    }
 
-    The cluster starts at the first submitted shard and stops with the flow run.
+
+@contextmanager
+def dask_client(cfg: DaskConfig) -> Iterator[Client]:
+    """A Dask client of the cluster ``cfg`` names (or ``$HOMOGEN_DASK_ADDRESS``), else of a new LocalCluster.
+
+    A LocalCluster started here stops when the block ends; an existing cluster is left running.
     """
     address = cfg.resolved_address()
     if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(
-        cluster_class=local_cluster,
-        cluster_kwargs={
-            "n_workers": cfg.resolved_workers(),
-            "threads_per_worker": cfg.threads_per_worker,
-            "processes": cfg.processes,
-            "dashboard_address": cfg.dashboard_address,
-        },
-    )
+        with Client(address) as client:
+            yield client
+        return
+    with local_cluster(**cluster_kwargs(cfg)) as cluster, Client(cluster) as client:
+        yield client

@@ -2,11 +2,12 @@
 
 The flow process holds the output's lock (:meth:`homogen.stores.StoreWriter.lock`) from prepare to
 commit: a second run writing the same output is refused at once and the store is left as it was.
-Shards run as Prefect tasks on a Dask cluster (prefect-dask's :class:`DaskTaskRunner`): a
-``LocalCluster`` of one single-threaded worker process per CPU core by default, or an existing
-cluster (``DaskConfig.address`` / ``$HOMOGEN_DASK_ADDRESS``). Workers receive configs and paths,
-not handles; with an existing cluster the source and the output must be reachable from every
-worker (a shared path or an fsspec URL such as ``s3://bucket/ds.zarr``).
+The shards run as plain Dask tasks under one Prefect task, ``generate-shards`` (a Prefect task run
+on a Dask worker would cost as much as a shard's work): on a ``LocalCluster`` of one
+single-threaded worker process per CPU core by default, or on an existing cluster
+(``dask.address`` / ``$HOMOGEN_DASK_ADDRESS``). Workers receive configs and paths, not handles,
+and never talk to Prefect; with an existing cluster the source and the output must be reachable
+from every worker (a shared path or an fsspec URL such as ``s3://bucket/ds.zarr``).
 
 Run directly: ``python -m homogen.flows.generate`` (bundled images, ephemeral Prefect).
 """
@@ -16,9 +17,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from homogen.flows.cluster import DaskConfig, dask_task_runner
-from homogen.flows.tasks import commit_dataset, generate_shard_task, list_shards, prepare_store, writer_for
-from homogen.flows.ui import artifact_key, rename_current_run, with_progress
+from homogen.flows.cluster import DaskConfig
+from homogen.flows.tasks import commit_dataset, generate_shards, list_shards, prepare_store, writer_for
+from homogen.flows.ui import rename_current_run
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 
 QUICK_GENERATE = GenerateConfig(
@@ -55,12 +56,11 @@ def dataset_summary(manifest: dict) -> dict:
     }
 
 
-@flow(name="generate-dataset", flow_run_name=_initial_run_name, task_runner=dask_task_runner(DaskConfig()))
-def generate_dataset(config: GenerateConfig = QUICK_GENERATE) -> dict:
-    """Generate (or finish) the dataset ``config`` describes, one Dask task per shard.
+@flow(name="generate-dataset", flow_run_name=_initial_run_name)
+def generate_dataset(config: GenerateConfig = QUICK_GENERATE, dask: DaskConfig = DaskConfig()) -> dict:
+    """Generate (or finish) the dataset ``config`` describes, its shards on the Dask cluster ``dask`` describes.
 
     Returns ``{"version", "uri", "pairs", "splits", "images", "shards", "quarantined"}``.
-    The run's task runner decides where shards run; :func:`generate_dataset_on` picks one per call.
     """
     log = get_run_logger()
     p = list_shards(config)
@@ -68,13 +68,7 @@ def generate_dataset(config: GenerateConfig = QUICK_GENERATE) -> dict:
     log.info("dataset %s: %d images in %d shards -> %s", p.version, p.num_images, len(p.shards), p.output)
     with writer_for(p).lock():
         prepare_store(p)
-        futures = [
-            generate_shard_task.submit(p.output, config.store_format(), config.chunk_size, shard, config.sampling)
-            for shard in p.shards
-        ]
-        results = list(
-            with_progress(futures, artifact_key("dataset", p.version, "progress"), f"shards of dataset {p.version} written")
-        )
+        results = generate_shards(p, dask)
         manifest = commit_dataset(p, results)
     skipped = sum(r.skipped for r in results)
     log.info(
@@ -82,11 +76,6 @@ def generate_dataset(config: GenerateConfig = QUICK_GENERATE) -> dict:
         p.version, manifest["num_pairs"], len(manifest["quarantine"]), len(results) - skipped, skipped,
     )
     return dataset_summary(manifest)
-
-
-def generate_dataset_on(dask: DaskConfig):
-    """The ``generate-dataset`` flow with its shards on the cluster ``dask`` describes."""
-    return generate_dataset.with_options(task_runner=dask_task_runner(dask))
 
 
 if __name__ == "__main__":

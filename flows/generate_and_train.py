@@ -37,7 +37,7 @@ from homogen.flows.config import (
     check_before_work,
     flat_parameters,
 )
-from homogen.flows.generate import generate_dataset_on
+from homogen.flows.generate import generate_dataset
 from homogen.flows.ui import rename_current_run
 from homogen.flows.validate import validate_dataset_flow
 
@@ -111,7 +111,7 @@ def generate_and_train(config: PipelineConfig = PipelineConfig(), **flat: Any) -
     cfg = apply_overrides(config, **flat)
     check_before_work(cfg)
     log = get_run_logger()
-    dataset = generate_dataset_on(cfg.dask)(cfg.generate)
+    dataset = generate_dataset(cfg.generate, cfg.dask)
     rename_current_run(run_name(cfg, dataset["version"]))
     validate_dataset_flow(dataset["uri"], regenerate=cfg.validate_regenerate)
     if cfg.train_deployment:

@@ -1,11 +1,13 @@
-"""Prefect tasks over the dataset library: plan, prepare, one shard, commit, validate, report.
+"""Prefect tasks over the dataset library: plan, prepare, the shards, commit, validate, report.
 
-Each task calls one ``homogen`` function and adds only orchestration (retries, logging). They
-receive configs and paths, never open handles, so a task runs the same on any Dask worker that
-can reach the source and the output (local paths or fsspec URLs). ``task.fn`` is the plain
-function (the unit tests call it).
+Each task calls one ``homogen`` function and adds only orchestration (logging, artifacts). They
+run in the flow's process; ``generate-shards`` hands the shards to Dask as plain Dask tasks
+(:mod:`homogen.flows.shards`, retried with back-off), which receive configs and paths, never open
+handles, so a shard runs the same on any worker that can reach the source and the output (local
+paths or fsspec URLs). ``task.fn`` is the plain function (the unit tests call it).
 
-This module imports neither torch nor the flows' config: Dask workers import it to run shards.
+This module imports no torch (``python -m`` entry points that import it are re-imported by
+Dask's spawned workers).
 
 Caching: the store is the cache. A shard that is already complete is skipped by the library
 (:func:`homogen.generate.generate_shard`), whatever run wrote it, so Prefect's result cache is
@@ -22,15 +24,13 @@ import cv2
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
-from homogen.config import GenerateConfig, SamplingConfig
-from homogen.generate import Plan, ShardResult, generate_shard, plan
-from homogen.sources import Shard
+from homogen.config import GenerateConfig
+from homogen.flows.cluster import DaskConfig, dask_client
+from homogen.flows.shards import shard_results
+from homogen.flows.ui import artifact_key, run_logger, with_progress
+from homogen.generate import Plan, ShardResult, plan
 from homogen.stores import StoreWriter, is_local, local_path, open_dataset, open_writer
-
-SHARD_RETRIES = 3
-"""Attempts after the first for one shard (a killed worker, a transient I/O error)."""
 
 
 def absolute_output(p: Plan) -> Plan:
@@ -58,22 +58,28 @@ def prepare_store(p: Plan) -> str:
     return p.output
 
 
-@task(
-    name="generate-shard",
-    task_run_name="shard-{shard.index}",
-    retries=SHARD_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    cache_policy=NO_CACHE,
-)
-def generate_shard_task(output: str, store_format: str, chunk_size: int, shard: Shard, sampling: SamplingConfig) -> ShardResult:
-    """Generate and atomically write one shard; a shard already complete in the store is skipped.
+@task(name="generate-shards", cache_policy=NO_CACHE)
+def generate_shards(p: Plan, dask: DaskConfig) -> list[ShardResult]:
+    """Generate every shard of ``p`` on the Dask cluster ``dask`` describes; results in shard order.
 
-    A failed attempt leaves nothing behind (the library writes a shard under a temporary name and
-    renames it), so a retry, or a re-run of the whole flow, never duplicates pairs.
+    One Dask task per shard (:func:`homogen.flows.shards.shard_results`): a shard already complete
+    in the store is skipped, a failed attempt is logged and retried with back-off, and the progress
+    artifact ``dataset-<version>-progress`` shows the share of shards done. Raises the error of a
+    shard that failed every attempt; the shards written stay in the store for the next run.
     """
-    writer = open_writer(output, store_format, chunk_size)
-    return generate_shard(writer, shard, sampling)
+    log = run_logger()
+
+    def on_retry(shard, attempt: int, error: BaseException, delay_s: float) -> None:
+        log.warning("shard %d attempt %d failed (%s: %s); retrying in %.1f s",
+                    shard.index, attempt, type(error).__name__, error, delay_s)
+
+    cfg = p.config
+    key = artifact_key("dataset", p.version, "progress")
+    with dask_client(dask) as client:
+        log.info("%d shards on the Dask cluster at %s", len(p.shards), client.scheduler.address)
+        results = shard_results(client, p.output, cfg.store_format(), cfg.chunk_size, p.shards, cfg.sampling, on_retry)
+        done = list(with_progress(results, len(p.shards), key, f"shards of dataset {p.version} written"))
+    return sorted(done, key=lambda r: r.index)
 
 
 @task(name="commit-dataset", cache_policy=NO_CACHE)

@@ -17,9 +17,8 @@ from typing import Any, TypeVar
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.orchestration import get_client
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
-from prefect.futures import PrefectFuture, as_completed
 
 R = TypeVar("R")
 
@@ -51,24 +50,23 @@ PROGRESS_INTERVAL_S = 2.0
 
 
 def with_progress(
-    futures: list[PrefectFuture[R]], key: str, description: str, interval_s: float = PROGRESS_INTERVAL_S
+    results: Iterable[R], total: int, key: str, description: str, interval_s: float = PROGRESS_INTERVAL_S
 ) -> Iterator[R]:
-    """Results of ``futures`` as they finish, while a progress artifact ``key`` shows the share done.
+    """``results`` passed through as they come, while a progress artifact ``key`` shows the share of ``total`` done.
 
     The artifact is updated at most once every ``interval_s`` seconds, and always at the end (100 %),
-    so that many short shards do not cost an API round trip each.
-
-    Raises the first failed future's exception (after its retries), which fails the flow; shards
-    already written stay in the store for the next run.
+    so that many short shards do not cost an API round trip each. Outside a Prefect run (a task's
+    ``.fn`` called directly) there is no artifact.
     """
-    total = max(1, len(futures))
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        yield from results
+        return
     artifact = create_progress_artifact(0.0, key=key, description=description)
     last = time.monotonic()
-    for done, future in enumerate(as_completed(futures), start=1):
-        result = future.result()
+    for done, result in enumerate(results, start=1):
         now = time.monotonic()
-        if done == len(futures) or now - last >= interval_s:
-            update_progress_artifact(artifact, 100.0 * done / total)
+        if done == total or now - last >= interval_s:
+            update_progress_artifact(artifact, 100.0 * done / max(1, total))
             last = now
         yield result
 

@@ -309,22 +309,22 @@ def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_data
     import psutil
 
     from homogen.flows.cluster import DaskConfig, local_cluster
-    from homogen.flows.generate import generate_dataset_on
+    from homogen.flows.generate import generate_dataset
 
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
     shards = 8
     cfg = GenerateConfig(
-        source=SourceConfig(max_images=shards), sampling=SamplingConfig(pairs_per_image=8),
-        output=str(tmp_path / "flow.zarr"), shard_size=1,  # 8 shard tasks (~1 s each with Prefect) on 2 workers
+        source=SourceConfig(max_images=shards), sampling=SamplingConfig(pairs_per_image=128),
+        output=str(tmp_path / "flow.zarr"), shard_size=1,  # 8 shards (~0.2 s of work each) on 2 workers
     )
-    # the flows' own LocalCluster (worker processes reporting to this Prefect API), started here
+    # the flows' own LocalCluster (worker processes), started here
     # so that the test knows its workers
     cluster = local_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     try:
         watcher = kill_a_worker_when(tmp_path / "flow.zarr", cluster, shards_done=1)
         watcher["total"] = shards
         watcher["thread"].start()
-        state = generate_dataset_on(DaskConfig(address=cluster.scheduler_address))(cfg, return_state=True)
+        state = generate_dataset(cfg, DaskConfig(address=cluster.scheduler_address), return_state=True)
         watcher["thread"].join(timeout=10)
     finally:
         cluster.close()
@@ -333,7 +333,7 @@ def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_data
     assert not psutil.pid_exists(watcher["pid"]) or psutil.Process(watcher["pid"]).status() == psutil.STATUS_ZOMBIE
     assert watcher["done_at_kill"] < shards  # the worker died while shards were still to be written
     assert state.is_completed(), state.message
-    assert state.result()["pairs"] == shards * 8
+    assert state.result()["pairs"] == shards * 128
 
     clean = tmp_path / "clean.zarr"
     generate(cfg.model_copy(update={"output": str(clean)}), progress=False)
@@ -349,12 +349,12 @@ def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_data
 FLOW_DRIVER = r"""
 import json, sys
 from homogen.flows.cluster import DaskConfig
-from homogen.flows.generate import generate_dataset_on
+from homogen.flows.generate import generate_dataset
 from homogen.config import GenerateConfig
 
 if __name__ == "__main__":
     cfg = GenerateConfig.model_validate(json.loads(sys.argv[1]))
-    print(generate_dataset_on(DaskConfig(n_workers=2, dashboard_address=None))(cfg))
+    print(generate_dataset(cfg, DaskConfig(n_workers=2, dashboard_address=None)))
 """
 
 
@@ -373,12 +373,12 @@ def test_flow_process_killed_mid_run_then_the_flow_rerun_gives_the_clean_dataset
 
     from faultlib import child_env
     from homogen.flows.cluster import DaskConfig
-    from homogen.flows.generate import generate_dataset_on
+    from homogen.flows.generate import generate_dataset
 
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
     shards = 8
-    cfg = GenerateConfig(source=SourceConfig(max_images=shards), sampling=SamplingConfig(pairs_per_image=8),
-                         output=str(tmp_path / "flow.zarr"), shard_size=1)
+    cfg = GenerateConfig(source=SourceConfig(max_images=shards), sampling=SamplingConfig(pairs_per_image=128),
+                         output=str(tmp_path / "flow.zarr"), shard_size=1)  # 8 shards, ~0.2 s of work each
     env = {**child_env(), "PREFECT_API_URL": str(get_client(sync_client=True).api_url)}
     proc = subprocess.Popen([sys.executable, "-c", FLOW_DRIVER, cfg.model_dump_json()], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -401,7 +401,7 @@ def test_flow_process_killed_mid_run_then_the_flow_rerun_gives_the_clean_dataset
     assert 2 <= len(done) < shards and writer.read_header()["state"] == "generating"
     assert os.path.exists(f"{cfg.output}.lock")  # left by the killed run
 
-    rerun = generate_dataset_on(DaskConfig(n_workers=2, processes=False, dashboard_address=None))(cfg, return_state=True)
+    rerun = generate_dataset(cfg, DaskConfig(n_workers=2, processes=False, dashboard_address=None), return_state=True)
     assert rerun.is_completed(), rerun.message
     assert not os.path.exists(f"{cfg.output}.lock") and leftovers(tmp_path / "flow.zarr") == []
 

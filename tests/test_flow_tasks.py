@@ -12,9 +12,11 @@ import pytest
 from pydantic import ValidationError
 
 from homogen.flows.config import FLAT_OVERRIDES, QUICK_GENERATE, InvalidParameters, PipelineConfig, apply_overrides
+from homogen.flows.cluster import DaskConfig
+from homogen.flows.shards import write_shard
 from homogen.flows.tasks import (
     commit_dataset,
-    generate_shard_task,
+    generate_shards,
     label_statistics,
     list_shards,
     prepare_store,
@@ -38,12 +40,15 @@ def small_config(output: str, root: str = SAMPLE_ROOT, kind: str = "auto") -> Ge
     )
 
 
+THREADS = DaskConfig(n_workers=2, processes=False, dashboard_address=None)
+"""A LocalCluster of 2 threads in this process (starts in a fraction of a second; monkeypatches reach it)."""
+
+
 def run_tasks(cfg: GenerateConfig) -> dict:
-    """The generate-dataset flow's task sequence, in this process, via ``.fn``."""
+    """The generate-dataset flow's task sequence, in this process, via ``.fn`` (shards on :data:`THREADS`)."""
     p = list_shards.fn(cfg)
     prepare_store.fn(p)
-    results = [generate_shard_task.fn(p.output, cfg.store_format(), cfg.chunk_size, s, cfg.sampling) for s in p.shards]
-    return commit_dataset.fn(p, results)
+    return commit_dataset.fn(p, generate_shards.fn(p, THREADS))
 
 
 def arrays(uri: str) -> dict:
@@ -84,7 +89,7 @@ def test_a_complete_shard_is_skipped_and_left_unchanged(tmp_path):
     run_tasks(cfg)
     before = arrays(cfg.output)
     p = list_shards.fn(cfg)
-    again = generate_shard_task.fn(p.output, cfg.store_format(), cfg.chunk_size, p.shards[1], cfg.sampling)
+    again = write_shard(p.output, cfg.store_format(), cfg.chunk_size, p.shards[1], cfg.sampling)
     assert again.skipped and again.pairs == 2 * len(p.shards[1].records)
     after = arrays(cfg.output)
     for f in FIELDS:
@@ -95,15 +100,60 @@ def test_commit_refuses_while_a_shard_is_missing(tmp_path):
     cfg = small_config(str(tmp_path / "ds.zarr"))
     p = list_shards.fn(cfg)
     prepare_store.fn(p)
-    results = [generate_shard_task.fn(p.output, cfg.store_format(), cfg.chunk_size, s, cfg.sampling) for s in p.shards[:2]]
+    results = [write_shard(p.output, cfg.store_format(), cfg.chunk_size, s, cfg.sampling) for s in p.shards[:2]]
     with pytest.raises(Exception, match="not complete"):
         commit_dataset.fn(p, results)
 
 
-def test_shard_task_retries_with_backoff():
-    assert generate_shard_task.retries >= 2
-    delays = generate_shard_task.retry_delay_seconds
-    assert len(delays) == generate_shard_task.retries and all(b > a for a, b in zip(delays, delays[1:]))
+def test_shards_are_retried_with_back_off():
+    from homogen.flows.shards import SHARD_RETRY_DELAYS_S
+
+    assert len(SHARD_RETRY_DELAYS_S) >= 2 and all(b > a for a, b in zip(SHARD_RETRY_DELAYS_S, SHARD_RETRY_DELAYS_S[1:]))
+
+
+def flaky(monkeypatch, failures: dict[int, int]) -> dict[int, int]:
+    """Make the first ``failures[i]`` attempts at shard ``i`` raise ``OSError``; returns the attempt counts."""
+    import homogen.flows.shards as shards
+
+    real, attempts = shards.generate_shard, {}
+
+    def generate_shard(writer, shard, cfg):
+        attempts[shard.index] = n = attempts.get(shard.index, 0) + 1
+        if n <= failures.get(shard.index, 0):
+            raise OSError(f"injected I/O error in shard {shard.index}, attempt {n}")
+        return real(writer, shard, cfg)
+
+    monkeypatch.setattr(shards, "generate_shard", generate_shard)
+    monkeypatch.setattr(shards, "SHARD_RETRY_DELAYS_S", (0.01, 0.02))
+    return attempts
+
+
+def test_a_failed_shard_attempt_is_logged_retried_and_the_dataset_equals_the_library_s(tmp_path, monkeypatch, caplog):
+    attempts = flaky(monkeypatch, {1: 2})
+    cfg = small_config(str(tmp_path / "flaky.zarr"))
+    with caplog.at_level("WARNING", logger="flows"):
+        manifest = run_tasks(cfg)
+    assert attempts == {0: 1, 1: 3, 2: 1}
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 2 and retries[0].startswith("shard 1 attempt 1 failed (OSError: injected I/O error in shard 1")
+    reference = generate(small_config(str(tmp_path / "direct.zarr")), progress=False)
+    assert manifest["dataset_version"] == reference["dataset_version"]
+    for f, want in arrays(str(tmp_path / "direct.zarr")).items():
+        np.testing.assert_array_equal(arrays(cfg.output)[f], want, err_msg=f)
+
+
+def test_a_shard_failing_every_attempt_raises_its_error_and_keeps_the_other_shards(tmp_path, monkeypatch):
+    from homogen.stores import open_writer
+
+    attempts = flaky(monkeypatch, {2: 99})
+    cfg = small_config(str(tmp_path / "broken.zarr"))
+    p = list_shards.fn(cfg)
+    prepare_store.fn(p)
+    with pytest.raises(OSError, match="injected I/O error in shard 2, attempt 3"):
+        generate_shards.fn(p, THREADS)
+    assert attempts[2] == 3  # the first attempt and one per retry delay
+    writer = open_writer(cfg.output)
+    assert [writer.shard_info(i) is not None for i in range(3)] == [True, True, False]
 
 
 # ------------------------------------------------------------------------------------ validation and report
@@ -207,15 +257,11 @@ def test_dask_address_comes_from_the_parameter_then_the_environment(monkeypatch)
     assert DaskConfig(n_workers=3).resolved_workers() == 3 and DaskConfig().resolved_workers() >= 1
 
 
-def test_task_runner_connects_to_an_address_or_sizes_a_local_cluster(monkeypatch):
-    from homogen.flows.config import DaskConfig
-    from homogen.flows.cluster import dask_task_runner
+def test_a_local_cluster_is_sized_from_the_config():
+    from homogen.flows.cluster import cluster_kwargs
 
-    monkeypatch.delenv("HOMOGEN_DASK_ADDRESS", raising=False)
-    assert dask_task_runner(DaskConfig(address="tcp://sched:8786")).address == "tcp://sched:8786"
-    local = dask_task_runner(DaskConfig(n_workers=2))
-    assert local.address is None and local.cluster_kwargs["n_workers"] == 2
-    assert local.cluster_kwargs["threads_per_worker"] == 1
+    kwargs = cluster_kwargs(DaskConfig(n_workers=2))
+    assert kwargs["n_workers"] == 2 and kwargs["threads_per_worker"] == 1 and kwargs["processes"]
 
 
 # ------------------------------------------------------------------------------------ model tasks
@@ -260,6 +306,8 @@ def test_what_dask_workers_import_reaches_no_torch():
     re-imports ``__main__``): none may pull in torch (half a second and 140 MB per worker)."""
     code = (
         "import sys\n"
+        "import homogen.flows.shards\n"
+        "assert 'prefect' not in sys.modules  # what a worker unpickles to run a shard\n"
         "import homogen.flows.tasks, homogen.flows.config, homogen.flows.cluster, homogen.flows.generate, homogen.flows.generate_and_train\n"
         "from homogen.flows.config import PipelineConfig\n"
         "PipelineConfig(train={'epochs': 1})\n"
@@ -282,23 +330,20 @@ def test_progress_artifact_is_throttled_but_always_reaches_100(monkeypatch):
     """Many short shards do not cost an artifact update each; the last update always says 100 %."""
     import homogen.flows.ui as ui
 
-    class Done:
-        def __init__(self, value):
-            self.value = value
-
-        def result(self):
-            return self.value
+    class InARun:
+        @staticmethod
+        def get():
+            return "a flow run"
 
     updates: list[float] = []
+    monkeypatch.setattr(ui, "FlowRunContext", InARun)
     monkeypatch.setattr(ui, "create_progress_artifact", lambda *a, **k: "artifact-id")
     monkeypatch.setattr(ui, "update_progress_artifact", lambda artifact, value: updates.append(value))
-    monkeypatch.setattr(ui, "as_completed", iter)
-    futures = [Done(i) for i in range(5)]
 
-    assert list(ui.with_progress(futures, "k", "d", interval_s=3600)) == [0, 1, 2, 3, 4]
+    assert list(ui.with_progress(iter(range(5)), 5, "k", "d", interval_s=3600)) == [0, 1, 2, 3, 4]
     assert updates == [100.0]
     updates.clear()
-    assert list(ui.with_progress(futures, "k", "d", interval_s=0)) == [0, 1, 2, 3, 4]
+    assert list(ui.with_progress(iter(range(5)), 5, "k", "d", interval_s=0)) == [0, 1, 2, 3, 4]
     assert updates == [20.0, 40.0, 60.0, 80.0, 100.0]
 
 
@@ -307,13 +352,8 @@ def test_local_cluster_workers_get_one_library_thread_per_dask_thread(monkeypatc
     single-threaded workers use n cores; a value the caller sets wins."""
     import homogen.flows.cluster as cluster
 
-    class FakeClient:
-        api_url = "http://127.0.0.1:4200/api"
-
     seen: dict = {}
-    monkeypatch.setattr(cluster, "get_client", lambda sync_client: FakeClient())
     monkeypatch.setattr(cluster, "LocalCluster", lambda **kw: seen.update(kw))
     cluster.local_cluster(n_workers=2, threads_per_worker=1, env={"BLOSC_NTHREADS": "2"})
     env = seen["env"]
     assert env["OPENCV_FOR_THREADS_NUM"] == env["OMP_NUM_THREADS"] == "1" and env["BLOSC_NTHREADS"] == "2"
-    assert env["PREFECT_API_URL"] == FakeClient.api_url

@@ -326,16 +326,13 @@ def test_the_pipelines_dask_cluster_listens_on_loopback_only(options):
     """The LocalCluster the generate flow starts (scheduler, its HTTP server, workers, nannies),
     with its defaults and each documented option: every socket it opens listens on 127.0.0.1."""
     import psutil
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from homogen.flows.cluster import DaskConfig, dask_task_runner, local_cluster
+    from homogen.flows.cluster import DaskConfig, cluster_kwargs, local_cluster
 
-    kwargs = dict(dask_task_runner(DaskConfig(n_workers=1, **options)).cluster_kwargs)  # one worker
+    kwargs = cluster_kwargs(DaskConfig(n_workers=1, **options))  # one worker
     me = psutil.Process()
     before = listening({me.pid})
-    # an API URL is all the cluster needs from Prefect here (no server is started for this test)
-    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        cluster = local_cluster(**kwargs)
+    cluster = local_cluster(**kwargs)
     try:
         opened = listening({me.pid} | {p.pid for p in me.children(recursive=True)}) - before
     finally:
