@@ -193,14 +193,15 @@ def train(
     from homogen.redaction import redact
 
     chosen = _methods(methods)
+    ds = _open(store)
     try:
         cfg = TrainConfig(
             epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, width=width, max_samples=max_samples, patience=patience,
             device=device, num_workers=num_workers, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
+            patch_size=ds.patch_size,  # the network takes the store's patches
         )
     except ValidationError as exc:
         _fail(f"invalid parameters: {exc}")
-    ds = _open(store)
     if not track:
         result = _train(run_train, ds, cfg, None)
         scores = score_test(ds, result.model, chosen, limit=limit, progress=True)

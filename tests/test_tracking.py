@@ -1,30 +1,45 @@
-"""MLflow tracking in a temporary SQLite store: run contents, registry, champion rule, secrets."""
+"""MLflow tracking on real stores and real stores of runs: a live run, its contents, the portable
+model, the registry and champion rule, and what MLflow prints."""
 
+from __future__ import annotations
+
+import os
 import socket
+import subprocess
+import sys
+import textwrap
+import time
+import traceback
 
 import numpy as np
 import pytest
 import torch
 
+from homogen.model.data import load_split
+from homogen.model.evaluate import NETWORK, TestScores, score_test
+from homogen.model.loading import load_model
+from homogen.model.mlflow_run import TrainingRun, config_params
 from homogen.model.network import HomographyNet
+from homogen.model.registry import CHAMPION, promote_if_better, register_model_tags
 from homogen.model.tracking import (
-    CHAMPION,
+    DEFAULT_EXPERIMENT,
     TrackingError,
     default_tracking_uri,
-    load_model,
-    log_training_run,
-    promote_if_better,
-    register_model_tags,
+    experiment_name,
     resolve_tracking_uri,
     setup_tracking,
-    strip_credentials,
 )
+from homogen.model.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = dict(width=0.125, patch_size=32, batch_size=16, val_batch_size=64)
 
 
-def const_net(bias: float) -> HomographyNet:
+def const_net(bias: float, patch_size: int = 32) -> HomographyNet:
     """A tiny HomographyNet whose output is ``bias`` for every offset, whatever the input."""
     torch.manual_seed(0)
-    net = HomographyNet(width=0.125).eval()
+    net = HomographyNet(width=0.125, patch_size=patch_size).eval()
     with torch.no_grad():
         net.head[-1].weight.zero_()
         net.head[-1].bias.fill_(bias)
@@ -37,162 +52,318 @@ def zero_mace(offsets: np.ndarray) -> float:
 
 
 def const_mace(offsets: np.ndarray, b: float) -> float:
-    """MACE of predicting ``b`` for every offset."""
     return zero_mace(np.asarray(offsets, np.float64) - b)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def make_store(path, seed: int = 0):
     from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
     from homogen.generate import generate
     from homogen.stores import open_dataset
 
+    generate(GenerateConfig(
+        output=str(path), chunk_size=16,
+        sampling=SamplingConfig(pairs_per_image=4, patch_size=32, rho=8, seed=seed),
+        source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=0.25),
+    ))
+    return open_dataset(str(path))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracking")
-    stores = []
-    for seed in (0, 1):
-        out = root / f"ds{seed}.zarr"
-        generate(GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=4, seed=seed),
-                                source=SourceConfig(max_images=8)))
-        stores.append(open_dataset(str(out)))
+    stores = [make_store(root / f"ds{seed}.zarr", seed) for seed in (0, 1)]
     assert stores[0].version != stores[1].version
-    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    setup_tracking(uri)
-    return {"root": root, "uri": uri, "ds": stores}
+    for ds in stores:
+        counts = ds.split_counts()
+        assert min(counts["train"], counts["val"], counts["test"]) > 0
+    return {"root": root, "uri": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", "ds": stores}
 
 
-def test_strip_credentials():
-    assert strip_credentials("s3://AKIA:s3cr3t@bucket/ds.zarr") == "s3://bucket/ds.zarr"
-    assert strip_credentials("https://user:pw@host:5000/path?x=1") == "https://host:5000/path?x=1"
-    assert strip_credentials("https://tok123@host/") == "https://host/"
-    assert strip_credentials("postgresql://u:p@db:5432/mlflow") == "postgresql://db:5432/mlflow"
-    signed = strip_credentials("https://b.s3.amazonaws.com/k?X-Amz-Signature=abc&part=2&token=zzz")
-    assert "abc" not in signed and "zzz" not in signed and "part=2" in signed
-    text = strip_credentials("failed for http://a:b@h:1/x and gs://k:v@bkt/y")
-    assert text == "failed for http://h:1/x and gs://bkt/y"
-    assert strip_credentials("/data/user@host/ds.zarr") == "/data/user@host/ds.zarr"  # a path, not a URL
-    assert strip_credentials("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
-    assert strip_credentials(3) == 3
+def register_const(net, ds, uri, name):
+    """A run that trains nothing: the test split scored once, logged, the model registered."""
+    with TrainingRun(ds, {"kind": "const"}, tracking_uri=uri, model_name=name, system_metrics=False) as run:
+        scores = score_test(ds, net, methods=())
+        return run, run.register(net, scores), scores
 
 
-def test_tracking_uri_resolution(monkeypatch, tmp_path):
+# ----------------------------------------------------------------------------------- setup
+
+
+def test_tracking_uri_and_experiment_come_from_argument_then_environment_then_default(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path / "wd"))
     assert default_tracking_uri() == f"sqlite:///{tmp_path / 'wd' / 'mlflow.db'}"
     assert resolve_tracking_uri() == default_tracking_uri()
+    assert experiment_name() == DEFAULT_EXPERIMENT == "homogen"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
-    assert resolve_tracking_uri() == "http://env:5000"
-    assert resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-env")
+    assert resolve_tracking_uri() == "http://env:5000" and experiment_name() == "from-env"
+    assert resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db" and experiment_name("mine") == "mine"
 
 
-def test_unreachable_store_gives_clear_error_without_secret():
+def test_the_flows_and_the_cli_log_to_the_same_experiment():
+    from homogen.flows.config import TrackingConfig
+
+    assert TrackingConfig().experiment == DEFAULT_EXPERIMENT
+
+
+def test_an_unreachable_store_fails_naming_it_with_no_credential_anywhere_in_the_traceback(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    uri = f"http://alice:hunter2@127.0.0.1:{port}"
     with pytest.raises(TrackingError) as err:
-        setup_tracking(uri)
-    msg = str(err.value)
-    assert f"http://127.0.0.1:{port}" in msg and "unreachable" in msg
-    assert "hunter2" not in msg and "alice" not in msg
-    assert err.value.__cause__ is None and err.value.__suppress_context__  # no secret in a chained traceback
+        setup_tracking(f"http://alice:hunter2@127.0.0.1:{port}")
+    assert f"http://127.0.0.1:{port}" in str(err.value) and "unreachable" in str(err.value)
+    assert err.value.__cause__ is not None  # the cause is kept for a maintainer...
+    chain, exc = [], err.value
+    while exc is not None:
+        chain.append("".join(traceback.format_exception_only(exc)))
+        exc = exc.__cause__ or exc.__context__
+    assert len(chain) > 1 and not any("hunter2" in m or "alice" in m for m in chain)  # ...and holds no credential
 
 
-def test_logged_run_has_dataset_metrics_artifacts_tags_and_loads_by_alias(env, tmp_path):
-    import mlflow
+def test_config_params_are_flat_and_without_credentials():
+    params = config_params({"epochs": 2, "store": "s3://key:SECRETVALUE@bucket/ds.zarr", "nested": {"lr": 0.001}})
+    assert params == {"epochs": 2, "store": "s3://bucket/ds.zarr", "nested.lr": 0.001}
+
+
+# ----------------------------------------------------------------------------------- a live run
+
+
+def test_metrics_reach_the_tracking_store_while_training_runs(env, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from homogen.model.evaluate import load_test_pairs
-    from homogen.model.predict import predict_homography
+    ds = env["ds"][0]
+    observer = MlflowClient(env["uri"])  # another client, as the MLflow UI would read the store
+    seen = []
+    cfg = TrainConfig(epochs=3, patience=None, checkpoint_dir=str(tmp_path / "ck"), **FAST)
+    with TrainingRun(ds, cfg, tracking_uri=env["uri"], run_name="live", source="homogen test") as run:
+
+        def on_epoch(record):
+            run.log_epoch(record)
+            r = observer.get_run(run.run_id)
+            history = observer.get_metric_history(run.run_id, "val_mace")
+            seen.append((record["epoch"], r.info.status, sorted(m.step for m in history), r.info.end_time))
+            assert history[-1].value == pytest.approx(record["val_mace"])
+
+        t0 = time.time()
+        result = train(ds, cfg, progress=False, on_epoch=on_epoch)
+        t1 = time.time()
+    # Each epoch's metrics were in the store when that epoch ended, with the run still open.
+    assert seen == [(1, "RUNNING", [1], None), (2, "RUNNING", [1, 2], None), (3, "RUNNING", [1, 2, 3], None)]
+    r = observer.get_run(run.run_id)
+    assert r.info.status == "FINISHED"
+    assert r.info.start_time / 1000 <= t0 + 0.5 and r.info.end_time / 1000 >= t1 - 0.5  # the run spans training
+    assert {"train_loss", "val_mace", "val_mace_median", "val_mace_p95", "lr", "samples_per_s"} <= r.data.metrics.keys()
+    assert [m.value for m in sorted(observer.get_metric_history(run.run_id, "val_mace"), key=lambda m: m.step)] == \
+        pytest.approx([h["val_mace"] for h in result.history])
+    assert r.data.tags["mlflow.source.name"] == "homogen test"  # this project, not the hosting process
+    # The datasets: train, val, test splits of this version, each with its context.
+    inputs = {i.dataset.name: ({t.key: t.value for t in i.tags}["mlflow.data.context"], i.dataset.digest)
+              for i in r.inputs.dataset_inputs}
+    assert inputs == {f"homogen-{ds.version}/train": ("training", ds.version),
+                      f"homogen-{ds.version}/val": ("validation", ds.version),
+                      f"homogen-{ds.version}/test": ("evaluation", ds.version)}
+    # The validation metrics are linked to the val dataset and to the run's model.
+    (model_input,) = r.inputs.model_inputs
+    val = [m for m in observer.get_logged_model(model_input.model_id).metrics if m.key == "val_mace"]
+    assert sorted(m.step for m in val) == [1, 2, 3]
+    assert {m.dataset_name for m in val} == {f"homogen-{ds.version}/val"}
+
+
+def test_a_failed_training_marks_its_run_failed(env, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    ds = env["ds"][0]
+    with pytest.raises(RuntimeError, match="disk gone"):
+        with TrainingRun(ds, None, tracking_uri=env["uri"], system_metrics=False) as run:
+            raise RuntimeError("disk gone")
+    assert MlflowClient(env["uri"]).get_run(run.run_id).info.status == "FAILED"
+
+
+def test_a_tracked_run_holds_test_scores_artifacts_and_a_registered_portable_model(env, tmp_path):
+    import cv2
+    import mlflow
+    import yaml
+    from mlflow.tracking import MlflowClient
 
     ds = env["ds"][0]
     name = "hn-run"
-    pairs, offsets = load_test_pairs(ds)
-    history = [{"epoch": 1, "train_loss": 5.0, "val_mace": 30.0}, {"epoch": 2, "train_loss": 3.0, "val_mace": 28.0}]
-    config = {"epochs": 2, "width": 0.125, "store": "s3://key:SECRETVALUE@bucket/ds.zarr", "nested": {"lr": 0.001}}
-    run = log_training_run(const_net(0.0), ds, config=config, history=history, baselines=("identity", "sift"),
-                           tracking_uri=env["uri"], model_name=name, checkpoint=tmp_path / "best.pt")
-    assert run.model_version == "1" and run.champion
+    cfg = TrainConfig(epochs=2, checkpoint_dir=str(tmp_path / "ck"), **FAST)
+    with TrainingRun(ds, cfg, tracking_uri=env["uri"], model_name=name, source="homogen test") as run:
+        result = train(ds, cfg, progress=False, on_epoch=run.log_epoch)
+        scores = score_test(ds, result.model, methods=("identity", "sift"))
+        run.log_test(scores)
+        registered = run.register(result.model, scores)
+    assert registered.model_version == "1" and registered.champion
     client = MlflowClient(env["uri"])
     r = client.get_run(run.run_id)
 
-    # Params: the whole config, flattened, without the secret.
-    assert r.data.params["epochs"] == "2" and r.data.params["nested.lr"] == "0.001"
-    assert r.data.params["store"] == "s3://bucket/ds.zarr"
-    assert r.data.params["dataset.version"] == ds.version
-    assert "SECRETVALUE" not in str(r.data.params) + str(r.data.tags)
+    assert r.data.params["epochs"] == "2" and r.data.params["dataset.version"] == ds.version
+    _, offsets = load_split(ds, "test")
+    with torch.no_grad():
+        pairs, _ = load_split(ds, "test")
+        pred = result.model(torch.from_numpy(pairs)).numpy()
+    from homogen.model.metrics import mace
 
-    # Dataset input: digest = version, source = the store URI.
-    (inp,) = r.inputs.dataset_inputs
-    assert inp.dataset.digest == ds.version
-    assert ds.uri in inp.dataset.source
-    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
-
-    # Metrics: per-epoch history as steps, test MACE beside the baselines'.
-    hist = client.get_metric_history(run.run_id, "val_mace")
-    assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == [(1, 30.0), (2, 28.0)]
-    assert len(client.get_metric_history(run.run_id, "train_loss")) == 2
-    expect = zero_mace(offsets)
-    assert r.data.metrics["test_mace"] == pytest.approx(expect, rel=1e-5)
-    assert r.data.metrics["identity_mace"] == pytest.approx(expect, rel=1e-5)
-    assert r.data.metrics["sift_mace"] < expect
-    for k in ("test_mace_median", "test_mace_p95", "sift_failures", "sift_ms_per_pair"):
+    assert r.data.metrics["test_mace"] == pytest.approx(mace(pred, offsets), rel=1e-5)
+    assert r.data.metrics["identity_mace"] == pytest.approx(zero_mace(offsets), rel=1e-5)
+    assert r.data.metrics["test_pairs"] == len(offsets)
+    for k in ("test_mace_median", "test_mace_p95", "sift_mace", "sift_failures", "sift_ms_per_pair"):
         assert k in r.data.metrics
+    assert r.data.tags["model_version"] == "1" and r.data.tags["champion"] == "true"
 
-    # Artifacts: the pair grid and the error histogram are real PNGs.
+    # The evaluation files: the grid is homogen.render's (true quadrilaterals green, predicted red).
     arts = {a.path for a in client.list_artifacts(run.run_id, "evaluation")}
     assert {"evaluation/test_pairs.png", "evaluation/corner_errors.png", "evaluation/evaluation.md"} <= arts
-    local = mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="evaluation", tracking_uri=env["uri"],
-                                                dst_path=str(tmp_path / "dl"))
-    import cv2
-
+    local = mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="evaluation",
+                                                tracking_uri=env["uri"], dst_path=str(tmp_path / "dl"))
     grid = cv2.imread(f"{local}/test_pairs.png")
-    assert grid is not None and grid.shape[0] > 128
-    assert (grid[..., 1] > 150).any() and (grid[..., 2] > 200).any()  # green and red quads drawn
-    assert cv2.imread(f"{local}/corner_errors.png") is not None
+    green = (grid[..., 0] == 0) & (grid[..., 1] == 255) & (grid[..., 2] == 0)
+    red = (grid[..., 0] == 0) & (grid[..., 1] == 0) & (grid[..., 2] == 255)
+    assert green.any() and red.any()
 
-    # Registry: version tags, alias, signature; loads back by alias and by run URI, predicts.
+    # The registered version: tags, metadata, signature, and the same network through homogen's loader.
     mv = client.get_model_version(name, "1")
-    assert mv.tags["dataset_version"] == ds.version
-    assert mv.tags["rho"] == str(ds.rho) and mv.tags["patch_size"] == str(ds.patch_size)
-    assert float(mv.tags["test_mace"]) == pytest.approx(expect, rel=1e-5)
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == "1"
-    info = mlflow.models.get_model_info(f"models:/{name}/1")
-    assert info.signature.inputs.inputs[0].type == np.dtype(np.uint8)
-    assert tuple(info.signature.inputs.inputs[0].shape) == (-1, 2, 128, 128)
-
-    net = load_model(f"models:/{name}@{CHAMPION}", tracking_uri=env["uri"])
-    assert isinstance(net, HomographyNet)
-    pred = predict_homography(net, pairs[0, 0], pairs[0, 1])
-    np.testing.assert_allclose(pred.homography, np.eye(3), atol=1e-5)  # the zero-offset net: identity
-    net2 = load_model(f"runs:/{run.run_id}", tracking_uri=env["uri"])
-    assert isinstance(net2, HomographyNet)
+    assert mv.run_id == run.run_id
+    assert mv.tags["dataset_version"] == ds.version and float(mv.tags[f"test_mace.{ds.version}"]) == pytest.approx(
+        r.data.metrics["test_mace"], rel=1e-5)
+    folder = mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path / "m"))
+    spec = yaml.safe_load(open(os.path.join(folder, "MLmodel")))
+    assert spec["metadata"]["patch_size"] == 32 and spec["metadata"]["width"] == 0.125
+    assert spec["metadata"]["rho"] == 8 and spec["metadata"]["dataset_version"] == ds.version
+    assert "uint8" in spec["signature"]["inputs"] and "[-1, 2, 32, 32]" in spec["signature"]["inputs"]
+    assert os.path.isfile(os.path.join(folder, "data", "model.pt2")) and "input_example.json" in os.listdir(folder)
+    loaded = load_model(f"models:/{name}@{CHAMPION}", tracking_uri=env["uri"])
+    with torch.no_grad():
+        assert torch.allclose(loaded(torch.from_numpy(pairs)), result.model(torch.from_numpy(pairs)), atol=1e-5)
 
 
-def test_champion_rule_same_and_other_dataset_version(env):
+BLOCK_HOMOGEN = textwrap.dedent("""
+    import sys
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("homogen", "model", "flows"):
+                raise ImportError(f"{name} is not installed here")
+
+    sys.meta_path.insert(0, Block())
+""")
+
+
+def test_the_champion_loads_with_mlflow_pyfunc_in_a_process_that_cannot_import_homogen(env, tmp_path):
+    ds = env["ds"][0]
+    name = "hn-portable"
+    net = const_net(0.0)
+    with torch.no_grad():  # a network that depends on its input, so the check is not trivial
+        net.head[-1].weight.normal_(0, 0.01)
+    register_const(net, ds, env["uri"], name)
+    pairs, _ = load_split(ds, "test")
+    pairs = pairs[:5]
+    np.save(tmp_path / "pairs.npy", pairs)
+    script = BLOCK_HOMOGEN + textwrap.dedent(f"""
+        import numpy as np, mlflow
+        try:
+            import homogen
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("homogen imported")
+        mlflow.set_tracking_uri({env["uri"]!r})
+        model = mlflow.pyfunc.load_model("models:/{name}@{CHAMPION}")
+        out = model.predict(np.load({str(tmp_path / "pairs.npy")!r}))
+        np.save({str(tmp_path / "out.npy")!r}, out)
+        assert not [m for m in sys.modules if m.split(".")[0] in ("homogen", "model", "flows")]
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = np.load(tmp_path / "out.npy")
+    assert out.shape == (5, 8) and out.dtype == np.float32
+    with torch.no_grad():
+        expected = net(torch.from_numpy(pairs)).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert "pickle" not in proc.stderr.lower()  # no warning about a pickled model
+
+
+def test_a_tampered_model_archive_with_pickled_weights_is_refused_by_homogens_loader(env, tmp_path):
+    import json
+    import zipfile
+
+    import mlflow
+
+    ds = env["ds"][0]
+    register_const(const_net(1.0), ds, env["uri"], "hn-tamper")
+    folder = mlflow.artifacts.download_artifacts("models:/hn-tamper/1", dst_path=str(tmp_path / "m"),
+                                                 tracking_uri=env["uri"])
+    assert isinstance(load_model(folder), HomographyNet)  # the genuine folder loads
+    archive = os.path.join(folder, "data", "model.pt2")
+    with zipfile.ZipFile(archive) as z:
+        entries = {i.filename: z.read(i.filename) for i in z.infolist()}
+    [cfg_name] = [n for n in entries if n.endswith("weights_config.json")]
+    cfg = json.loads(entries[cfg_name])
+    next(iter(cfg["config"].values()))["use_pickle"] = True
+    entries[cfg_name] = json.dumps(cfg).encode()
+    with zipfile.ZipFile(archive, "w") as z:
+        for n, data in entries.items():
+            z.writestr(n, data)
+    with pytest.raises(ValueError, match="pickled.*refused"):
+        load_model(folder)
+
+
+# ----------------------------------------------------------------------------------- once per split
+
+
+def test_each_split_is_scored_once_per_run(env, tmp_path, monkeypatch):
+    """Val once per epoch (selection), test once after training; logging and registering score nothing again."""
+    ds = env["ds"][0]
+    counts = ds.split_counts()
+    scored: list[int] = []
+    forward = HomographyNet.forward
+
+    def counting_forward(self, x):
+        if not self.training and type(x) is torch.Tensor:  # real evaluation calls, not export's traced ones
+            scored.append(len(x))
+        return forward(self, x)
+
+    monkeypatch.setattr(HomographyNet, "forward", counting_forward)
+    cfg = TrainConfig(epochs=2, patience=None, checkpoint_dir=str(tmp_path / "ck"), **FAST)
+    with TrainingRun(ds, cfg, tracking_uri=env["uri"], model_name="hn-once", system_metrics=False) as run:
+        result = train(ds, cfg, progress=False, on_epoch=run.log_epoch)
+        assert sum(scored) == 2 * counts["val"]
+        scored.clear()
+        scores = score_test(ds, result.model, methods=("identity",))
+        run.log_test(scores)
+        run.register(result.model, scores)
+    assert sum(scored) == counts["test"] == len(scores.pairs)
+
+
+# ----------------------------------------------------------------------------------- champion rule
+
+
+def test_champion_rule_on_the_same_and_on_another_dataset_version(env):
     from mlflow.tracking import MlflowClient
-
-    from homogen.model.evaluate import load_test_pairs
 
     ds0, ds1 = env["ds"]
     name = "hn-champion"
     client = MlflowClient(env["uri"])
-    _, off0 = load_test_pairs(ds0)
-    _, off1 = load_test_pairs(ds1)
-    kw = dict(tracking_uri=env["uri"], model_name=name, baselines=())
+    _, off0 = load_split(ds0, "test")
+    _, off1 = load_split(ds1, "test")
 
-    r1 = log_training_run(const_net(20.0), ds0, **kw)  # first: champion
-    r2 = log_training_run(const_net(0.0), ds0, **kw)  # better on the same test set: moves
-    r3 = log_training_run(const_net(10.0), ds0, **kw)  # worse: stays
+    (_, r1, _), (_, r2, _), (_, r3, _) = (register_const(const_net(b), ds0, env["uri"], name) for b in (8.0, 0.0, 4.0))
     assert (r1.champion, r2.champion, r3.champion) == (True, True, False)
-    assert const_mace(off0, 0) < const_mace(off0, 10) < const_mace(off0, 20)  # the premise, by hand
+    assert const_mace(off0, 0) < const_mace(off0, 4) < const_mace(off0, 8)  # the premise, by hand
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == r2.model_version
     assert "<" in client.get_model_version(name, r2.model_version).tags["promotion"]
 
-    # Another dataset version: the champion (v2, trained on ds0) is re-scored on ds1's test pairs.
-    r4 = log_training_run(const_net(20.0), ds1, **kw)
+    # Another dataset version: the champion (v2, scored on ds0) is scored on ds1's test pairs.
+    _, r4, _ = register_const(const_net(8.0), ds1, env["uri"], name)
     assert not r4.champion
     champ = client.get_model_version(name, r2.model_version)
-    assert champ.tags["dataset_version"] == ds0.version  # unchanged: where it was trained
+    assert champ.tags["dataset_version"] == ds0.version
     assert float(champ.tags[f"test_mace.{ds1.version}"]) == pytest.approx(zero_mace(off1), rel=1e-4)
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == r2.model_version
 
@@ -200,6 +371,7 @@ def test_champion_rule_same_and_other_dataset_version(env):
 def test_promote_if_better_rules_on_registry_entries(env):
     from mlflow.tracking import MlflowClient
 
+    setup_tracking(env["uri"])
     client = MlflowClient(env["uri"])
     name = "hn-rules"
     client.create_registered_model(name)
@@ -214,15 +386,12 @@ def test_promote_if_better_rules_on_registry_entries(env):
     assert promote_if_better(client, name, v1, "aaaa", 10.0) == (True, "first version: no champion yet")
     v2 = version("aaaa", 10.0)  # a tie is not better
     assert promote_if_better(client, name, v2, "aaaa", 10.0)[0] is False
-    # Other dataset: without a way to score the champion there, it stays.
-    v3 = version("bbbb", 1.0)
+    v3 = version("bbbb", 1.0)  # other dataset, no way to score the champion there: it stays
     ok, why = promote_if_better(client, name, v3, "bbbb", 1.0)
     assert not ok and "no test MACE on dataset bbbb" in why
-    # With a scorer: the champion scores 5.0 on bbbb, the new one 1.0 -> moves; the score is cached.
     ok, _ = promote_if_better(client, name, v3, "bbbb", 1.0, score_champion=lambda v: calls.append(v) or 5.0)
     assert ok and calls == [v1]
     assert float(client.get_model_version(name, v1).tags["test_mace.bbbb"]) == 5.0
-    # A champion that cannot be scored on the new dataset (e.g. other patch size) is kept.
     v4 = version("cccc", 0.1)
 
     def boom(v):
@@ -231,4 +400,57 @@ def test_promote_if_better_rules_on_registry_entries(env):
     ok, why = promote_if_better(client, name, v4, "cccc", 0.1, score_champion=boom)
     assert not ok and "cannot be scored" in why
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == v3
-    assert client.get_model_version(name, v4).tags["promotion"] == why
+
+
+# ----------------------------------------------------------------------------------- credentials
+
+SERVER = textwrap.dedent("""
+    import os, sys
+    db, art = sys.argv[1], sys.argv[2]
+    os.environ.update({"_MLFLOW_SERVER_FILE_STORE": db, "_MLFLOW_SERVER_REGISTRY_STORE": db,
+                       "_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/", "_MLFLOW_SERVER_ARTIFACT_DESTINATION": art,
+                       "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true"})
+    from mlflow.server import app
+    from werkzeug.serving import make_server
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    print(server.server_port, flush=True)
+    server.serve_forever()
+""")
+
+
+@pytest.mark.slow
+def test_no_credential_of_the_tracking_uri_appears_in_mlflows_output(env, tmp_path):
+    """``homogen train --tracking-uri http://user:password@host``: MLflow prints run links; none holds the password."""
+    from mlflow.tracking import MlflowClient
+
+    server = subprocess.Popen([sys.executable, "-c", SERVER, f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "art")],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = int(server.stdout.readline())
+        deadline = time.time() + 180  # the server creates its tables on the first request: wait for it
+        while True:
+            try:
+                MlflowClient(f"http://127.0.0.1:{port}").search_experiments(max_results=1)
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        env_vars = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        proc = subprocess.run(
+            ["homogen", "train", str(env["ds"][0].uri), "--epochs", "1", "--width", "0.125", "--batch-size", "16",
+             "--methods", "identity", "--checkpoint-dir", str(tmp_path / "ck"), "--device", "cpu",
+             "--tracking-uri", f"http://alice:hunter2@127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=500, env={**env_vars, "HOMOGEN_WORKDIR": str(tmp_path / "wd")},
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, output[-3000:]
+        assert f"View run" in output and f"http://127.0.0.1:{port}/" in output  # MLflow did print its links
+        assert "hunter2" not in output and "alice" not in output
+        runs = MlflowClient(f"http://127.0.0.1:{port}").search_runs(
+            [MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+        assert "hunter2" not in str(runs[0].data.tags) + str(runs[0].data.params)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -13,7 +13,15 @@ from homogen.generate import generate
 from homogen.stores import open_dataset
 from homogen.model.data import IncompatibleStoreError, load_split
 from homogen.model.metrics import mace
-from homogen.model.train import CheckpointError, TrainConfig, load_checkpoint, load_model, save_checkpoint, train
+from homogen.model.loading import load_model
+from homogen.model.train import (
+    CheckpointError,
+    NoValidationSplitError,
+    TrainConfig,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
 
 # Small patches (P=32, rho=8) cut from real photographs keep every run to a fraction of a second.
 FAST = dict(width=0.125, patch_size=32, batch_size=16, val_batch_size=64)
@@ -22,12 +30,12 @@ FAST = dict(width=0.125, patch_size=32, batch_size=16, val_batch_size=64)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _make_store(path) -> object:
+def _make_store(path, val_fraction: float = 0.25) -> object:
     generate(
         GenerateConfig(
             output=str(path), chunk_size=16, shard_size=4,
             sampling=SamplingConfig(pairs_per_image=8, patch_size=32, rho=8),
-            source=SourceConfig(max_images=16, test_fraction=0.25),
+            source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=val_fraction),
         )
     )
     return open_dataset(str(path))
@@ -35,7 +43,7 @@ def _make_store(path) -> object:
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
-    """128 real pairs, P=32, zarr."""
+    """128 real pairs, P=32, zarr, with train, val and test images."""
     return _make_store(tmp_path_factory.mktemp("train") / "ds.zarr")
 
 
@@ -67,10 +75,10 @@ def test_train_records_history_checkpoints_and_returns_a_cpu_model(store, tmp_pa
     assert not result.model.training
     assert all(p.device.type == "cpu" for p in result.model.parameters())
 
-    # the returned model is the best checkpoint, and its MACE on the test split is the recorded one
+    # the returned model is the best checkpoint, and its MACE on the val split is the recorded one
     assert result.best_checkpoint.exists() and result.last_checkpoint.exists()
     assert same_weights(result.model.state_dict(), weights(result.best_checkpoint))
-    pairs, offsets = load_split(store, "test")
+    pairs, offsets = load_split(store, "val")
     with torch.no_grad():
         pred = result.model(torch.from_numpy(pairs)).numpy()
     assert mace(pred, offsets) == pytest.approx(result.best_val_mace, rel=1e-5)
@@ -101,6 +109,37 @@ def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(which, sto
     assert resumed.history == [{**h, "samples_per_s": r["samples_per_s"]} for h, r in zip(full.history, resumed.history)]
     assert same_weights(weights(part / "last.pt"), weights(full.last_checkpoint))
     assert same_weights(resumed.model.state_dict(), full.model.state_dict())
+
+
+def test_training_reads_train_pairs_selects_on_val_pairs_and_never_reads_test_pairs(store, tmp_path, monkeypatch):
+    counts = store.split_counts()
+    assert min(counts["train"], counts["val"], counts["test"]) > 0
+    requested = []
+    real_make_loader = training.make_loader
+
+    def recording_make_loader(ds, split, **kw):
+        loader = real_make_loader(ds, split, **kw)
+        requested.append((split, loader.dataset.num_samples()))
+        return loader
+
+    monkeypatch.setattr(training, "make_loader", recording_make_loader)
+    result = train(store, TrainConfig(epochs=1, checkpoint_dir=str(tmp_path), **FAST), progress=False)
+    assert requested == [("train", counts["train"]), ("val", counts["val"])]
+    assert result.samples_seen == counts["train"]
+    # the recorded validation MACE is the model's MACE on exactly the val pairs, not the test pairs
+    for split, matches in (("val", True), ("test", False)):
+        pairs, offsets = load_split(store, split)
+        with torch.no_grad():
+            err = mace(result.model(torch.from_numpy(pairs)).numpy(), offsets)
+        assert (err == pytest.approx(result.best_val_mace, rel=1e-6)) is matches
+
+
+def test_a_store_without_val_pairs_is_refused_before_training_saying_to_regenerate(tmp_path):
+    ds = _make_store(tmp_path / "noval.zarr", val_fraction=0.0)
+    assert ds.split_counts().get("val", 0) == 0
+    with pytest.raises(NoValidationSplitError, match="no val pairs.*regenerate the dataset"):
+        train(ds, TrainConfig(epochs=1, checkpoint_dir=str(tmp_path / "ck"), **FAST), progress=False)
+    assert not (tmp_path / "ck").exists()  # nothing trained, nothing written
 
 
 def test_resume_without_checkpoint_starts_afresh(store, tmp_path):

@@ -1,0 +1,31 @@
+"""homogen.redaction.redact: the one scrubber of credentials in URLs, for any text."""
+
+import pytest
+
+from homogen.redaction import redact
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("s3://AKIA:s3cr3t@bucket/ds.zarr", "s3://bucket/ds.zarr"),
+        ("https://user:pw@host:5000/path?x=1", "https://host:5000/path"),
+        ("https://tok123@host/", "https://host/"),
+        ("postgresql://u:p@db:5432/mlflow", "postgresql://db:5432/mlflow"),
+        ("https://b.s3.amazonaws.com/k?X-Amz-Signature=abc&part=2", "https://b.s3.amazonaws.com/k"),
+        ("http://[::1]:5000/x?token=zzz", "http://[::1]:5000/x"),
+        ("failed for http://a:b@h:1/x and gs://k:v@bkt/y", "failed for http://h:1/x and gs://bkt/y"),
+        ("sqlite:////data/mlflow.db?mode=ro", "sqlite:////data/mlflow.db"),
+    ],
+)
+def test_credentials_queries_and_fragments_leave_every_url_in_a_text(text, expected):
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize("text", ["/data/user@host/ds.zarr", "C:\\data\\coco", "sqlite:////data/mlflow.db", "no url here"])
+def test_paths_and_plain_text_come_back_unchanged(text):
+    assert redact(text) == text
+
+
+def test_non_strings_come_back_unchanged():
+    assert redact(3) == 3 and redact(None) is None
