@@ -140,6 +140,7 @@ def output_lock(url: str, wait_s: float = 0.0) -> Iterator[None]:
     if not is_local(url):
         yield
         return
+    check_writable(url)
     path = local_path(url).rstrip("/") + ".lock"
     folder = os.path.dirname(os.path.abspath(path))
     try:

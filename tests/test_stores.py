@@ -3,6 +3,8 @@ dataset, the output lock."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import pickle
@@ -34,7 +36,7 @@ from homogen.stores import (
 from homogen.validate import validate_dataset
 
 from conftest import assert_same_arrays, bad_image_bytes
-from faultlib import REPO, child_env, run_cli
+from faultlib import REPO, child_env, run_cli, small_disk
 
 SMALL = dict(source=SourceConfig(max_images=8), shard_size=3, chunk_size=5)
 
@@ -602,3 +604,88 @@ def test_a_process_killed_at_any_write_step_is_finished_by_a_rerun(tmp_path, cle
     assert_same_arrays(open_dataset(str(out))[:], clean_reference[fmt])
     assert not os.path.exists(str(out) + ".parts") and not os.path.exists(str(out) + ".lock")
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+# ---------------------------------------------------------- the output: writable, and its lock
+
+
+@contextlib.contextmanager
+def read_only_folder(path: Path, monkeypatch):
+    """A folder on a read-only file system: a real read-only tmpfs where mounting is allowed,
+    otherwise file creation under it fails with EROFS as such a mount would."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True).returncode == 0
+    if not mounted:
+        real_open = os.open
+
+        def ro_open(file, flags, *a, **kw):
+            if os.path.abspath(os.fspath(file)).startswith(str(path)) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(file))
+            return real_open(file, flags, *a, **kw)
+
+        monkeypatch.setattr(os, "open", ro_open)
+    try:
+        yield path
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=False)
+
+
+@pytest.mark.parametrize("make_output, message", [
+    (lambda tmp: "/proc/homogen/ds.zarr", r"output /proc/homogen/ds\.zarr is inside a pseudo file system: choose a folder on a disk"),
+    (lambda tmp: "file://relative/ds.zarr", r"output file://relative/ds\.zarr is a file:// URL without an absolute path: write file:///abs/path"),
+    (lambda tmp: str(tmp / "a-file" / "ds.zarr"), r"output .*a-file/ds\.zarr cannot be created: .*a-file is a file, not a folder"),
+    (lambda tmp: str(tmp / "ro" / "sub" / "ds.h5"), r"output .*ro/sub/ds\.h5 cannot be written in .*/ro: it is read-only: choose a writable folder"),
+])
+def test_an_output_that_cannot_be_written_is_refused_in_one_line_before_anything_exists(tmp_path, monkeypatch, make_output, message):
+    (tmp_path / "a-file").write_text("not a folder")
+    with read_only_folder(tmp_path / "ro", monkeypatch):
+        output = make_output(tmp_path)
+        before = sorted(p.name for p in tmp_path.iterdir())
+        with pytest.raises(StoreError, match=message) as info:
+            generate(GenerateConfig(output=output, source=SourceConfig(max_images=2)), progress=False)
+        assert "\n" not in str(info.value)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no store, no lock, no probe
+        assert not os.listdir(tmp_path / "ro")
+
+
+@pytest.mark.parametrize("content", [b"", b"{\"pid\": 12", b"\x00\xff garbage"])
+def test_an_empty_or_unreadable_lock_is_stale_and_taken_over(tmp_path, content):
+    out = str(tmp_path / "ds.zarr")
+    Path(out + ".lock").write_bytes(content)  # left by a crash or a full disk
+    m = generate(GenerateConfig(output=out, source=SourceConfig(max_images=2)), progress=False)
+    assert m["num_pairs"] == 8 and not os.path.exists(out + ".lock")
+
+
+def test_the_lock_is_never_seen_half_written(tmp_path):
+    """The lock file appears with its content (written under a temporary name, then linked)."""
+    out = str(tmp_path / "ds.zarr")
+    writer = open_writer(out)
+    with writer.lock():
+        holder = json.loads(Path(out + ".lock").read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        assert [p.name for p in tmp_path.iterdir()] == ["ds.zarr.lock"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_full_disk_at_start_leaves_nothing_behind_and_a_rerun_works(tmp_path, monkeypatch, suffix):
+    with small_disk(tmp_path / "disk", size_kib=256, monkeypatch=monkeypatch) as disk:
+        filler = disk.path / "filler"
+        fd = os.open(filler, os.O_CREAT | os.O_WRONLY)
+        if disk.real:  # fill the tmpfs to the last byte
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * 4096):
+                    pass
+        else:  # the write budget, spent
+            disk.used = disk.budget
+        os.close(fd)
+        out = disk.path / f"ds{suffix}"
+        cfg = GenerateConfig(output=str(out), source=SourceConfig(max_images=2))
+        with pytest.raises(StoreError, match=r"disk is full") as info:
+            generate(cfg, progress=False)
+        assert "\n" not in str(info.value) and str(disk.path) in str(info.value)
+        assert sorted(p.name for p in disk.path.iterdir()) == ["filler"]  # no lock, no root, no temporary
+        filler.unlink()
+        disk.grow(64 * 1024)
+        assert generate(cfg, progress=False)["num_pairs"] == 8
