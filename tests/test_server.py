@@ -25,8 +25,9 @@ from homogen.deployments.definitions import REGENERATE_CYCLE
 
 pytestmark = pytest.mark.slow
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-"""The ``prefect`` command of this environment (as the README runs it)."""
+_SCRIPT = Path(sys.executable).with_name("prefect")
+PREFECT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "prefect"]
+"""The ``prefect`` command of this interpreter's environment (as the README runs it)."""
 
 
 def free_port() -> int:
@@ -49,7 +50,8 @@ def wait_for(what: str, check, timeout: float, procs=()) -> object:
         if found:
             return found
         time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+    tails = "".join(f"\n--- {name}:\n{log.read_text()[-2000:]}" for name, _, log in procs)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{tails}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -88,7 +90,7 @@ class Server:
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         """``prefect <args>`` against this server, as a user types it."""
         out = subprocess.run(
-            [PREFECT, *args], env=self.client_env(), cwd=self.root, capture_output=True, text=True, timeout=timeout
+            [*PREFECT, *args], env=self.client_env(), cwd=self.root, capture_output=True, text=True, timeout=timeout
         )
         if check and out.returncode != 0:
             pytest.fail(f"`prefect {' '.join(args)}` exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -115,7 +117,7 @@ def server(tmp_path_factory):
     port = srv.url.split(":")[2].split("/")[0]
     server_log, serve_log = root / "server.log", root / "serve.log"
     server_proc = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port],
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port],
         env=srv.env, cwd=root, stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     procs = [("prefect server start", server_proc, server_log)]
@@ -166,7 +168,7 @@ def test_the_scheduler_creates_the_weekly_regenerate_runs_each_with_its_rho(serv
 
 def test_a_run_with_an_impossible_device_fails_and_the_cli_says_why(server):
     started = server.cli(
-        "deployment", "run", "generate-and-train/local", "--param", "device=tpu", "--watch", "--watch-timeout", "120",
+        "deployment", "run", "generate-and-train/local", "--param", "device=tpu", "--watch", "--watch-interval", "1",
         check=False, timeout=180,
     )
     run = server.flow_runs(deployment_id={"any_": [server.deployment("generate-and-train/local")["id"]]})[0]
@@ -199,3 +201,83 @@ def test_credentials_in_url_parameters_are_refused_before_anything_is_stored(ser
     assert len(server.flow_runs()) == before  # no run was created
     for path in server.db.parent.glob("prefect.db*"):  # the database, its WAL and journal, byte for byte
         assert SECRET.encode() not in path.read_bytes(), path.name
+
+
+# --- an external Dask cluster: `dask scheduler` + 2 `dask worker` processes on 127.0.0.1 ------------
+
+
+def dask_command(name: str) -> list[str]:
+    """``dask scheduler`` / ``dask worker`` of this interpreter's environment."""
+    script = Path(sys.executable).with_name("dask")
+    return [str(script), name] if script.exists() else [sys.executable, "-m", f"distributed.cli.dask_{name}"]
+
+
+@pytest.fixture(scope="module")
+def external_cluster(tmp_path_factory, server):
+    """A scheduler and 2 single-threaded workers, started as a user starts them, with no Prefect setting at all.
+
+    The workers' PREFECT_HOME is a folder of their own: a worker that started a Prefect server
+    (ephemeral mode) would leave its SQLite database there.
+    """
+    root = tmp_path_factory.mktemp("dask-cluster")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in server.env.items() if not k.startswith("PREFECT_")} | {"PREFECT_HOME": str(root / "prefect-home")}
+    logs = [root / "scheduler.log", root / "worker-0.log", root / "worker-1.log"]
+    procs = [
+        subprocess.Popen(
+            [*dask_command("scheduler"), "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"],
+            env=env, cwd=root, stdout=logs[0].open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    ]
+    procs += [
+        subprocess.Popen(
+            [*dask_command("worker"), address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"],
+            env=env, cwd=root, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        for i, log in enumerate(logs[1:])
+    ]
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=90)
+        yield address, root, logs
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def test_the_flow_on_an_external_dask_cluster_makes_the_local_cluster_dataset_and_workers_never_touch_prefect(
+    server, external_cluster, tmp_path
+):
+    import numpy as np
+    from distributed import Client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+    from homogen.flows.cluster import DaskConfig
+    from homogen.flows.generate import generate_dataset
+    from homogen.stores import FIELDS, open_dataset
+
+    address, root, logs = external_cluster
+    config = GenerateConfig(
+        source=SourceConfig(max_images=12, test_fraction=0.25), sampling=SamplingConfig(pairs_per_image=2),
+        shard_size=3, chunk_size=8, output=str(tmp_path / "external.zarr"),
+    )
+    with temporary_settings({PREFECT_API_URL: server.url}):
+        external = generate_dataset(config, DaskConfig(address=address))
+        local = generate_dataset(
+            config.model_copy(update={"output": str(tmp_path / "local.zarr")}),
+            DaskConfig(n_workers=2, processes=False, dashboard_address=None),
+        )
+    assert external["version"] == local["version"] and external["pairs"] == local["pairs"] == 12 * 2
+    a, b = open_dataset(external["uri"])[:], open_dataset(local["uri"])[:]
+    for field in FIELDS:
+        np.testing.assert_array_equal(a[field], b[field], err_msg=field)
+    with Client(address) as client:
+        imported = client.run(lambda: "prefect" in sys.modules)
+    assert len(imported) == 2 and not any(imported.values())  # the workers never imported Prefect
+    assert not (root / "prefect-home").exists()  # nor started a server of their own
+    for log in logs:
+        text = log.read_text()
+        assert "database is locked" not in text and "Traceback" not in text, f"{log.name}:\n{text[-2000:]}"
