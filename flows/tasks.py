@@ -88,11 +88,17 @@ def commit_dataset(p: Plan, results: list[ShardResult]) -> dict:
     return writer_for(p).commit(p, results)
 
 
+SAMPLE_GRID_COLUMNS = 2
+"""Pairs a row in the UI's sample grid: 848 px wide, shown at its own size in the Prefect UI's artifact
+pane (about 850 px in a 1400 px window); 4 a row (1,684 px) were shrunk to half, captions unreadable."""
+
+
 def sample_grid_png(uri: str, n: int = 8) -> bytes:
-    """PNG bytes of the library's sample grid of the first ``n`` pairs of a finished store."""
+    """PNG bytes of the library's sample grid of ``n`` pairs spread over a finished store, :data:`SAMPLE_GRID_COLUMNS` a row."""
     from homogen.render import sample_grid
 
-    ok, buf = cv2.imencode(".png", sample_grid(open_dataset(uri), n=n))
+    grid = sample_grid(open_dataset(uri), n=n, cols=SAMPLE_GRID_COLUMNS)
+    ok, buf = cv2.imencode(".png", grid, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise RuntimeError(f"could not encode the sample grid of {uri} as PNG")
     return np.asarray(buf).tobytes()

@@ -3,7 +3,14 @@
 Artifact keys (the Artifacts page groups the versions of a key across runs):
 ``dataset-<version>-progress`` (shards done, updated as shards finish), ``dataset-<version>-report``
 (markdown: counts, quarantine, label statistics, every check, the sample grid),
-``dataset-<version>-samples`` (the grid as an image artifact) and ``model-<name>-evaluation``.
+``dataset-<version>-samples`` (markdown: the grid alone) and ``model-<name>-v<version>-evaluation``
+(one per registered model version, made by :mod:`homogen.flows.train`).
+
+Rendering rules, checked in the Prefect 3.8 UI (headless Chromium): the grid is a markdown image
+of a ``data:`` URL (an image artifact prints its URL as text under the picture: 400 KB of base64),
+2 pairs a row so that it shows at its own size (~850 px) in the artifact pane, where wider images
+are shrunk and their captions become unreadable; table cells do not wrap, so long text (a check's
+detail) goes in a list under its table, never in a table column.
 """
 
 from __future__ import annotations
@@ -74,12 +81,8 @@ def with_progress(
 def markdown_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
     """A markdown table (cells rendered with ``str``; pipes escaped)."""
     head = list(header)
-
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(one_line(h) for h in head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(one_line(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -90,22 +93,23 @@ def dataset_summary_markdown(manifest: dict) -> str:
     rows = [
         ("dataset version", f"`{manifest['dataset_version']}`"),
         ("store", f"`{manifest['config']['output']}` ({manifest['format']})"),
-        ("pairs", f"{manifest['num_pairs']} (train {splits.get('train', 0)}, test {splits.get('test', 0)})"),
+        ("pairs", f"{manifest['num_pairs']} ({', '.join(f'{k} {splits[k]}' for k in sorted(splits, key=_split_order))})"),
         ("images", f"{manifest['num_images']} used, {len(manifest['quarantine'])} quarantined"),
         ("shards", len(manifest["shards"])),
         ("recipe", f"{s['image_width']}x{s['image_height']}, P={s['patch_size']}, rho={s['rho']}, "
                    f"{s['pairs_per_image']} pairs/image, seed {s['seed']}, photometric {s['photometric']}"),
         ("source", f"`{manifest['source']['root']}` (digest {manifest['source']['digest'][:16]})"),
     ]
-    out = [f"# Dataset `{manifest['dataset_version']}`", "", markdown_table(("", ""), rows), ""]
+    out = [f"# Dataset `{manifest['dataset_version']}`", ""]
+    out += [f"- **{name}**: {one_line(value)}" for name, value in rows]
     quarantine = manifest.get("quarantine", [])
-    out.append(f"## Quarantined images ({len(quarantine)})")
-    out.append("")
-    if quarantine:
-        out.append(markdown_table(("image id", "path", "reason"), ((q["image_id"], q["path"], q["reason"]) for q in quarantine)))
-    else:
-        out.append("none")
+    out += ["", f"## Quarantined images ({len(quarantine)})", ""]
+    out += [f"- image {q['image_id']} `{one_line(q['path'])}`: {one_line(q['reason'])}" for q in quarantine] or ["none"]
     return "\n".join(out)
+
+
+def _split_order(name: str) -> tuple[int, str]:
+    return (("train", "val", "test").index(name) if name in ("train", "val", "test") else 3, name)
 
 
 def label_statistics_markdown(stats: list[dict], rho: float) -> str:
@@ -115,12 +119,56 @@ def label_statistics_markdown(stats: list[dict], rho: float) -> str:
     return "\n".join([f"## Label statistics (px; {expected})", "", markdown_table(("label", "mean", "std", "min", "max"), rows)])
 
 
-def dataset_report_markdown(manifest: dict, checks_markdown: str, stats: list[dict], grid_url: str | None) -> str:
-    """The dataset report: summary and quarantine, label statistics, every check with its counts, the sample grid."""
-    checks = checks_markdown.replace("\n# ", "\n## ", 1)
-    if checks.startswith("# "):
-        checks = "#" + checks
+def checks_markdown(report) -> str:
+    """A validation report (:class:`homogen.validate.ValidationReport`) for the UI: verdict, a table of
+    counts (check, result, samples checked, failed), then each check's detail and failing examples as lists."""
+    verdict = "PASSED" if report.passed else f"FAILED ({', '.join(report.failed_checks)})"
+    results = {True: "pass", False: "**FAIL**", None: "n/a"}
+    lines = [
+        f"## Validation of dataset {report.dataset_version}: {verdict}",
+        "",
+        f"Store `{report.uri}`, {report.num_pairs} pairs.",
+        "",
+        markdown_table(("check", "result", "samples checked", "failed"),
+                       ((c.name, results[c.passed], c.checked, c.failed) for c in report.checks)),
+        "",
+        "### What each check found",
+        "",
+    ]
+    lines += [f"- **{c.name}** ({results[c.passed]}): {one_line(c.detail)}" for c in report.checks]
+    for c in report.checks:
+        if c.passed is False and c.examples:
+            lines += ["", f"Examples for **{c.name}**:", ""]
+            lines += [f"- {one_line(_example(e))}" for e in c.examples]
+    return "\n".join(lines)
+
+
+def one_line(text: Any) -> str:
+    """``text`` on one line, safe inside a markdown list item or table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _example(example: Any) -> str:
+    if isinstance(example, dict):
+        return ", ".join(f"{k}={v}" for k, v in example.items())
+    return str(example)
+
+
+SAMPLES_LEGEND = (
+    "Each tile: pair number, source image id and split, then patch A and patch B. On A, the perturbed "
+    "quadrilateral in green is the part of A that B shows (A sits on a dark margin where its corners "
+    "can fall); on B, the same quadrilateral is B's own border."
+)
+
+
+def samples_markdown(grid_url: str) -> str:
+    """The sample grid as a markdown image (renders in the Prefect UI; no URL printed), with its legend."""
+    return "\n".join(["## Sample pairs (true quadrilateral in green)", "", SAMPLES_LEGEND, "", f"![sample pairs]({grid_url})"])
+
+
+def dataset_report_markdown(manifest: dict, checks: str, stats: list[dict], grid_url: str | None) -> str:
+    """The dataset report: summary and quarantine, label statistics, ``checks`` (:func:`checks_markdown`), the sample grid."""
     parts = [dataset_summary_markdown(manifest), "", label_statistics_markdown(stats, manifest["config"]["sampling"]["rho"]), "", checks]
     if grid_url:
-        parts += ["", "## Sample pairs (true quadrilateral in green)", "", f"![sample pairs]({grid_url})"]
+        parts += ["", samples_markdown(grid_url)]
     return "\n".join(parts)

@@ -2,8 +2,8 @@
 
 The run fails (:class:`ValidationFailed`) when any check fails, after the report is attached, so
 the reason is one click away in the UI. Artifacts: ``dataset-<version>-report`` (markdown: summary,
-quarantined images and why, label statistics, every check with its counts, the sample grid inline)
-and ``dataset-<version>-samples`` (the grid as an image artifact).
+quarantined images and why, label statistics, every check with its counts and detail, the sample
+grid) and ``dataset-<version>-samples`` (markdown: the grid alone, 2 pairs a row).
 
 Run directly: ``python -m homogen.flows.validate STORE``.
 """
@@ -13,11 +13,11 @@ from __future__ import annotations
 import sys
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_image_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from homogen.flows.tasks import data_url, label_statistics, sample_grid_png, validate_task
-from homogen.flows.ui import artifact_key, dataset_report_markdown, rename_current_run
+from homogen.flows.ui import artifact_key, checks_markdown, dataset_report_markdown, rename_current_run, samples_markdown
 from homogen.stores import open_dataset
 
 
@@ -27,14 +27,14 @@ class ValidationFailed(RuntimeError):
 
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(uri: str, report) -> str:
-    """Attach the dataset report (markdown) and the sample grid (image) to this run; returns the markdown."""
+    """Attach the dataset report and the sample grid (markdown artifacts) to this run; returns the report."""
     ds = open_dataset(uri)
     grid = data_url(sample_grid_png(uri, n=8)) if len(ds) else None
-    markdown = dataset_report_markdown(ds.manifest, report.to_markdown(), label_statistics(uri), grid)
+    markdown = dataset_report_markdown(ds.manifest, checks_markdown(report), label_statistics(uri), grid)
     verdict = "passed" if report.passed else "FAILED: " + ", ".join(report.failed_checks)
     create_markdown_artifact(markdown, key=artifact_key("dataset", ds.version, "report"), description=f"dataset {ds.version}: validation {verdict}")
     if grid:
-        create_image_artifact(grid, key=artifact_key("dataset", ds.version, "samples"), description=f"sample pairs of dataset {ds.version}")
+        create_markdown_artifact(samples_markdown(grid), key=artifact_key("dataset", ds.version, "samples"), description=f"sample pairs of dataset {ds.version}")
     return markdown
 
 

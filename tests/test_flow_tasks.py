@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -23,7 +24,7 @@ from homogen.flows.tasks import (
     sample_grid_png,
     validate_task,
 )
-from homogen.flows.ui import artifact_key, dataset_report_markdown
+from homogen.flows.ui import artifact_key, checks_markdown, dataset_report_markdown
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate, plan
 from homogen.stores import FIELDS, open_dataset
@@ -184,15 +185,32 @@ def test_validate_and_report_show_counts_checks_labels_and_quarantine(tmp_path, 
     np.testing.assert_allclose([s["mean"] for s in stats], offsets.mean(axis=0), rtol=1e-6)
     assert all(-32 <= s["min"] <= s["max"] <= 32 for s in stats)
 
-    png = sample_grid_png(cfg.output, n=4)
+    png = sample_grid_png(cfg.output, n=8)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    md = dataset_report_markdown(manifest, report.to_markdown(), stats, "data:image/png;base64,AAAA")
+    grid = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert grid.shape[1] <= 900  # 2 pairs a row: shown at its own size in the Prefect UI, captions readable
+    md = dataset_report_markdown(manifest, checks_markdown(report), stats, "data:image/png;base64,AAAA")
     assert manifest["dataset_version"] in md
     assert f"{manifest['num_pairs']} (train" in md
     assert "999999999999" in md and manifest["quarantine"][0]["reason"] in md
-    for check in report.checks:  # every check, with its counts
-        assert f"| {check.name} |" in md and f"| {check.checked} | {check.failed} |" in md
+    for check in report.checks:  # every check, with its counts and its detail
+        assert f"| {check.name} | pass |" in md or f"| {check.name} | n/a |" in md
+        assert f"| {check.checked} | {check.failed} |" in md
+        assert f"- **{check.name}** (" in md and check.detail.replace("|", "\\|").replace("\n", " ") in md
     assert "dx_TL" in md and "![sample pairs](data:image/png;base64,AAAA)" in md
+
+
+def test_report_tables_hold_only_short_cells_so_the_ui_does_not_clip_them(tmp_path, folder_with_a_bad_image):
+    """The Prefect UI does not wrap table cells: a long one (a check's detail, a path, a reason)
+    would push the table past the pane and be cut off, so long text goes in lists."""
+    cfg = small_config(str(tmp_path / "ds.zarr"), root=str(folder_with_a_bad_image), kind="folder")
+    manifest = run_tasks(cfg)
+    report = validate_task.fn(cfg.output, regenerate=0)
+    md = dataset_report_markdown(manifest, checks_markdown(report), label_statistics(cfg.output), None)
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(rows) >= len(report.checks) + 8  # the checks and label statistics tables are there
+    cells = [c.strip() for row in rows for c in row.strip("|").split(" | ")]
+    assert max(len(c) for c in cells) <= 32, max(cells, key=len)
 
 
 def test_artifact_keys_are_valid():

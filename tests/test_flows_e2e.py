@@ -9,6 +9,8 @@ attempt that is retried: tests/test_flow_tasks.py, without a flow run.)
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
@@ -137,9 +139,15 @@ def test_generate_and_train_end_to_end(prefect_api, workdir):
         assert f"Validation of dataset {version}: PASSED" in report
         for check in ("pixels_match_homography", "no_duplicates", "split_disjoint", "regenerate"):
             assert f"| {check} |" in report
-        assert "data:image/png;base64," in report
-        assert latest_artifact(client, f"dataset-{version}-samples")["data"].startswith("data:image/png;base64,")
-        assert "HomographyNet" in latest_artifact(client, "model-homographynet-evaluation")["data"]
+        # the grid as a markdown image (an image artifact would print its data: URL as text), 2 pairs a row
+        assert "![sample pairs](data:image/png;base64," in report
+        samples = latest_artifact(client, f"dataset-{version}-samples")
+        assert samples["type"] == "markdown" and "![sample pairs](data:image/png;base64," in samples["data"]
+        png = base64.b64decode(samples["data"].split("base64,", 1)[1].rstrip(")"))
+        assert int.from_bytes(png[16:20], "big") <= 900  # PNG width: shown at its own size, captions readable
+        # one evaluation artifact per registered model version
+        evaluation = latest_artifact(client, f"model-homographynet-v{result['model_version']}-evaluation")
+        assert "HomographyNet" in evaluation["data"]
 
     # the registered model: tagged with the dataset version, champion (first version)
     mlflow = MlflowClient(tracking_uri=uri, registry_uri=uri)
