@@ -14,7 +14,8 @@ from homogen.sampling import patch_homography
 from homogen.model.cli import register
 from homogen.model.network import HomographyNet
 from homogen.model.predict import overlay, predict_homography, resize_matrix
-from homogen.model.tracking import load_model
+from homogen.model.loading import load_model
+from homogen.model.train import CheckpointError
 
 PHOTO = sorted((Path(homogen.__file__).parent / "data" / "coco-sample" / "train2017").glob("*.jpg"))[5]
 P = 128
@@ -90,29 +91,33 @@ def test_overlay_is_in_a_frame(pair):
     assert np.abs(c[..., 1] - c[..., 2]).mean() < 15
 
 
-def test_load_model_from_checkpoints(tmp_path):
+def test_load_model_reads_a_trainer_checkpoint_and_refuses_anything_else_naming_it(tmp_path):
     from homogen.model.train import save_checkpoint
 
     net = oracle_net(OFF)
     x = torch.randint(0, 255, (2, 2, P, P), dtype=torch.uint8)
     ckpt = save_checkpoint(tmp_path / "best.pt", {"format": 1, "model": net.state_dict(), "width": 0.125, "patch_size": P})
+    loaded = load_model(str(ckpt))
+    assert isinstance(loaded, HomographyNet) and not loaded.training and loaded.patch_size == P
+    torch.testing.assert_close(loaded(x), net(x))
     bare = tmp_path / "bare.pt"
-    torch.save(net.state_dict(), bare)
-    for path in (ckpt, bare):
-        loaded = load_model(str(path))
-        assert isinstance(loaded, HomographyNet) and not loaded.training
-        assert loaded.patch_size == P
-        torch.testing.assert_close(loaded(x), net(x))
+    torch.save(net.state_dict(), bare)  # weights without the trainer's record: not a homogen checkpoint
+    with pytest.raises(CheckpointError, match="not a homogen checkpoint"):
+        load_model(str(bare))
     evil = tmp_path / "evil.pt"
-    torch.save({"model": object()}, evil)  # needs full unpickling: refused by weights_only=True
-    with pytest.raises(ValueError, match="weights_only=True"):
+    torch.save({"model": object()}, evil)  # needs full unpickling: refused, never run
+    with pytest.raises(CheckpointError, match="would run code"):
         load_model(str(evil))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError):
+    with pytest.raises(CheckpointError, match=str(junk)):
         load_model(str(junk))
     with pytest.raises(ValueError, match="not an MLflow URI"):
         load_model(str(tmp_path / "missing.pt"))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="not a HomographyNet MLflow model"):
+        load_model(str(folder))
 
 
 @pytest.fixture()
