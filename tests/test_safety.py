@@ -77,7 +77,7 @@ def http_store(http_root):
     """A small finished store (P=32, 8 images, train and test pairs) served over HTTP; its URL with credentials."""
     folder, url = http_root
     generate(
-        GenerateConfig(source=SourceConfig(max_images=8, test_fraction=0.3), output=str(folder / "ds.zarr"),
+        GenerateConfig(source=SourceConfig(max_images=8, test_fraction=0.3, val_fraction=0.3), output=str(folder / "ds.zarr"),
                        sampling=SamplingConfig(patch_size=32, rho=8, pairs_per_image=4)),
         progress=False,
     )
@@ -129,19 +129,19 @@ def test_no_secret_reaches_checkpoints_the_mlflow_run_or_its_artifacts(tmp_path,
     (model, evaluation, dataset manifest) holds a secret."""
     import mlflow
 
-    from homogen.model.tracking import log_training_run
+    from homogen.model.evaluate import score_test
+    from homogen.model.mlflow_run import TrainingRun
     from homogen.model.train import TrainConfig, train
 
     ds = open_dataset(http_store)
-    assert ds.split_counts()["test"] > 0
+    assert ds.split_counts()["test"] > 0 and ds.split_counts()["val"] > 0
     cfg = TrainConfig(epochs=1, width=0.125, patch_size=32, batch_size=8, checkpoint_dir=str(tmp_path / "ck"))
-    result = train(ds, cfg, progress=False)
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-    tracked = log_training_run(
-        result.model, ds, config=cfg, history=result.history, baselines=("identity",),
-        checkpoint=result.best_checkpoint, tracking_uri=uri,
-    )
-    assert tracked.model_version == "1"
+    with TrainingRun(ds, cfg, tracking_uri=uri) as tracked:
+        result = train(ds, cfg, progress=False, on_epoch=tracked.log_epoch)
+        scores = score_test(ds, result.model, ("identity",))
+        tracked.log_test(scores)
+        assert tracked.register(result.model, scores).model_version == "1"
     run = mlflow.MlflowClient(uri).get_run(tracked.run_id)
     public = http_store.replace(f"alice:{URL_SECRET}@", "")
     assert run.data.tags["store_uri"] == public  # where the data came from is recorded, minus credentials
@@ -227,18 +227,16 @@ def test_the_payload_really_runs_when_unpickled(tmp_path):
 
 
 def test_checkpoint_loaders_refuse_pickled_code(tmp_path):
-    from homogen.model import tracking
     from homogen.model import train as training
+    from homogen.model.loading import load_model
 
     marker = tmp_path / "pwned"
     evil = malicious_checkpoint(tmp_path / "evil.pt", marker)
     with pytest.raises(training.CheckpointError, match=str(evil)) as info:
         training.load_checkpoint(evil)
     assert "refused" in str(info.value) and "weights_only=False" not in str(info.value)  # no unsafe advice
-    with pytest.raises(training.CheckpointError):
-        training.load_model(evil)
-    with pytest.raises(Exception, match="weights_only"):
-        tracking.load_model(str(evil))
+    with pytest.raises(training.CheckpointError, match="refused"):
+        load_model(str(evil))
     assert not marker.exists()
 
 
@@ -277,24 +275,49 @@ def test_cli_predict_refuses_a_malicious_checkpoint(tmp_path):
 
 
 def test_mlflow_model_folder_with_pickled_code_is_refused(tmp_path):
-    """A model folder (what ``models:/`` and ``runs:/`` URIs download to) whose weights file runs
-    code: loading it must refuse, not execute it."""
+    """A model folder (what ``models:/`` and ``runs:/`` URIs download to) whose weights would run
+    code when unpickled: loading it must refuse, not execute it. Both the pickle format (which
+    homogen never logs) and a pt2 archive edited to hold a pickled weight."""
+    import io
+    import json
+    import zipfile
+
     import mlflow.pytorch
+    import numpy as np
     import torch
 
+    from homogen.model.loading import load_model
     from homogen.model.network import HomographyNet
-    from homogen.model.tracking import load_model
+
+    net = HomographyNet(width=0.125, patch_size=32).eval()
+    marker = tmp_path / "pwned"
+    pickled = tmp_path / "pickled"
+    mlflow.pytorch.save_model(net, str(pickled), serialization_format="pickle", pip_requirements=["torch"])
+    torch.save(Payload(marker), next(pickled.rglob("model.pth")))
+    with pytest.raises(ValueError, match="not a HomographyNet MLflow model"):
+        load_model(str(pickled))
 
     folder = tmp_path / "model"
     mlflow.pytorch.save_model(
-        HomographyNet(width=0.125, patch_size=32).eval(), str(folder), serialization_format="pickle",
-        pip_requirements=["torch"],  # skip inferring requirements (a minute in a subprocess)
+        net, str(folder), serialization_format="pt2", input_example=np.zeros((2, 2, 32, 32), np.uint8),
+        metadata={"patch_size": 32, "width": 0.125}, pip_requirements=["torch"],
     )
     assert isinstance(load_model(str(folder)), HomographyNet)  # the genuine folder loads
-    weights = next(folder.rglob("model.pth"))
-    marker = tmp_path / "pwned"
-    torch.save(Payload(marker), weights)
-    with pytest.raises(ValueError, match="refused"):
+    archive = next(folder.rglob("model.pt2"))
+    with zipfile.ZipFile(archive) as z:
+        entries = {i.filename: z.read(i.filename) for i in z.infolist()}
+    [config_name] = [n for n in entries if n.endswith("weights_config.json")]
+    config = json.loads(entries[config_name])
+    first = next(iter(config["config"].values()))
+    first["use_pickle"] = True
+    buf = io.BytesIO()
+    torch.save(Payload(marker), buf)
+    [weight_name] = [n for n in entries if n.endswith("/weights/" + first["path_name"])]
+    entries[config_name], entries[weight_name] = json.dumps(config).encode(), buf.getvalue()
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    with pytest.raises(ValueError, match="pickled.*refused"):
         load_model(str(folder))
     assert not marker.exists()
 
