@@ -84,7 +84,7 @@ from tqdm.auto import tqdm
 from homogen.config import SamplingConfig, SourceConfig
 from homogen.generate import image_pairs
 from homogen.images import BadImage, load_gray
-from homogen.sampling import PHOTOMETRIC_LEVELS, patch_corners
+from homogen.sampling import PHOTOMETRIC_LEVELS, patch_corners, quads_convex
 from homogen.redaction import redact
 from homogen.sources import SourceError, list_images
 from homogen.schema import FIELDS, SPLIT_CODES, empty_arrays
@@ -366,13 +366,6 @@ def reprojection_gap(homography: np.ndarray, offsets: np.ndarray, patch_size: in
             mine = cv2.perspectiveTransform(corners[None], h)[0]
             gap[j] = float(np.linalg.norm(stored[j] - mine, axis=1).max())
     return np.nan_to_num(gap, nan=np.inf)
-
-
-def quads_convex(offsets: np.ndarray, patch_size: int) -> np.ndarray:
-    """Per pair, whether patch corners + offsets form a convex quadrilateral. (N, 8) -> (N,) bool."""
-    corners = patch_corners(patch_size)
-    quads = corners[None] + np.asarray(offsets, np.float32).reshape(-1, 4, 2)
-    return np.array([bool(cv2.isContourConvex(q.reshape(-1, 1, 2))) for q in quads], bool)
 
 
 def corner_problems(corners: np.ndarray, offsets: np.ndarray, sampling: dict) -> list[str]:
