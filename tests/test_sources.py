@@ -279,3 +279,15 @@ def test_annotations_written_by_this_suite_are_real_coco(tmp_path, sample_photos
     data = json.loads((root / "annotations" / "instances_train2017.json").read_text())
     assert {i["id"] for i in data["images"]} == {int(p.stem) for p in sample_photos[:2]}
     assert {a["image_id"] for a in data["annotations"]} <= {int(p.stem) for p in sample_photos[:2]}
+
+
+def test_the_command_line_refuses_bad_coco_entries_in_one_line_before_any_output(tmp_path):
+    from typer.testing import CliRunner
+
+    from homogen.cli import app
+
+    _write_annotations(tmp_path / "coco", {"images": [{"id": 1.5, "file_name": "a.jpg"}]})
+    out = tmp_path / "out.zarr"
+    res = CliRunner().invoke(app, ["generate", "--source", str(tmp_path / "coco"), "--output", str(out)])
+    assert res.exit_code == 2 and "images[0]: id 1.5 is not an integer" in res.output
+    assert "Traceback" not in res.output and not out.exists() and not (tmp_path / "out.zarr.lock").exists()
