@@ -188,7 +188,7 @@ def train(
 
     from homogen.model.evaluate import NETWORK, format_table, score_test
     from homogen.model.mlflow_run import TrainingRun
-    from homogen.model.tracking import TrackingError
+    from homogen.model.tracking import TrackingError, setup_tracking
     from homogen.model.train import TrainConfig, train as run_train
     from homogen.redaction import redact
 
@@ -217,13 +217,18 @@ def train(
     with stack:  # the run closes when this block ends: FINISHED, or FAILED on any exception (typer.Exit included)
         result = _train(run_train, ds, cfg, run.log_epoch)
         ckpt = result.best_checkpoint or result.last_checkpoint
-        run.set_tags({"device": result.device, "best_epoch": result.best_epoch, "checkpoint": ckpt})
         try:
+            run.set_tags({"device": result.device, "best_epoch": result.best_epoch, "checkpoint": ckpt})
             scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
             run.log_test(scores)
             registered = run.register(result.model, scores)
         except Exception as exc:  # noqa: BLE001 - the checkpoint is safe on disk; say where
-            _fail(f"evaluation or MLflow logging failed ({redact(str(exc))[:300]}); the checkpoint is kept at {ckpt}", code=1)
+            why = f"evaluation or MLflow logging failed ({redact(str(exc))[:300]})"
+            try:  # a store that went away is the likeliest cause: name it
+                setup_tracking(tracking_uri, experiment=None)
+            except TrackingError as lost:
+                why = str(lost)
+            _fail(f"{why}; the checkpoint is kept at {ckpt}", code=1)
     typer.echo(format_table(scores.summary()))
     typer.echo(
         f"run {run.run_id}: model {run.model_name} v{registered.model_version}"

@@ -219,15 +219,24 @@ class TrainingRun:
         from mlflow.entities import LoggedModelStatus
 
         status = "FINISHED" if exc_type is None else "FAILED"
+        errors: list[Exception] = []
         try:
             if self.model_id is not None and self._client.get_logged_model(self.model_id).status == LoggedModelStatus.PENDING:
-                self._client.finalize_logged_model(self.model_id, LoggedModelStatus.FAILED)
-        finally:
+                self._client.finalize_logged_model(self.model_id, LoggedModelStatus.FAILED)  # never registered
+        except Exception as err:  # noqa: BLE001 - collected, see below
+            errors.append(err)
+        try:
             active = mlflow.active_run()
             if active is not None and active.info.run_id == self.run_id:
                 mlflow.end_run(status)  # also stops the system-metrics thread
             else:
                 self._client.set_terminated(self.run_id, status)
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+        if errors and exc_type is None:
+            raise errors[0]
+        for err in errors:  # never hide the error that ended the run behind these
+            log.warning("could not close MLflow run %s: %s", self.run_id, redact(f"{type(err).__name__}: {err}")[:300])
 
     # ------------------------------------------------------------------------------ logging
 

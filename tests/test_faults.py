@@ -189,10 +189,10 @@ def test_second_generation_into_the_same_output_is_refused_and_the_first_complet
 
 @pytest.fixture(scope="module")
 def p128_store(tmp_path_factory):
-    """16 pairs (P = 128, the only patch size the train command takes) with train and test pairs."""
+    """16 pairs (P = 128) with train, val and test pairs."""
     out = tmp_path_factory.mktemp("p128") / "ds.zarr"
     generate(
-        GenerateConfig(source=SourceConfig(max_images=8, test_fraction=0.3), sampling=SamplingConfig(pairs_per_image=2),
+        GenerateConfig(source=SourceConfig(max_images=8, test_fraction=0.3, val_fraction=0.3), sampling=SamplingConfig(pairs_per_image=2),
                        output=str(out)),
         progress=False,
     )
@@ -222,6 +222,7 @@ def test_tracking_store_lost_during_training_keeps_the_checkpoint_and_names_the_
     from typer.testing import CliRunner
 
     import homogen.model.train as training
+    from homogen.model.loading import load_model
 
     tracking = tmp_path / "tracking"
     uri = f"sqlite:///{tracking}/mlflow.db"
@@ -242,7 +243,7 @@ def test_tracking_store_lost_during_training_keeps_the_checkpoint_and_names_the_
     assert "result" in trained  # training ran to the end: the store was reachable when it started
     assert f"MLflow tracking store {uri} is unreachable" in result.output
     assert f"the checkpoint is kept at {ck / 'best.pt'}" in result.output
-    kept = training.load_model(ck / "best.pt")
+    kept = load_model(ck / "best.pt")
     best = trained["result"].model.state_dict()
     assert all(torch.equal(v, best[k]) for k, v in kept.state_dict().items())
 
@@ -414,14 +415,14 @@ def test_flow_process_killed_mid_run_then_the_flow_rerun_gives_the_clean_dataset
 
 
 @pytest.mark.slow
-def test_train_flow_with_an_unreachable_tracking_store_keeps_the_checkpoint_and_names_the_uri(tmp_path, prefect_api, p128_store):
-    """The train-model flow trains, then cannot reach MLflow to register: the run fails with an
-    error naming the store (credentials stripped), and the trained checkpoint is on disk."""
+def test_train_flow_with_an_unreachable_tracking_store_fails_before_training_naming_the_uri(tmp_path, prefect_api, p128_store):
+    """The train-model flow opens its MLflow run before training: with the store unreachable the
+    run fails at once with an error naming the store (credentials stripped), nothing trained."""
     import socket
 
     from homogen.flows.config import EvaluateConfig, TrackingConfig
     from homogen.flows.train import train_model
-    from homogen.model.train import TrainConfig, load_model
+    from homogen.model.train import TrainConfig
 
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -439,4 +440,4 @@ def test_train_flow_with_an_unreachable_tracking_store_keeps_the_checkpoint_and_
         state.result()
     assert f"MLflow tracking store http://127.0.0.1:{port} is unreachable" in str(info.value)
     assert "hunter2" not in str(info.value) and "hunter2" not in (state.message or "")
-    assert load_model(ck / "best.pt").patch_size == 128  # the trained model is kept
+    assert not ck.exists()  # no time spent training a model that could not be recorded
