@@ -290,33 +290,38 @@ def test_train_evaluate_register_tasks(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from homogen.flows.model_tasks import evaluate_task, register_task, train_task
+    from homogen.model.mlflow_run import TrainingRun
     from homogen.model.train import TrainConfig
+    from homogen.stores import open_dataset
 
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
     cfg = GenerateConfig(
-        source=SourceConfig(max_images=16, test_fraction=0.25),
+        source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=0.25),
         sampling=SamplingConfig(pairs_per_image=4),
         output=str(tmp_path / "ds.zarr"),
     )
     manifest = generate(cfg, progress=False)
-    assert manifest["splits"]["test"] > 0
+    assert manifest["splits"]["test"] > 0 and manifest["splits"]["val"] > 0
     tcfg = TrainConfig(epochs=1, width=0.125, batch_size=16, checkpoint_dir=str(tmp_path / "ckpt"))
-
-    result = train_task.fn(cfg.output, tcfg)
-    assert result.dataset_version == manifest["dataset_version"] and len(result.history) == 1
-    assert result.best_checkpoint is not None and Path(result.best_checkpoint).is_file()
-
-    evaluation = evaluate_task.fn(cfg.output, result.model, ("identity", "orb"), limit=8)
-    assert set(evaluation["results"]) == {"homographynet", "identity", "orb"}
-    assert len(evaluation["pairs"]) == evaluation["results"]["identity"]["n"] == min(8, manifest["splits"]["test"])
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracked = register_task.fn(result, cfg.output, evaluation, tcfg, uri, "test-flows", "hn-test", tags={"origin": "unit"})
-    assert tracked.model_version == "1" and tracked.champion
+
+    with TrainingRun(open_dataset(cfg.output), tcfg, tracking_uri=uri, experiment="test-flows", model_name="hn-test",
+                     tags={"origin": "unit"}, system_metrics=False) as run:
+        result = train_task.fn(cfg.output, tcfg, on_epoch=run.log_epoch)
+        assert result.dataset_version == manifest["dataset_version"] and len(result.history) == 1
+        assert result.best_checkpoint is not None and Path(result.best_checkpoint).is_file()
+
+        scores = evaluate_task.fn(cfg.output, result.model, ("identity", "orb"), limit=8)
+        assert set(scores.results) == {"homographynet", "identity", "orb"}
+        assert len(scores.pairs) == scores.results["identity"]["n"] == min(8, manifest["splits"]["test"])
+
+        registered = register_task.fn(run, result, scores)
+    assert registered.model_version == "1" and registered.champion
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version_by_alias("hn-test", "champion")
     assert str(version.version) == "1" and version.tags["dataset_version"] == manifest["dataset_version"]
-    assert client.get_run(tracked.run_id).data.tags["origin"] == "unit"
+    r = client.get_run(run.run_id)
+    assert r.data.tags["origin"] == "unit" and "val_mace" in r.data.metrics and "identity_mace" in r.data.metrics
 
 
 def test_what_dask_workers_import_reaches_no_torch():
