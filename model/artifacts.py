@@ -41,7 +41,7 @@ def test_pairs_png(ds: Any, predicted: np.ndarray, path: str | os.PathLike, n: i
     """The first ``n`` test pairs of ``ds`` with predicted offsets ``predicted`` ((>=n, 8), store order) drawn in red."""
     from homogen.render import sample_grid, save_png
 
-    idx = split_indices(ds, "test", n)
+    idx = split_indices(ds, "test", min(n, len(predicted)))  # a run scored on fewer pairs shows those
     return save_png(sample_grid(ds, indices=idx, predicted_offsets=np.asarray(predicted)[: len(idx)]), os.fspath(path))
 
 

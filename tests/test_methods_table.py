@@ -78,3 +78,21 @@ def test_unknown_methods_are_refused_naming_the_choices(noisy_stores):
     assert r.exit_code == 2 and "direct-l1" in r.output and "direct-ncc" in r.output
     r = CliRunner().invoke(app, ["evaluate", noisy_stores["none"], "--methods", "network+refine"])
     assert r.exit_code == 2 and "network+refine" in r.output
+
+
+def test_run_artifacts_hold_a_histogram_and_an_overlay_per_method(tmp_path):
+    from homogen.model.artifacts import write_evaluation
+    from homogen.model.evaluate import score_test
+    from homogen.stores import open_dataset
+
+    cfg = GenerateConfig(output=str(tmp_path / "ds.zarr"), sampling=SamplingConfig(rho=16, pairs_per_image=1))
+    generate(cfg, progress=False)
+    ds = open_dataset(cfg.output)
+    scores = score_test(ds, HomographyNet(width=0.125).eval(), ["identity", "identity+refine"], limit=2)
+    assert len(scores.pairs) == 2
+    paths = write_evaluation(tmp_path / "evaluation", ds, scores)
+    names = {p.rsplit("/", 1)[-1] for p in paths}
+    for m in ("homographynet", "identity", "identity_refine"):
+        assert {f"errors_{m}.png", f"overlay_{m}.png"} <= names
+    md = (tmp_path / "evaluation" / "evaluation.md").read_text()
+    assert "identity + refine" in md and "Refinement:" in md
