@@ -96,3 +96,32 @@ def test_run_artifacts_hold_a_histogram_and_an_overlay_per_method(tmp_path):
         assert {f"errors_{m}.png", f"overlay_{m}.png"} <= names
     md = (tmp_path / "evaluation" / "evaluation.md").read_text()
     assert "identity + refine" in md and "Refinement:" in md
+
+
+@pytest.mark.slow
+def test_an_unsupervised_run_is_logged_and_registered_with_its_loss(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from homogen.model.config import TrainConfig
+    from homogen.model.evaluate import score_test
+    from homogen.model.mlflow_run import TrainingRun
+    from homogen.model.train import train
+    from homogen.stores import open_dataset
+
+    cfg = GenerateConfig(output=str(tmp_path / "ds.zarr"), chunk_size=16,
+                         sampling=SamplingConfig(pairs_per_image=4, patch_size=32, rho=8),
+                         source=SourceConfig(max_images=12, test_fraction=0.25, val_fraction=0.25))
+    generate(cfg, progress=False)
+    ds = open_dataset(cfg.output)
+    tc = TrainConfig(loss="photometric", epochs=1, width=0.125, patch_size=32, batch_size=16,
+                     checkpoint_dir=str(tmp_path / "ck"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with TrainingRun(ds, tc, tracking_uri=uri, model_name="hn-photometric", system_metrics=False) as run:
+        result = train(ds, tc, progress=False, on_epoch=run.log_epoch)
+        registered = run.register(result.model, score_test(ds, result.model, methods=()))
+    client = MlflowClient(uri)
+    logged = client.get_run(run.run_id).data
+    assert logged.params["loss"] == "photometric" and logged.tags["loss"] == "photometric"
+    assert np.isfinite(logged.metrics["train_loss"]) and np.isfinite(logged.metrics["val_mace"])
+    version = client.get_model_version("hn-photometric", str(registered.model_version))
+    assert version.tags["loss"] == "photometric"
