@@ -31,10 +31,12 @@ def _methods(values: List[str], network: bool = False) -> list[str]:
         out += [m.strip() for m in v.split(",") if m.strip()]
     if out == ["none"]:
         return []
+    if out == ["all"]:  # every registered method (and the network's refinement when there is a network)
+        return [*METHODS, *([NETWORK_REFINE] if network else [])]
     bad = [m for m in out if m not in METHODS and not (network and m == NETWORK_REFINE)]
     if bad:
         more = f", {NETWORK_REFINE} (with --model)" if network else ""
-        _fail(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}{more} (or 'none')")
+        _fail(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}{more} (or 'all', 'none')")
     return out
 
 
@@ -68,7 +70,7 @@ def evaluate(
     methods: List[str] = typer.Option(
         ["identity,orb,sift,ecc"], "--methods",
         help="comma-separated or repeated: identity, orb, sift, ecc, direct-mse, direct-ncc; METHOD+refine "
-        "(e.g. sift+refine, network+refine with --model); or 'none'",
+        "(e.g. sift+refine, network+refine with --model); 'all' for every one; or 'none'",
     ),
     plots: Optional[str] = typer.Option(None, "--plots", help="write per-method error histograms and overlays here"),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="only the first N pairs of the split"),

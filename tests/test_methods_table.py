@@ -80,6 +80,16 @@ def test_unknown_methods_are_refused_naming_the_choices(noisy_stores):
     assert r.exit_code == 2 and "network+refine" in r.output
 
 
+def test_methods_all_scores_every_registered_method(noisy_stores, monkeypatch):
+    import homogen.model.evaluate as ev
+
+    seen = {}
+    monkeypatch.setattr(ev, "evaluate_methods", lambda pairs, offsets, methods, **kw: seen.setdefault("m", list(methods)) and {})
+    r = CliRunner().invoke(app, ["evaluate", noisy_stores["none"], "--split", "all", "--methods", "all"])
+    assert r.exit_code == 0, r.output
+    assert seen["m"] == list(METHODS)
+
+
 def test_run_artifacts_hold_a_histogram_and_an_overlay_per_method(tmp_path):
     from homogen.model.artifacts import write_evaluation
     from homogen.model.evaluate import score_test
