@@ -138,11 +138,9 @@ def server(tmp_path_factory):
         stop(server_proc)
 
 
-def test_prefect_cli_lists_deployments_and_flow_runs(server):
+def test_prefect_cli_lists_the_served_deployments(server):
     deployments = server.cli("deployment", "ls")
     assert "generate-and-train/local" in deployments.stdout and "generate-and-train/regenerate" in deployments.stdout
-    runs = server.cli("flow-run", "ls", "--state", "Scheduled")
-    assert "generate-and-train" in runs.stdout or "No flow runs found" in runs.stdout
 
 
 def test_the_scheduler_creates_the_weekly_regenerate_runs_each_with_its_rho(server):
@@ -161,7 +159,7 @@ def test_the_scheduler_creates_the_weekly_regenerate_runs_each_with_its_rho(serv
         for run in scheduled:
             when = time.strptime(run["expected_start_time"][:19], "%Y-%m-%dT%H:%M:%S")
             assert (when.tm_wday, when.tm_hour, when.tm_min) == (weekday[rho], 3, 0), run["expected_start_time"]
-    # and Prefect's CLI shows them
+    # and `prefect flow-run ls` shows them
     listed = server.cli("flow-run", "ls", "--state", "Scheduled", "--limit", "50")
     assert sum(r["id"] in listed.stdout for r in runs) >= min(len(runs), 3)
 
