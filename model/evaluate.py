@@ -105,6 +105,8 @@ def method_label(name: str) -> str:
     """Human-readable name of a method key."""
     if name == NETWORK:
         return "HomographyNet"
+    if name == NETWORK_REFINE:
+        return "HomographyNet + refine"
     return METHODS[name].label if name in METHODS else name
 
 
