@@ -1,12 +1,24 @@
-"""Training throughput of the full-width HomographyNet (the seed architecture), samples/s.
+"""Training throughput of the full-width HomographyNet, with the loader in the loop; can the loader
+feed a GPU; and, on CUDA, the whole recipe (train for N minutes with AMP, val MACE curve, test MACE
+beside ORB, SIFT and ECC on the same pairs).
 
-Runs model.train.train_one_epoch (the training code itself: uint8 in, normalisation in the model,
-smooth-L1, Adam) on real pairs already in memory, so the figure is the model's and not the
-loader's (bench/loader.py measures that). On CPU in float32; on CUDA, when available, also with
-AMP (bfloat16) + channels_last, the pairs resident on the GPU, optionally torch.compile.
+Three parts:
 
-    python bench/train.py                    # CPU, then CUDA if there is one
-    python bench/train.py --device cuda --batch-size 512 --steps 100 --compile
+1. **model**: ``train_one_epoch`` on real pairs already on the device (the model's own rate).
+2. **loop**: the same, fed by ``homogen.model.data.make_loader`` from a Zarr store (what training
+   really runs: read, decompress, shuffle, batch, copy to the device).
+3. **feed**: what one CPU core of the loader delivers: the chunk stream on the main thread (pairs
+   per CPU-second of this process), and the cost on the main process of receiving batches from a
+   DataLoader worker (CPU-seconds per pair there). With ``W`` workers, the loader delivers at most
+   ``min(W x producer rate, 1 / consumer cost)``: printed for 16 cores (14 workers).
+
+On CUDA, ``--recipe`` generates (or reuses) a store from ``--source`` (hash test split), trains for
+``--minutes`` with AMP bf16 + channels_last, prints the val MACE after every epoch, then scores the
+best checkpoint and ORB, SIFT and ECC once on the same test pairs.
+
+    python bench/train.py                                    # CPU parts 1-3
+    python bench/train.py --device cuda --batch-size 512 --compile
+    python bench/train.py --device cuda --recipe --source ../shared/data/coco-mini --pairs 200000 --minutes 10
 """
 
 from __future__ import annotations
@@ -20,10 +32,10 @@ import torch
 
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
-from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
-from homogen.model.data import load_split
+from homogen.model.data import load_split, make_loader
 from homogen.model.network import HomographyNet
 from homogen.model.train import make_criterion, train_one_epoch
+from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
 
 
 def describe(device: torch.device) -> str:
@@ -41,7 +53,21 @@ def batches(pairs: torch.Tensor, offsets: torch.Tensor, batch_size: int, steps: 
         yield pairs[idx], offsets[idx]
 
 
-def measure(pairs, offsets, device: torch.device, args, amp: bool, channels_last: bool) -> float:
+def limited(loader, steps: int):
+    """The first ``steps`` batches of ``loader``, epoch after epoch."""
+    n, epoch = 0, 0
+    while True:
+        loader.dataset.set_epoch(epoch)
+        for batch in loader:
+            if n == steps:
+                return
+            yield batch
+            n += 1
+        epoch += 1
+
+
+def step_rate(source, device: torch.device, args, amp: bool, channels_last: bool, warmup, timed) -> float:
+    """samples/s of ``train_one_epoch`` over ``timed`` batches after ``warmup`` (both iterables from ``source``)."""
     torch.manual_seed(0)
     model = HomographyNet(width=args.width).to(device)
     if channels_last:
@@ -50,11 +76,71 @@ def measure(pairs, offsets, device: torch.device, args, amp: bool, channels_last
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # bfloat16 needs no loss scaling
     criterion = make_criterion("smooth_l1")
-    pairs, offsets = pairs.to(device), offsets.to(device)
     kw = dict(amp=amp, amp_dtype="bfloat16", channels_last=channels_last)
-    train_one_epoch(step_model, criterion, optimizer, batches(pairs, offsets, args.batch_size, args.warmup, 1), device, scaler, **kw)
-    stats = train_one_epoch(step_model, criterion, optimizer, batches(pairs, offsets, args.batch_size, args.steps), device, scaler, **kw)
-    return stats["samples_per_s"]
+    train_one_epoch(step_model, criterion, optimizer, warmup, device, scaler, **kw)
+    return train_one_epoch(step_model, criterion, optimizer, timed, device, scaler, **kw)["samples_per_s"]
+
+
+def feed(store: str, batch_size: int) -> tuple[float, float]:
+    """(pairs per CPU-second of the chunk stream on this thread, main-process CPU-seconds per pair with 1 worker)."""
+    stream = make_loader(store, "train", batch_size=batch_size, shuffle=True, num_workers=0, read_threads=0)
+    t0, n = time.process_time(), 0
+    for pairs, _ in stream:
+        n += len(pairs)
+    producer = n / (time.process_time() - t0)
+    worker = make_loader(store, "train", batch_size=batch_size, shuffle=True, num_workers=1, read_threads=0)
+    it = iter(worker)
+    first = next(it)  # the worker's start-up is not the consumer's cost
+    t0, n = time.process_time(), 0
+    for pairs, _ in it:
+        n += len(pairs)
+    consumer = (time.process_time() - t0) / max(n, 1)
+    del first
+    return producer, consumer
+
+
+def recipe(args, device: torch.device) -> None:
+    """Generate (or reuse) the store, train for ``args.minutes`` with AMP, print the val curve and the test table."""
+    from homogen.model.evaluate import format_table, score_test
+    from homogen.model.loading import load_model
+    from homogen.model.train import TrainConfig, train
+    from homogen.stores import open_dataset
+
+    out = args.store or os.path.join(args.workdir or tempfile.mkdtemp(), "recipe.zarr")
+    if not os.path.exists(out):
+        per_image = max(1, -(-args.pairs // max(1, sum(1 for _ in os.scandir(os.path.join(args.source, "train2017"))))))
+        t0 = time.perf_counter()
+        generate(GenerateConfig(output=out, sampling=SamplingConfig(pairs_per_image=per_image),
+                                source=SourceConfig(root=args.source)), progress=True)
+        print(f"generated {out} in {time.perf_counter() - t0:.0f} s")
+    ds = open_dataset(out)
+    print(f"store {ds.version}: {len(ds)} pairs, splits {ds.split_counts()}")
+
+    class TimeUp(Exception):
+        pass
+
+    start = time.perf_counter()
+
+    def on_epoch(record):
+        print(f"  epoch {record['epoch']:>3}  {time.perf_counter() - start:6.0f} s  loss {record['train_loss']:.3f}  "
+              f"val MACE {record['val_mace']:.3f} px (median {record['val_median']:.3f}, p95 {record['val_p95']:.3f})  "
+              f"{record['samples_per_s']:,.0f} samples/s", flush=True)
+        if time.perf_counter() - start > 60 * args.minutes:
+            raise TimeUp
+
+    ck = os.path.join(os.path.dirname(out), "checkpoints")
+    cfg = TrainConfig(epochs=1000, batch_size=args.batch_size or 256, lr=args.lr, step_size=args.step_size, gamma=0.5,
+                      patience=None, amp=True, channels_last=True, compile=args.compile, num_workers=args.num_workers,
+                      device="cuda", checkpoint_dir=ck, width=args.width)
+    print(f"training {args.minutes} min, batch {cfg.batch_size}, AMP bf16 + channels_last, {cfg.num_workers} loader workers")
+    try:
+        train(ds, cfg, progress=False, on_epoch=on_epoch)
+    except TimeUp:
+        pass
+    model = load_model(os.path.join(ck, "best.pt")).to(device)
+    scores = score_test(ds, model, ("identity", "orb", "sift", "ecc"), limit=args.test_pairs, batch_size=512)
+    print(f"test split, {len(scores.pairs)} pairs (first {args.test_pairs}), best-val checkpoint:")
+    print(format_table(scores.summary()))
 
 
 def main() -> None:
@@ -64,41 +150,70 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default 64 on CPU, 256 on CUDA")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 4 on CPU, 200 on CUDA)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 on CPU, 30 on CUDA)")
-    ap.add_argument(
-        "--threads", type=int, default=None,
-        help="torch CPU threads (default: torch's; on a machine busy with other work 1 is often faster)",
-    )
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--num-workers", type=int, default=None, help="loader workers (default 0 on CPU, 12 on CUDA)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA runs)")
+    ap.add_argument("--recipe", action="store_true", help="CUDA: generate, train --minutes with AMP, test table")
+    ap.add_argument("--source", default="../shared/data/coco-mini", help="--recipe: image folder or COCO root")
+    ap.add_argument("--pairs", type=int, default=200_000, help="--recipe: pairs to generate (about)")
+    ap.add_argument("--minutes", type=float, default=10.0, help="--recipe: training time")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--step-size", type=int, default=4, help="--recipe: epochs between halvings of the lr")
+    ap.add_argument("--test-pairs", type=int, default=2000, help="--recipe: test pairs scored (ECC is ~40 ms a pair)")
+    ap.add_argument("--store", default=None, help="--recipe: reuse this store")
+    ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+
+    if args.recipe:
+        if not torch.cuda.is_available():
+            raise SystemExit("--recipe needs CUDA: run it on the GPU machine")
+        args.num_workers = 12 if args.num_workers is None else args.num_workers
+        recipe(args, torch.device("cuda"))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ds.zarr")
-        generate(GenerateConfig(output=out, sampling=SamplingConfig(pairs_per_image=16), source=SourceConfig()), progress=False)
+        generate(GenerateConfig(output=out, sampling=SamplingConfig(pairs_per_image=64),
+                                source=SourceConfig(val_fraction=0.1)), progress=False)
         pairs, offsets = (torch.from_numpy(a) for a in load_split(out, None))
-    print(f"data: {len(pairs)} real pairs 2x128x128 uint8 in memory; model: HomographyNet(width={args.width}), "
-          f"{sum(p.numel() for p in HomographyNet(args.width).parameters()):,} parameters")
+        print(f"data: {len(pairs)} real pairs 2x128x128 uint8; model: HomographyNet(width={args.width}), "
+              f"{sum(p.numel() for p in HomographyNet(args.width).parameters()):,} parameters")
 
-    devices = [torch.device("cpu")] if args.device in ("auto", "cpu") else []
-    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
-        devices.append(torch.device("cuda"))
-    for device in devices:
-        cuda = device.type == "cuda"
-        run = argparse.Namespace(**vars(args))
-        run.batch_size = args.batch_size or (256 if cuda else 64)
-        run.steps = args.steps or (200 if cuda else 4)
-        run.warmup = args.warmup or (30 if cuda else 1)
-        run.compile = args.compile and cuda
-        print(f"device: {describe(device)}")
-        configs = [("float32", False, False)] + ([("AMP bf16 + channels_last", True, True)] if cuda else [])
-        for label, amp, cl in configs:
-            t0 = time.perf_counter()
-            rate = measure(pairs, offsets, device, run, amp, cl)
-            print(
-                f"  {label:<28} batch {run.batch_size:>4}  {run.steps} steps"
-                f"{'  compiled' if run.compile else ''}: {rate:>10,.0f} samples/s  ({time.perf_counter() - t0:.0f} s)"
-            )
+        devices = [torch.device("cpu")] if args.device in ("auto", "cpu") else []
+        if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+            devices.append(torch.device("cuda"))
+        for device in devices:
+            cuda = device.type == "cuda"
+            run = argparse.Namespace(**vars(args))
+            run.batch_size = args.batch_size or (256 if cuda else 64)
+            run.steps = args.steps or (200 if cuda else 4)
+            run.warmup = args.warmup or (30 if cuda else 1)
+            run.compile = args.compile and cuda
+            workers = args.num_workers if args.num_workers is not None else (12 if cuda else 0)
+            print(f"device: {describe(device)}")
+            configs = [("float32", False, False)] + ([("AMP bf16 + channels_last", True, True)] if cuda else [])
+            for label, amp, cl in configs:
+                on_device = pairs.to(device), offsets.to(device)
+                rate = step_rate(None, device, run, amp, cl, batches(*on_device, run.batch_size, run.warmup, 1),
+                                 batches(*on_device, run.batch_size, run.steps))
+                loader = make_loader(out, "train", batch_size=run.batch_size, shuffle=True, num_workers=workers,
+                                     pin_memory=cuda)
+                looped = step_rate(None, device, run, amp, cl, limited(loader, run.warmup), limited(loader, run.steps))
+                print(f"  {label:<26} batch {run.batch_size:>4}  {run.steps} steps{'  compiled' if run.compile else ''}: "
+                      f"tensors in memory {rate:>9,.0f} samples/s; loader in the loop ({workers} workers) "
+                      f"{looped:>9,.0f} samples/s ({looped / rate:.2f}x)")
+
+        producer, consumer = feed(out, args.batch_size or 256)
+        print(f"feed: chunk stream {producer:,.0f} pairs per CPU-second (one thread, no reader threads); "
+              f"receiving from a worker costs the main process {consumer * 1e6:.1f} us per pair")
+        cores = 16
+        bound = min((cores - 2) * producer, 1 / consumer)
+        print(f"  on {cores} cores (14 workers): at most {bound:,.0f} pairs/s "
+              f"({'>=' if bound >= 20_000 else '<'} 20,000), if workers scale linearly")
+        print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
 
 if __name__ == "__main__":
