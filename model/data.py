@@ -40,7 +40,6 @@ __all__ = [
 SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
 """Store schema versions this training code understands (``manifest["schema_version"]``)."""
 
-FIELDS = ("pairs", "offsets", "split")
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -150,14 +149,18 @@ class PairStream(IterableDataset):
     def _chunks_with_rows(self) -> list[tuple[int, int]]:
         """The store's chunks that hold rows of the split (all chunks when ``split`` is None).
 
-        Reads only the one-byte ``split`` column, once, so that no epoch decodes the pixels of a
-        chunk it would drop entirely (e.g. train-only chunks while validating).
+        Reads the label columns (``offsets`` and ``split``, 33 bytes per pair) once, into memory:
+        an epoch then reads only the pixels, one read per chunk, and never decodes the pixels of
+        a chunk it would drop entirely (e.g. train-only chunks while validating).
         """
         chunks = list(self._ds.chunks())
+        n = len(self._ds)
+        self._offsets = self._ds.read_field("offsets", 0, n)
+        self._split = self._ds.read_field("split", 0, n)
         self._rows = None
         if self._code is None:
             return chunks
-        counts = [int(np.count_nonzero(self._ds.read(a, b, ("split",))["split"] == self._code)) for a, b in chunks]
+        counts = [int(np.count_nonzero(self._split[a:b] == self._code)) for a, b in chunks]
         self._rows = sum(counts)
         return [c for c, n in zip(chunks, counts) if n]
 
@@ -174,14 +177,15 @@ class PairStream(IterableDataset):
 
     # -- reading ---------------------------------------------------------------------------------
     def _read_chunk(self, ds, start: int, stop: int) -> _Block:
-        """One storage chunk; rows of other splits are skipped by index, not copied out."""
-        block = ds.read(start, stop, FIELDS)
+        """One storage chunk's pixels (labels from memory); rows of other splits are skipped by
+        index, not copied out."""
+        pairs = ds.read_field("pairs", start, stop)
         rows = None
         if self._code is not None:
-            keep = block["split"] == self._code
+            keep = self._split[start:stop] == self._code
             if not keep.all():
                 rows = np.flatnonzero(keep)
-        return _Block(block["pairs"], block["offsets"], rows)
+        return _Block(pairs, self._offsets[start:stop], rows)
 
     def _blocks(self, plan: list[tuple[int, int]]) -> Iterator[_Block]:
         """The chunks of ``plan`` read in order, each exactly once.
@@ -273,8 +277,8 @@ class _Buffer:
             local = idx[lo:hi] - self.starts[j]
             if block.rows is not None:
                 local = block.rows[local]
-            np.take(block.pairs, local, axis=0, out=pairs[lo:hi])
-            np.take(block.offsets, local, axis=0, out=offsets[lo:hi])
+            pairs[lo:hi] = block.pairs[local]  # fancy indexing: ~1.3x faster than np.take(out=) here
+            offsets[lo:hi] = block.offsets[local]
         return pairs, offsets
 
 

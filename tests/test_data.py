@@ -66,13 +66,14 @@ def test_batches_are_uint8_pairs_and_float_offsets(store):
 
 def test_reads_whole_chunks_never_single_samples(store, monkeypatch):
     calls = []
-    real_read = store.read
+    real_read = store.read_field
 
-    def counting_read(start, stop, *args, **kwargs):
-        calls.append((start, stop))
-        return real_read(start, stop, *args, **kwargs)
+    def counting_read(field, start, stop):
+        if field == "pairs":
+            calls.append((start, stop))
+        return real_read(field, start, stop)
 
-    monkeypatch.setattr(store, "read", counting_read)
+    monkeypatch.setattr(store, "read_field", counting_read)
     n = sum(len(p) for p, _ in make_loader(store, None, batch_size=3, buffer_chunks=2))
     assert n == len(store)
     assert sorted(calls) == store.chunks()  # one read per storage chunk, each chunk once
@@ -81,16 +82,16 @@ def test_reads_whole_chunks_never_single_samples(store, monkeypatch):
 
 def test_skips_the_pixels_of_chunks_without_rows_of_the_split(store, everything, monkeypatch):
     pixel_reads = []
-    real_read = store.read
+    real_read = store.read_field
 
-    def counting_read(start, stop, fields=("pairs",)):
-        if "pairs" in fields:
+    def counting_read(field, start, stop):
+        if field == "pairs":
             pixel_reads.append((start, stop))
-        return real_read(start, stop, fields)
+        return real_read(field, start, stop)
 
     with_test_rows = [(a, b) for a, b in store.chunks() if (everything["split"][a:b] == SPLIT_CODES["test"]).any()]
     assert 0 < len(with_test_rows) < len(store.chunks())
-    monkeypatch.setattr(store, "read", counting_read)
+    monkeypatch.setattr(store, "read_field", counting_read)
     n = sum(len(p) for p, _ in make_loader(store, "test", batch_size=4))
     assert n == store.split_counts()["test"]
     assert sorted(pixel_reads) == with_test_rows
@@ -205,14 +206,14 @@ def test_reader_threads_yield_the_same_batches_as_reading_inline(store, split):
 
 def test_closing_a_threaded_stream_early_stops_its_readers(store, monkeypatch):
     calls = []
-    real_read = store.read
+    real_read = store.read_field
 
-    def counting_read(start, stop, *args, **kwargs):
+    def counting_read(field, start, stop):
         calls.append((start, stop))
-        return real_read(start, stop, *args, **kwargs)
+        return real_read(field, start, stop)
 
     stream = PairStream(store, None, batch_size=4, buffer_chunks=1, read_threads=2)
-    monkeypatch.setattr(store, "read", counting_read)
+    monkeypatch.setattr(store, "read_field", counting_read)
     it = iter(stream)
     next(it)
     assert pickle.loads(pickle.dumps(stream)).read_threads == 2  # picklable mid-epoch: the pool is not in it

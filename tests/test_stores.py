@@ -490,7 +490,10 @@ def both_small(tmp_path) -> str:
     return ref
 
 
-def test_the_arrays_do_not_depend_on_shard_size_chunk_size_or_a_quarantined_image(tmp_path, sample_photos, rgb_photo):
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_the_arrays_do_not_depend_on_shard_size_chunk_size_or_a_quarantined_image(tmp_path, sample_photos, rgb_photo, suffix):
+    """Shards whose rows line up with the chunks (copied as stored bytes) or not (re-encoded),
+    with and without a quarantined image: the same rows."""
     src = tmp_path / "src"
     src.mkdir()
     for p in sample_photos[:5]:
@@ -499,7 +502,7 @@ def test_the_arrays_do_not_depend_on_shard_size_chunk_size_or_a_quarantined_imag
     source = SourceConfig(root=str(src), kind="folder")
     stores = []
     for shard, chunk in ((1, 4), (2, 8), (6, 3), (4, 256)):
-        out = str(tmp_path / f"s{shard}-{chunk}.zarr")
+        out = str(tmp_path / f"s{shard}-{chunk}{suffix}")
         m = generate(GenerateConfig(source=source, output=out, shard_size=shard, chunk_size=chunk), progress=False)
         assert len(m["quarantine"]) == 1 and m["num_pairs"] == 20
         stores.append(open_dataset(out)[:])
