@@ -140,7 +140,8 @@ class StoreWriter:
         except OSError as exc:
             if not existed:
                 self.remove()  # a full disk at start leaves nothing behind
-            raise StoreError(f"could not create {redact(self.url)} ({_reason(exc)}): free space or fix the output, then re-run") from exc
+            fix = "free space" if "disk is full" in _reason(exc) else "fix the output"
+            raise StoreError(f"could not create {redact(self.url)} ({_reason(exc)}): {fix}, then re-run") from exc
 
     def _check_resumable(self, header: dict, plan: "Plan") -> None:
         if header.get("state") == "complete":
@@ -299,6 +300,10 @@ def chunk_key(index: int, ndim: int) -> str:
 
 class ZarrWriter(StoreWriter):
     format = "zarr"
+
+    def __init__(self, url: str, chunk_size: int = 256):
+        # file:// URLs as plain paths: zarr's local store creates folders, fsspec's does not
+        super().__init__(local_path(url) if is_local(url) else url, chunk_size)
 
     def _fs(self, url: str | None = None):
         return fsspec.core.url_to_fs(url or self.url)
@@ -794,6 +799,7 @@ def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
             ``zarr.json``, a missing chunk: each naming the file and the fix.
     """
     uri = str(uri).rstrip("/")
+    uri = local_path(uri) if is_local(uri) else uri
     if detect_format(uri) == "hdf5":
         return _open_hdf5(local_path(uri))  # one file: no chunk can go missing alone
     where = f"{redact(uri)}/zarr.json"

@@ -692,3 +692,11 @@ def test_a_full_disk_at_start_leaves_nothing_behind_and_a_rerun_works(tmp_path, 
         filler.unlink()
         disk.grow(64 * 1024)
         assert generate(cfg, progress=False)["num_pairs"] == 8
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_a_file_url_output_is_the_same_as_its_path(tmp_path, suffix):
+    out = tmp_path / f"ds{suffix}"
+    m = generate(GenerateConfig(output=f"file://{out}", source=SourceConfig(max_images=2)), progress=False)
+    assert m["num_pairs"] == 8 and out.exists()
+    assert_same_arrays(open_dataset(f"file://{out}")[:], open_dataset(str(out))[:])
