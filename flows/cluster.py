@@ -1,4 +1,4 @@
-"""Where generation's shards run: :class:`DaskConfig` and the Dask client it opens (:func:`dask_client`).
+"""Where generation's shards run: :class:`DaskConfig` and the cluster it names or starts (:func:`dask_scheduler`).
 
 The flow process submits plain Dask tasks (:func:`homogen.flows.shards.write_shard`), not Prefect
 tasks, so workers never talk to Prefect: they need no Prefect API URL and pay no per-task Prefect
@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from distributed import Client, LocalCluster
+from distributed import LocalCluster
 from pydantic import BaseModel, ConfigDict, Field
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLOSC_NTHREADS", "OPENCV_FOR_THREADS_NUM")
@@ -88,15 +88,20 @@ def cluster_kwargs(cfg: DaskConfig) -> dict:
 
 
 @contextmanager
-def dask_client(cfg: DaskConfig) -> Iterator[Client]:
-    """A Dask client of the cluster ``cfg`` names (or ``$HOMOGEN_DASK_ADDRESS``), else of a new LocalCluster.
+def dask_scheduler(cfg: DaskConfig) -> Iterator[str]:
+    """The scheduler address of the cluster ``cfg`` names (or ``$HOMOGEN_DASK_ADDRESS``), else of a new LocalCluster.
 
-    A LocalCluster started here stops when the block ends; an existing cluster is left running.
+    A LocalCluster's workers start in the background (``scale``), so that the caller can plan
+    while they spawn (a worker process takes 1-3 s to start on 2 busy cores); shards submitted
+    before they are up wait for them. A LocalCluster started here stops when the block ends; an
+    existing cluster is left running.
     """
     address = cfg.resolved_address()
     if address:
-        with Client(address) as client:
-            yield client
+        yield address
         return
-    with local_cluster(**cluster_kwargs(cfg)) as cluster, Client(cluster) as client:
-        yield client
+    kwargs = cluster_kwargs(cfg)
+    n_workers = kwargs.pop("n_workers")
+    with local_cluster(n_workers=0, **kwargs) as cluster:
+        cluster.scale(n_workers)
+        yield cluster.scheduler_address

@@ -17,7 +17,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from homogen.flows.cluster import DaskConfig
+from homogen.flows.cluster import DaskConfig, dask_scheduler
 from homogen.flows.tasks import commit_dataset, generate_shards, list_shards, prepare_store, writer_for
 from homogen.flows.ui import rename_current_run
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
@@ -63,13 +63,14 @@ def generate_dataset(config: GenerateConfig = QUICK_GENERATE, dask: DaskConfig =
     Returns ``{"version", "uri", "pairs", "splits", "images", "shards", "quarantined"}``.
     """
     log = get_run_logger()
-    p = list_shards(config)
-    rename_current_run(run_name(config.sampling.rho, p.version))
-    log.info("dataset %s: %d images in %d shards -> %s", p.version, p.num_images, len(p.shards), p.output)
-    with writer_for(p).lock():
-        prepare_store(p)
-        results = generate_shards(p, dask)
-        manifest = commit_dataset(p, results)
+    with dask_scheduler(dask) as scheduler:  # a LocalCluster's workers start while the shards are planned
+        p = list_shards(config)
+        rename_current_run(run_name(config.sampling.rho, p.version))
+        log.info("dataset %s: %d images in %d shards -> %s", p.version, p.num_images, len(p.shards), p.output)
+        with writer_for(p).lock():
+            prepare_store(p)
+            results = generate_shards(p, scheduler)
+            manifest = commit_dataset(p, results)
     skipped = sum(r.skipped for r in results)
     log.info(
         "dataset %s complete: %d pairs, %d images quarantined, %d shards generated, %d already complete",

@@ -22,11 +22,11 @@ from dataclasses import replace
 
 import cv2
 import numpy as np
+from distributed import Client
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from homogen.config import GenerateConfig
-from homogen.flows.cluster import DaskConfig, dask_client
 from homogen.flows.shards import shard_results
 from homogen.flows.ui import artifact_key, run_logger, with_progress
 from homogen.generate import Plan, ShardResult, plan
@@ -58,9 +58,13 @@ def prepare_store(p: Plan) -> str:
     return p.output
 
 
+WORKERS_WAIT_S = 180.0
+"""Longest wait for the first Dask worker (a LocalCluster's spawn on a busy machine, an external cluster's)."""
+
+
 @task(name="generate-shards", cache_policy=NO_CACHE)
-def generate_shards(p: Plan, dask: DaskConfig) -> list[ShardResult]:
-    """Generate every shard of ``p`` on the Dask cluster ``dask`` describes; results in shard order.
+def generate_shards(p: Plan, scheduler: str) -> list[ShardResult]:
+    """Generate every shard of ``p`` on the Dask cluster at ``scheduler`` (``tcp://host:port``); results in shard order.
 
     One Dask task per shard (:func:`homogen.flows.shards.shard_results`): a shard already complete
     in the store is skipped, a failed attempt is logged and retried with back-off, and the progress
@@ -75,8 +79,13 @@ def generate_shards(p: Plan, dask: DaskConfig) -> list[ShardResult]:
 
     cfg = p.config
     key = artifact_key("dataset", p.version, "progress")
-    with dask_client(dask) as client:
-        log.info("%d shards on the Dask cluster at %s", len(p.shards), client.scheduler.address)
+    with Client(scheduler) as client:
+        try:
+            client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
+        except TimeoutError as exc:
+            raise RuntimeError(f"no Dask worker joined the scheduler {scheduler} in {WORKERS_WAIT_S:g} s: "
+                               "see the workers' logs (or start workers for that scheduler)") from exc
+        log.info("%d shards on the Dask cluster at %s", len(p.shards), scheduler)
         results = shard_results(client, p.output, cfg.store_format(), cfg.chunk_size, p.shards, cfg.sampling, on_retry)
         done = list(with_progress(results, len(p.shards), key, f"shards of dataset {p.version} written"))
     return sorted(done, key=lambda r: r.index)

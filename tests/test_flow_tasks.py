@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from homogen.flows.config import FLAT_OVERRIDES, QUICK_GENERATE, InvalidParameters, PipelineConfig, apply_overrides
-from homogen.flows.cluster import DaskConfig
+from homogen.flows.cluster import DaskConfig, dask_scheduler
 from homogen.flows.shards import write_shard
 from homogen.flows.tasks import (
     commit_dataset,
@@ -47,9 +47,10 @@ THREADS = DaskConfig(n_workers=2, processes=False, dashboard_address=None)
 
 def run_tasks(cfg: GenerateConfig) -> dict:
     """The generate-dataset flow's task sequence, in this process, via ``.fn`` (shards on :data:`THREADS`)."""
-    p = list_shards.fn(cfg)
-    prepare_store.fn(p)
-    return commit_dataset.fn(p, generate_shards.fn(p, THREADS))
+    with dask_scheduler(THREADS) as scheduler:
+        p = list_shards.fn(cfg)
+        prepare_store.fn(p)
+        return commit_dataset.fn(p, generate_shards.fn(p, scheduler))
 
 
 def arrays(uri: str) -> dict:
@@ -150,8 +151,8 @@ def test_a_shard_failing_every_attempt_raises_its_error_and_keeps_the_other_shar
     cfg = small_config(str(tmp_path / "broken.zarr"))
     p = list_shards.fn(cfg)
     prepare_store.fn(p)
-    with pytest.raises(OSError, match="injected I/O error in shard 2, attempt 3"):
-        generate_shards.fn(p, THREADS)
+    with dask_scheduler(THREADS) as scheduler, pytest.raises(OSError, match="injected I/O error in shard 2, attempt 3"):
+        generate_shards.fn(p, scheduler)
     assert attempts[2] == 3  # the first attempt and one per retry delay
     writer = open_writer(cfg.output)
     assert [writer.shard_info(i) is not None for i in range(3)] == [True, True, False]
