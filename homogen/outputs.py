@@ -35,8 +35,16 @@ def is_local(url: str) -> bool:
 
 
 def local_path(url: str) -> str:
-    """The file-system path of a local output (``file://`` stripped)."""
-    return url[len("file://") :] if url.startswith("file://") else url
+    """The file-system path of a local output (``file://`` stripped).
+
+    Raises:
+        StoreError: a ``file://`` URL whose path is not absolute (``file://x/y`` names host x).
+    """
+    if not url.startswith("file://"):
+        return url
+    if not url[len("file://") :].startswith("/"):
+        raise StoreError(f"output {url} is a file:// URL without an absolute path: write file:///abs/path or a plain path")
+    return url[len("file://") :]
 
 
 def _why(exc: OSError) -> str:
@@ -60,8 +68,6 @@ def check_writable(url: str) -> None:
     if not is_local(url):
         return
     path = os.path.abspath(local_path(url))
-    if url.startswith("file://") and not local_path(url).startswith("/"):
-        raise StoreError(f"output {url} is a file:// URL without an absolute path: write file:///abs/path or a plain path")
     if path.startswith(("/proc/", "/sys/", "/dev/")) or path in ("/proc", "/sys", "/dev"):
         raise StoreError(f"output {path} is inside a pseudo file system: choose a folder on a disk")
     parent = os.path.dirname(path)
