@@ -263,6 +263,7 @@ EPILOGUES = {  # first match wins: the Dataset example also calls zarr.open_grou
 }
 
 
+@pytest.mark.slow
 def test_readme_plain_readers_open_the_store_without_homogen(both_formats, tmp_path):
     """zarr, xarray, dask, h5py and the README's plain PyTorch Dataset, each in a fresh process
     that never imports homogen, read exactly what homogen's reader reads."""
@@ -430,6 +431,7 @@ def make_schema1_store(path: Path) -> None:
     g.create_array("pairs", shape=(4, 2, 128, 128), dtype="uint8")[...] = 7
 
 
+@pytest.mark.slow
 def test_an_old_layout_store_is_named_with_the_fix_by_info_validate_and_train(tmp_path):
     old = tmp_path / "old.zarr"
     make_schema1_store(old)
