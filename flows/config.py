@@ -13,6 +13,12 @@ the error names the parameter):
   ``--param epochs=5``, ``--param source=/data/coco``... They are folded into ``config`` by
   :func:`apply_overrides` and win over it; ``None`` (the default) means "not given".
 - In Python: ``PipelineConfig(generate={"sampling": {"rho": 24}})`` or ``apply_overrides(cfg, rho=24)``.
+
+Checked before any work, in two steps: :class:`PipelineConfig` itself refuses what no machine
+would accept (ranges, generation and training patch sizes that differ, URLs carrying credentials,
+which Prefect would store in plain text with the run's parameters); :func:`check_before_work`
+refuses what this machine would refuse later (a training device it lacks, an unknown evaluation
+method). The flow runs both first; ``homogen run`` and ``python -m`` run them before starting it.
 """
 
 from __future__ import annotations
@@ -74,6 +80,12 @@ class PipelineConfig(BaseModel):
         None,
         description="run training as this deployment (e.g. 'train-model/gpu' on a GPU work pool) instead of in-process",
     )
+    storage_secret: str | None = Field(
+        None,
+        description="name of a Prefect Secret block holding fsspec storage options per protocol "
+        "({'s3': {'key': ..., 'secret': ...}}), loaded when the run starts: credentials for the source and "
+        "output URLs that never appear in the run's parameters",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -97,9 +109,9 @@ class PipelineConfig(BaseModel):
                 raise ValueError(
                     f"{'.'.join(path)}={redact(url)!r} (shown without them) carries credentials, a query or a fragment, "
                     "which Prefect would store in plain text with the run's parameters: pass the URL without them "
-                    "and provide credentials in the environment (fsspec storage options such as "
-                    "FSSPEC_S3_KEY / FSSPEC_S3_SECRET or AWS_ACCESS_KEY_ID; MLFLOW_TRACKING_USERNAME / "
-                    "MLFLOW_TRACKING_PASSWORD for MLflow)"
+                    "and provide credentials in a Prefect Secret block named by storage_secret, or in the "
+                    "environment (fsspec storage options such as FSSPEC_S3_KEY / FSSPEC_S3_SECRET or "
+                    "AWS_ACCESS_KEY_ID; MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for MLflow)"
                 )
         made, read = self.generate.sampling.patch_size, self.train.patch_size
         if made != read:

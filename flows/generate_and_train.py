@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 from typing import Any
 
@@ -55,6 +56,32 @@ def _initial_run_name() -> str:
         return run_name(apply_overrides(PipelineConfig.model_validate(config), **params))
     except ValueError:  # invalid parameters: the run itself says why, at once
         return "generate-and-train (invalid parameters)"
+
+
+def use_storage_secret(name: str) -> list[str]:
+    """Load the Secret block ``name`` (fsspec storage options per protocol) into this process and its future workers.
+
+    The options go into fsspec's configuration here (every filesystem this process opens gets them)
+    and into ``FSSPEC_<PROTOCOL>`` of this process's environment, which the Dask LocalCluster
+    workers started afterwards inherit. Workers of an external cluster need the same variables set
+    where they run. Returns the protocols configured (the values are never logged).
+
+    Raises:
+        InvalidParameters: the block's value is not ``{protocol: {option: value}}``.
+    """
+    import fsspec.config
+    from prefect.blocks.system import Secret
+
+    options = Secret.load(name).get()
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise InvalidParameters(
+            f"storage_secret={name!r}: the Secret's value must be storage options per protocol, "
+            'e.g. {"s3": {"key": "...", "secret": "..."}}'
+        )
+    for protocol, opts in options.items():
+        fsspec.config.conf.setdefault(protocol, {}).update(opts)
+        os.environ[f"FSSPEC_{protocol.upper()}"] = json.dumps(fsspec.config.conf[protocol])
+    return sorted(options)
 
 
 def train_remotely(deployment: str, dataset_uri: str, config: PipelineConfig) -> dict:
@@ -111,6 +138,9 @@ def generate_and_train(config: PipelineConfig = PipelineConfig(), **flat: Any) -
     cfg = apply_overrides(config, **flat)
     check_before_work(cfg)
     log = get_run_logger()
+    if cfg.storage_secret:
+        protocols = use_storage_secret(cfg.storage_secret)
+        log.info("storage options for %s from Secret block %r", ", ".join(protocols), cfg.storage_secret)
     dataset = generate_dataset(cfg.generate, cfg.dask)
     rename_current_run(run_name(cfg, dataset["version"]))
     validate_dataset_flow(dataset["uri"], regenerate=cfg.validate_regenerate)

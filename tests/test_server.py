@@ -201,6 +201,36 @@ def test_credentials_in_url_parameters_are_refused_before_anything_is_stored(ser
         assert SECRET.encode() not in path.read_bytes(), path.name
 
 
+def test_storage_credentials_come_from_a_secret_block_into_this_process_and_its_workers(server, monkeypatch):
+    import fsspec
+    import fsspec.config
+    from distributed import Client, LocalCluster
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from homogen.flows.config import InvalidParameters, PipelineConfig
+    from homogen.flows.generate_and_train import use_storage_secret
+
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    monkeypatch.setenv("FSSPEC_MEMORY", "{}")  # restored (removed) after the test
+    token = "t0ken-from-a-secret-block"
+    with temporary_settings({PREFECT_API_URL: server.url}):
+        Secret(value={"memory": {"token": token}}).save("homogen-storage", overwrite=True)
+        Secret(value="a plain string").save("not-storage-options", overwrite=True)
+        assert use_storage_secret("homogen-storage") == ["memory"]
+        with pytest.raises(InvalidParameters, match="storage options per protocol"):
+            use_storage_secret("not-storage-options")
+    assert fsspec.filesystem("memory", skip_instance_cache=True).storage_options["token"] == token
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+        with Client(cluster) as client:  # a worker process started afterwards has them too
+            seen = client.submit(lambda: fsspec.filesystem("memory", skip_instance_cache=True).storage_options.get("token"))
+            assert seen.result() == token
+    # what the run's parameters carry is the block's name; the server keeps the value encrypted
+    assert PipelineConfig(storage_secret="homogen-storage").model_dump()["storage_secret"] == "homogen-storage"
+    for path in server.db.parent.glob("prefect.db*"):
+        assert token.encode() not in path.read_bytes(), path.name
+
+
 # --- an external Dask cluster: `dask scheduler` + 2 `dask worker` processes on 127.0.0.1 ------------
 
 
