@@ -72,38 +72,35 @@ and of a B made by the recipe with H^-1 instead of H (the classic bug):
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from homogen.config import SamplingConfig, SourceConfig
-from homogen.generate import image_pairs
-from homogen.images import BadImage, load_gray
-from homogen.sampling import PHOTOMETRIC_LEVELS, patch_corners, quads_convex
+from homogen.check_report import MAX_EXAMPLES, CheckResult, ValidationReport
+from homogen.dataset_checks import (
+    MIN_PAIRS_UNIFORMITY,
+    UNIFORMITY_Z,
+    check_counts,
+    check_duplicates,
+    check_images,
+    check_splits,
+    check_uniform,
+)
+from homogen.label_check import H22_TOL, REPROJECTION_TOL_PX, corner_problems, reprojection_gap
+from homogen.pixel_check import MIN_COMPARABLE_PX, pixel_residual, pixel_tolerance, warp_a_by_h
 from homogen.redaction import redact
-from homogen.sources import SourceError, list_images
+from homogen.regenerate import check_regenerate
+from homogen.sampling import quads_convex
 from homogen.schema import FIELDS, SPLIT_CODES, empty_arrays
 from homogen.stores import Dataset, missing_chunks, open_dataset
-from homogen.versions import check_sources, check_version, source_table
+from homogen.versions import check_sources, check_version
 
-REPROJECTION_TOL_PX = 1e-3
-"""Largest distance between patch corners mapped by the stored and the re-derived H."""
-
-H22_TOL = 1e-9
-INTERIOR_MARGIN_PX = 2
-PIXEL_TOL = 0.5
-"""Mean abs error (8-bit levels) allowed between B and A warped by H without photometric changes."""
-
-PHOTOMETRIC_BLUR_SIGMA = 2.0
-MIN_COMPARABLE_PX = 256
-UNIFORMITY_Z = 5.0
-MIN_PAIRS_UNIFORMITY = 20
-MAX_EXAMPLES = 5
+__all__ = [  # the checks' parts live in their modules; these names are this module's interface
+    "MAX_EXAMPLES", "MIN_PAIRS_UNIFORMITY", "PER_PAIR_CHECKS", "UNIFORMITY_Z", "CheckResult", "ValidationReport",
+    "pixel_tolerance", "validate_dataset", "warp_a_by_h",
+]
 
 PER_PAIR_CHECKS = (
     "readable",
@@ -118,74 +115,7 @@ PER_PAIR_CHECKS = (
 )
 
 
-# ------------------------------------------------------------------------------------ results
-
-
-@dataclass
-class CheckResult:
-    """One check: ``passed`` is True, False, or None for not applicable (``detail`` says why)."""
-
-    name: str
-    passed: bool | None
-    checked: int = 0
-    failed: int = 0
-    detail: str = ""
-    examples: list = field(default_factory=list)
-
-
-@dataclass
-class ValidationReport:
-    """All checks of one dataset; ``passed`` is False as soon as one check failed."""
-
-    dataset_version: str
-    uri: str
-    num_pairs: int
-    checks: list[CheckResult]
-    passed: bool
-
-    def check(self, name: str) -> CheckResult:
-        """The check called ``name`` (KeyError naming the known checks otherwise)."""
-        for c in self.checks:
-            if c.name == name:
-                return c
-        raise KeyError(f"no check {name!r}; checks: {[c.name for c in self.checks]}")
-
-    @property
-    def failed_checks(self) -> list[str]:
-        return [c.name for c in self.checks if c.passed is False]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_markdown(self) -> str:
-        """A heading line, a table (check, result, samples checked, failed, detail), failing examples."""
-        verdict = "PASSED" if self.passed else f"FAILED ({', '.join(self.failed_checks)})"
-        lines = [
-            f"# Validation of dataset {self.dataset_version}: {verdict}",
-            "",
-            f"Store `{self.uri}`, {self.num_pairs} pairs.",
-            "",
-            "| check | result | samples checked | failed | detail |",
-            "|---|---|---|---|---|",
-        ]
-        for c in self.checks:
-            result = {True: "pass", False: "**FAIL**", None: "n/a"}[c.passed]
-            lines.append(f"| {c.name} | {result} | {c.checked} | {c.failed} | {_md_cell(c.detail)} |")
-        for c in self.checks:
-            if c.passed is False and c.examples:
-                lines += ["", f"Examples for {c.name}:"]
-                lines += [f"- {_md_cell(_format_example(e))}" for e in c.examples]
-        return "\n".join(lines) + "\n"
-
-
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _format_example(example: Any) -> str:
-    if isinstance(example, dict):
-        return ", ".join(f"{k}={v}" for k, v in example.items())
-    return str(example)
+# ------------------------------------------------------------------------------ the walk
 
 
 class _Tally:
@@ -245,156 +175,7 @@ class _Where:
         return {"index": self.start + j, "chunk": self.chunk}
 
 
-# ------------------------------------------------------------------------------- pixel check
-
-
-def pixel_tolerance(level: str) -> float:
-    """Mean abs error allowed by :func:`pixel_residual` at photometric ``level`` (module docstring)."""
-    if level == "none":
-        return PIXEL_TOL
-    if level not in PHOTOMETRIC_LEVELS:
-        raise ValueError(f"unknown photometric level {level!r}: use one of {['none', *PHOTOMETRIC_LEVELS]}")
-    _, spread, sigma = PHOTOMETRIC_LEVELS[level]
-    alpha_max = (1.0 + spread) / (1.0 - spread)
-    return PIXEL_TOL + 0.2 * sigma * float(np.sqrt(1.0 + alpha_max**2))
-
-
-@functools.lru_cache(maxsize=4)
-def _pixel_grid(patch_size: int) -> np.ndarray:
-    """(1, P*P, 2) float64 centres (x, y) of a P x P patch's pixels, row by row."""
-    p = np.arange(patch_size, dtype=np.float64)
-    grid = np.stack(np.meshgrid(p, p), -1).reshape(1, -1, 2)
-    grid.flags.writeable = False
-    return grid
-
-
-def interior_mask(h: np.ndarray, patch_size: int, margin: float = INTERIOR_MARGIN_PX) -> np.ndarray:
-    """Pixels q of B whose H q lies inside patch A, ``margin`` px from its border.
-
-    Args:
-        h: (3, 3) patch-local homography (B-points to A-points).
-    Returns:
-        (P, P) bool.
-    """
-    p = patch_size
-    a = cv2.perspectiveTransform(_pixel_grid(p), np.asarray(h, np.float64))[0]
-    x, y = a[:, 0], a[:, 1]
-    hi = p - 1 - margin
-    return ((x >= margin) & (x <= hi) & (y >= margin) & (y <= hi)).reshape(p, p)
-
-
-def warp_a_by_h(a: np.ndarray, h: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
-    """``A(H q)`` for every pixel q of B (bilinear): what B should be. (P, P) same dtype as ``a``."""
-    p = a.shape[0]
-    return cv2.warpPerspective(a, np.asarray(h, np.float64), (p, p), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
-
-
-def pixel_residual(a: np.ndarray, b: np.ndarray, h: np.ndarray, level: str = "none") -> tuple[float, int]:
-    """Mean abs difference (8-bit levels) between B and A warped by H on the interior.
-
-    ``level='none'``: the plain difference. Otherwise: unclipped pixels only, both images smoothed
-    by a masked Gaussian, B fitted as alpha * A_warped + beta first (module docstring).
-
-    Args:
-        a, b: (P, P) uint8.
-        h: (3, 3) patch-local homography (B-points to A-points).
-    Returns:
-        (error, number of pixels compared); error is NaN when none could be compared.
-    """
-    p = a.shape[0]
-    inside = interior_mask(h, p)
-    if level == "none":
-        if not inside.any():
-            return float("nan"), 0
-        diff = np.abs(warp_a_by_h(a, h).astype(np.float64) - b.astype(np.float64))
-        return float(diff[inside].mean()), int(inside.sum())
-    clipped_a = ((a == 0) | (a == 255)).astype(np.uint8)
-    touched = warp_a_by_h(clipped_a, h, cv2.BORDER_REPLICATE) > 0
-    mask = (inside & ~touched & (b != 0) & (b != 255)).astype(np.float64)
-    weight = cv2.GaussianBlur(mask, (0, 0), PHOTOMETRIC_BLUR_SIGMA)
-    use = (mask > 0) & (weight > 0.5)
-    n = int(use.sum())
-    if n == 0:
-        return float("nan"), 0
-    wa = cv2.GaussianBlur(warp_a_by_h(a, h, cv2.BORDER_REPLICATE).astype(np.float64) * mask, (0, 0), PHOTOMETRIC_BLUR_SIGMA)
-    wb = cv2.GaussianBlur(b.astype(np.float64) * mask, (0, 0), PHOTOMETRIC_BLUR_SIGMA)
-    x, y = wa[use] / weight[use], wb[use] / weight[use]
-    cov = np.cov(x, y)  # least-squares fit y ~ alpha * x + beta
-    alpha = cov[0, 1] / cov[0, 0] if cov[0, 0] > 0 else 0.0
-    fitted = y.mean() + alpha * (x - x.mean())
-    return float(np.abs(fitted - y).mean()), n
-
-
-# ------------------------------------------------------------------------ per-pair geometry
-
-
-def rederived_homographies(offsets: np.ndarray, patch_size: int) -> list[np.ndarray | None]:
-    """H from patch corners to corners + offsets by DLT (``cv2.findHomography``, method 0), per pair.
-
-    Args:
-        offsets: (N, 8).
-    Returns:
-        N (3, 3) float64 arrays, None where the DLT found none.
-    """
-    src = patch_corners(patch_size).astype(np.float64)
-    out = []
-    for o in np.asarray(offsets, np.float64):
-        h, _ = cv2.findHomography(src, src + o.reshape(4, 2), 0)
-        out.append(h)
-    return out
-
-
-def map_points(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Points mapped by homographies: (N, 3, 3) x (K, 2) -> (N, K, 2)."""
-    hom = np.concatenate([pts, np.ones((len(pts), 1))], axis=1)
-    m = np.einsum("nij,kj->nki", np.asarray(h, np.float64), hom)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return m[..., :2] / m[..., 2:]
-
-
-def reprojection_gap(homography: np.ndarray, offsets: np.ndarray, patch_size: int) -> np.ndarray:
-    """Per pair, max distance (px) between the patch corners mapped by the stored H and by the DLT's.
-
-    Returns:
-        (N,) float64; inf where the DLT found no homography.
-    """
-    corners = patch_corners(patch_size).astype(np.float64)
-    stored = map_points(homography, corners)
-    gap = np.full(len(offsets), np.inf)
-    for j, h in enumerate(rederived_homographies(offsets, patch_size)):
-        if h is not None:
-            mine = cv2.perspectiveTransform(corners[None], h)[0]
-            gap[j] = float(np.linalg.norm(stored[j] - mine, axis=1).max())
-    return np.nan_to_num(gap, nan=np.inf)
-
-
-def corner_problems(corners: np.ndarray, offsets: np.ndarray, sampling: dict) -> list[str]:
-    """Per pair, '' or what is wrong with its corners (square, position range, perturbed corners).
-
-    Args:
-        corners: (N, 4, 2) patch corners in the resized frame; offsets: (N, 8).
-    """
-    p, rho = int(sampling["patch_size"]), float(sampling["rho"])
-    w, h = float(sampling["image_width"]), float(sampling["image_height"])
-    out = []
-    for c, o in zip(np.asarray(corners, np.float64), np.asarray(offsets, np.float64)):
-        x, y = c[0]
-        moved = c + o.reshape(4, 2)
-        if not np.array_equal(c, patch_corners(p, x, y).astype(np.float64)):
-            out.append(f"corners are not the {p}x{p} square at ({x:g}, {y:g}) in TL, TR, BR, BL order")
-        elif not (rho <= x <= w - p - rho and rho <= y <= h - p - rho and x == int(x) and y == int(y)):
-            out.append(f"top-left ({x:g}, {y:g}) outside [{rho:g}, {w - p - rho:g}] x [{rho:g}, {h - p - rho:g}]")
-        elif not ((moved >= 0).all() and (moved[:, 0] <= w).all() and (moved[:, 1] <= h).all()):
-            out.append(f"a perturbed corner leaves the {w:g}x{h:g} frame")
-        else:
-            out.append("")
-    return out
-
-
-# ------------------------------------------------------------------------------ the walk
-
-
-class _Walk:
+class Walk:
     """State of one pass over the store: per-pair tallies and per-dataset accumulators."""
 
     def __init__(self, ds: Dataset):
@@ -559,199 +340,6 @@ def _hash64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-# --------------------------------------------------------------------------- dataset checks
-
-
-def check_counts(ds: Dataset, walk: _Walk) -> CheckResult:
-    """Total and per-split counts against the manifest; the manifest's shards tile the arrays."""
-    m = ds.manifest
-    problems = []
-    if len(ds) != m.get("num_pairs"):
-        problems.append(f"store holds {len(ds)} pairs, manifest says {m.get('num_pairs')}")
-    lengths = {f: int(a.shape[0]) for f, a in ds.arrays.items()}
-    if len(set(lengths.values())) > 1:
-        problems.append(f"arrays of different lengths {lengths}")
-    at = 0
-    for entry in m["shards"]:
-        if entry.get("start") != at:
-            problems.append(f"{entry.get('name')} starts at pair {entry.get('start')}, the previous shard ends at {at}")
-        at = int(entry.get("start") or 0) + int(entry.get("pairs") or 0)
-    if at != len(ds):
-        problems.append(f"the manifest's shards end at pair {at}, the arrays hold {len(ds)}")
-    if walk.tallies["readable"].failed == 0 and walk.split_counts != m.get("splits"):
-        problems.append(f"splits {walk.split_counts}, manifest says {m.get('splits')}")
-    detail = "; ".join(problems) if problems else (
-        f"{len(ds)} pairs from {len(m['shards'])} shards, splits {walk.split_counts} as in the manifest")
-    if walk.tallies["readable"].failed:
-        detail += "; split counts not compared (damaged chunks)"
-    return CheckResult("counts_match_manifest", not problems, len(ds), len(problems), detail, problems[:MAX_EXAMPLES])
-
-
-def check_images(ds: Dataset, walk: _Walk) -> CheckResult:
-    """Stored image ids plus quarantined ones equal the planned image list; each stored image has
-    ``pairs_per_image`` pairs."""
-    name = "images_accounted"
-    m = ds.manifest
-    if walk.tallies["readable"].failed:
-        return CheckResult(name, None, 0, 0, "not checked: damaged chunks (see readable)")
-    try:
-        planned = np.asarray(m["source"]["files"]["image_id"], np.int64)
-        quarantined = np.asarray([q["image_id"] for q in m.get("quarantine", [])], np.int64)
-    except (KeyError, TypeError, ValueError) as exc:
-        return CheckResult(name, False, 1, 1, f"the manifest has no planned image list ({exc!r}): regenerate the dataset")
-    ids, counts = np.unique(np.concatenate(walk.image_ids) if walk.image_ids else np.empty(0, np.int64), return_counts=True)
-    ppi = int(ds.sampling["pairs_per_image"])
-    problems = []
-    for what, values in (
-        ("stored but not planned", np.setdiff1d(ids, planned)),
-        ("quarantined but not planned", np.setdiff1d(quarantined, planned)),
-        ("both stored and quarantined", np.intersect1d(ids, quarantined)),
-        ("planned but neither stored nor quarantined", np.setdiff1d(planned, np.union1d(ids, quarantined))),
-        (f"stored with other than {ppi} pairs", ids[counts != ppi]),
-    ):
-        if len(values):
-            problems.append(f"{len(values)} images {what} (ids {values[:10].tolist()})")
-    detail = "; ".join(problems) if problems else (
-        f"{len(ids)} images stored ({ppi} pairs each) + {len(quarantined)} quarantined = the {len(planned)} planned")
-    return CheckResult(name, not problems, len(planned), len(problems), detail, problems[:MAX_EXAMPLES])
-
-
-def check_duplicates(walk: _Walk) -> CheckResult:
-    """No repeated (image id, corners, offsets) and no repeated pair pixels."""
-    if not walk.indices:
-        return CheckResult("no_duplicates", None, 0, 0, "no readable pairs")
-    idx = np.concatenate(walk.indices)
-    failed, examples, parts = 0, [], []
-    for what, hashes in (("same image id, corners and offsets", walk.label_hashes), ("identical pixels", walk.pair_hashes)):
-        h = np.concatenate(hashes)
-        _, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
-        dup = counts[inverse] > 1
-        n_dup = int(dup.sum() - np.count_nonzero(counts > 1))  # rows beyond the first of each group
-        if n_dup:
-            failed += n_dup
-            parts.append(f"{n_dup} repeated pairs ({what})")
-            for g in np.flatnonzero(counts > 1)[:MAX_EXAMPLES]:
-                examples.append({"kind": what, "indices": idx[inverse == g].tolist()[:10]})
-    detail = "; ".join(parts) if parts else "no two pairs share (image id, corners, offsets) or pixels"
-    return CheckResult("no_duplicates", failed == 0, len(idx), failed, detail, examples[:MAX_EXAMPLES])
-
-
-def check_uniform(walk: _Walk, rho: float) -> CheckResult:
-    """Offsets spread uniformly over [-rho, rho]: means, standard deviations, correlations."""
-    n = walk.n_off
-    name = "offsets_uniform"
-    if rho == 0:
-        return CheckResult(name, None, n, 0, "not applicable: rho = 0 (offsets_in_range checks they are all 0)")
-    if n < MIN_PAIRS_UNIFORMITY:
-        return CheckResult(name, None, n, 0, f"not applicable: {n} pairs, a uniformity test needs at least {MIN_PAIRS_UNIFORMITY}")
-    mean = walk.sum_off / n
-    cov = walk.cross_off / n - np.outer(mean, mean)
-    std = np.sqrt(np.clip(np.diag(cov), 0, None))
-    sigma = rho / np.sqrt(3.0)
-    se_mean, se_std = sigma / np.sqrt(n), rho / np.sqrt(15.0 * n)
-    pooled_mean = mean.mean()
-    pooled_std = np.sqrt(np.clip(np.diag(walk.cross_off).sum() / (8 * n) - pooled_mean**2, 0, None))
-    z = UNIFORMITY_Z
-    problems = []
-    labels = ["dx_TL", "dy_TL", "dx_TR", "dy_TR", "dx_BR", "dy_BR", "dx_BL", "dy_BL"]
-    for k in range(8):
-        if abs(mean[k]) > z * se_mean:
-            problems.append(f"{labels[k]} mean {mean[k]:.3g} (|.| > {z * se_mean:.3g})")
-        if abs(std[k] - sigma) > z * se_std:
-            problems.append(f"{labels[k]} std {std[k]:.3g} (expected {sigma:.3g} +- {z * se_std:.3g})")
-    if abs(pooled_mean) > z * se_mean / np.sqrt(8):
-        problems.append(f"pooled mean {pooled_mean:.3g}")
-    if abs(pooled_std - sigma) > z * se_std / np.sqrt(8):
-        problems.append(f"pooled std {pooled_std:.3g} (expected {sigma:.3g})")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        corr = cov / np.outer(std, std)
-    limit = z / np.sqrt(n)
-    for i in range(8):
-        for j in range(i + 1, 8):
-            if not abs(corr[i, j]) <= limit:
-                problems.append(f"{labels[i]} and {labels[j]} correlated ({corr[i, j]:.3g}, limit {limit:.3g})")
-    detail = "; ".join(problems) if problems else (
-        f"means |.| <= {np.abs(mean).max():.3g} (limit {z * se_mean:.3g}), stds {std.min():.3g}..{std.max():.3g} "
-        f"(expected {sigma:.3g} +- {z * se_std:.3g}), |corr| <= {np.nanmax(np.abs(corr - np.eye(8))):.3g} "
-        f"(limit {limit:.3g}), {z:g} standard errors"
-    )
-    return CheckResult(name, not problems, n, len(problems), detail, problems[:MAX_EXAMPLES])
-
-
-def check_splits(walk: _Walk) -> CheckResult:
-    """No source image in two splits (train, val, test)."""
-    if not walk.image_splits:
-        return CheckResult("split_disjoint", None, 0, 0, "no readable pairs")
-    pairs = np.unique(np.concatenate(walk.image_splits), axis=0)
-    ids, counts = np.unique(pairs[:, 0], return_counts=True)
-    both = ids[counts > 1]
-    detail = (
-        f"{len(both)} source images have pairs in more than one split" if len(both)
-        else f"{len(ids)} source images, each in one split"
-    )
-    return CheckResult("split_disjoint", len(both) == 0, len(ids), len(both), detail + " (counts are images)",
-                       [{"image_id": int(i)} for i in both[:MAX_EXAMPLES]])
-
-
-# ------------------------------------------------------------------------------ regeneration
-
-
-def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: list[tuple[int, int]], seed: int = 0) -> CheckResult:
-    """Remake ``k`` random pairs from their source images; pixels and labels must be bit-identical."""
-    name = "regenerate"
-    if k <= 0:
-        return CheckResult(name, None, 0, 0, "not requested (pass regenerate=k to remake k pairs from the source)")
-    cfg = ds.manifest["config"]
-    root = source_root or cfg["source"]["root"]
-    sampling = SamplingConfig.model_validate(cfg["sampling"])
-    source = SourceConfig.model_validate({**cfg["source"], "root": root})
-    try:
-        records = list_images(source)
-        digest = source_table(records, root).list_digest
-    except (SourceError, OSError, ValueError) as exc:
-        return CheckResult(name, False, 0, 0, (
-            f"cannot list the source {root!r} ({exc}): pass source_root= pointing at the images "
-            f"the dataset was made from (the manifest stores the root without credentials)"))
-    if digest != ds.manifest["source"]["digest"]:
-        return CheckResult(name, False, 0, 0, (
-            f"the images listed under {root!r} differ from those the dataset was made from "
-            f"(digest {digest[:12]} != {ds.manifest['source']['digest'][:12]}): pass source_root= of the original images"))
-    by_id = {r.image_id: r for r in records}
-    pool = np.concatenate([np.arange(a, b) for a, b in readable]) if readable else np.empty(0, np.int64)
-    if pool.size == 0:
-        return CheckResult(name, None, 0, 0, "no readable pairs to regenerate")
-    chosen = np.sort(np.random.default_rng(seed).choice(pool, size=min(k, pool.size), replace=False))
-    ppi = sampling.pairs_per_image
-    failed, examples = 0, []
-    frames: dict[int, np.ndarray] = {}
-    for i in chosen:
-        i = int(i)
-        stored = ds[i]
-        iid = int(stored["image_id"])
-        why = ""
-        if iid not in by_id:
-            why = f"image id {iid} not in the source listing"
-        else:
-            try:
-                if iid not in frames:
-                    frames[iid] = load_gray(by_id[iid].path, sampling.image_width, sampling.image_height, min_side=sampling.patch_size)
-                out = empty_arrays(ppi, sampling.patch_size)
-                image_pairs(frames[iid], by_id[iid], sampling, out, 0)
-                row = i % ppi  # every stored image holds ppi consecutive pairs
-                differ = [f for f in FIELDS if not np.array_equal(out[f][row], stored[f])]
-                if differ:
-                    why = f"differs in {', '.join(differ)}"
-            except BadImage as exc:
-                why = f"source image unusable: {exc.reason}"
-        if why:
-            failed += 1
-            if len(examples) < MAX_EXAMPLES:
-                examples.append({"index": i, "image_id": iid, "why": why})
-    detail = (f"{len(chosen)} pairs remade from {root}: " +
-              ("bit-identical pixels and labels" if not failed else f"{failed} differ"))
-    return CheckResult(name, failed == 0, len(chosen), failed, detail, examples)
-
-
 # ------------------------------------------------------------------------------ entry point
 
 
@@ -773,7 +361,7 @@ def validate_dataset(
             and name those whose bytes changed (homogen.versions.check_sources).
     """
     ds = path_or_ds if isinstance(path_or_ds, Dataset) else open_dataset(path_or_ds, check_chunks=False)
-    walk = _Walk(ds)
+    walk = Walk(ds)
     for k, (a, b) in enumerate(tqdm(ds.chunks(), desc=f"validate {ds.version}", unit="chunk", disable=not progress)):
         walk.block(_Where(a, k), b)
     checks = walk.per_pair_results()
