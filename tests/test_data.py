@@ -26,7 +26,7 @@ def store(request, tmp_path_factory):
     generate(
         GenerateConfig(
             output=str(out), format=fmt, chunk_size=8, shard_size=4,
-            sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=16, test_fraction=0.25),
+            sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=0.3),
         )
     )
     ds = open_dataset(str(out))
@@ -113,7 +113,7 @@ def test_workers_take_disjoint_chunk_subsets(store):
     assert sorted(flat) == store.chunks()
 
 
-@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_split_filtering_has_no_leakage(store, everything, split):
     ids = epoch_rows(make_loader(store, split, batch_size=4, num_workers=2), 0, everything)
     code = SPLIT_CODES[split]
