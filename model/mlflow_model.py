@@ -107,7 +107,6 @@ def read_network_folder(folder: str | os.PathLike, map_location: str = "cpu"):
         ValueError: no ``MLmodel``/``data/model.pt2``, metadata without ``patch_size``/``width``,
             weights stored pickled (refused: they could run code), or weights that do not fit.
     """
-    import torch
     from torch.export.pt2_archive import _package as pt2
 
     from homogen.model.network import HomographyNet

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from homogen.model.data import load_split
-from homogen.model.evaluate import NETWORK, TestScores, score_test
+from homogen.model.evaluate import score_test
 from homogen.model.loading import load_model
 from homogen.model.mlflow_run import TrainingRun, config_params
 from homogen.model.network import HomographyNet
@@ -445,7 +445,7 @@ def test_no_credential_of_the_tracking_uri_appears_in_mlflows_output(env, tmp_pa
         )
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-3000:]
-        assert f"View run" in output and f"http://127.0.0.1:{port}/" in output  # MLflow did print its links
+        assert "View run" in output and f"http://127.0.0.1:{port}/" in output  # MLflow did print its links
         assert "hunter2" not in output and "alice" not in output
         runs = MlflowClient(f"http://127.0.0.1:{port}").search_runs(
             [MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
