@@ -643,6 +643,7 @@ def read_only_folder(path: Path, monkeypatch):
     (lambda tmp: str(tmp / "ro" / "sub" / "ds.h5"), r"output .*ro/sub/ds\.h5 cannot be written in .*/ro: it is read-only: choose a writable folder"),
 ])
 def test_an_output_that_cannot_be_written_is_refused_in_one_line_before_anything_exists(tmp_path, monkeypatch, make_output, message):
+    monkeypatch.chdir(tmp_path)  # a relative path that slipped through would land here, not in the checkout
     (tmp_path / "a-file").write_text("not a folder")
     with read_only_folder(tmp_path / "ro", monkeypatch):
         output = make_output(tmp_path)
