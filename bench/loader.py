@@ -91,7 +91,7 @@ class Chunks(Dataset):
 
 
 CODECS = {
-    "zstd level 1 (Zarr default)": lambda: [ZstdCodec(level=1)],
+    "zstd level 1 (the default before)": lambda: [ZstdCodec(level=1)],
     "zstd level -3 (fast)": lambda: [ZstdCodec(level=-3)],
     "Blosc lz4hc-5": lambda: [BloscCodec(cname="lz4hc", clevel=5, shuffle="noshuffle")],
     "Blosc lz4-5": lambda: [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")],
