@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Iterator
 
-from homogen.sources import redact
+from homogen.redaction import redact
 
 
 class StoreError(RuntimeError):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from homogen.sources import redact
+from homogen.redaction import redact
 from homogen.schema import SCHEMA_VERSION, split_code
 from homogen.stores import open_dataset
 
