@@ -41,6 +41,7 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 import argparse  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -48,6 +49,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
+from distributed import Client  # noqa: E402
 from prefect import flow  # noqa: E402
 
 from homogen.flows.cluster import DaskConfig, local_cluster  # noqa: E402
@@ -88,10 +90,22 @@ def config(source: str, pairs_per_image: int, shard_size: int, output: str) -> G
     )
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
+def cpu_seconds(warm_clients) -> float:
+    """CPU time used so far by this process, its finished children (a cold cluster's workers, once
+    closed) and the workers of the warm clusters (not the Prefect server's)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = time.process_time() + children.ru_utime + children.ru_stime
+    for client in warm_clients:
+        total += sum(client.run(lambda: sum(os.times()[:2])).values())
+    return total
+
+
+def timed(fn, warm_clients) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of ``fn()``."""
+    c0, t0 = cpu_seconds(warm_clients), time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    t = time.perf_counter() - t0
+    return t, cpu_seconds(warm_clients) - c0
 
 
 @flow(name="bench-warm-up")
@@ -143,7 +157,9 @@ def main() -> None:
         "flow, 2 workers, warm": on(DaskConfig(address=clusters[2].scheduler_address)),
     }
     best: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     versions = set()
+    clients = [Client(c) for c in clusters.values()]
     try:
         for n, cluster in clusters.items():  # the warm clusters' workers import homogen now
             small = config(SAMPLE_ROOT, 1, 4, str(root / f"warm-{n}.zarr"))
@@ -151,13 +167,16 @@ def main() -> None:
         for r in range(args.repeats):
             for i, (name, run) in enumerate(variants.items()):
                 out = str(root / f"v{i}-r{r}.zarr")
-                t = timed(lambda: run(out))
-                print(f"  run {r + 1}: {name:32s} {t:8.2f} s", flush=True)
+                t, c = timed(lambda: run(out), clients)
+                print(f"  run {r + 1}: {name:32s} {t:8.2f} s  {c:7.2f} CPU s  load {os.getloadavg()[0]:.1f}", flush=True)
                 best[name] = min(best.get(name, math.inf), t)
+                cpu[name] = min(cpu.get(name, math.inf), c)
                 ds = open_dataset(out)
                 versions.add((ds.version, len(ds)))
                 shutil.rmtree(out, ignore_errors=True)
     finally:
+        for client in clients:
+            client.close()
         for cluster in clusters.values():
             cluster.close()
         if args.workdir is None:
@@ -167,14 +186,15 @@ def main() -> None:
     shards = math.ceil(images / args.shard_size)
     print(f"dataset {version}: {n} pairs from {images} images ({args.pairs_per_image}/image), "
           f"{shards} shards of {args.shard_size} images, best of {args.repeats}")
-    print(f"{'variant':32s} {'seconds':>8s} {'pairs/s':>9s} {'vs direct':>9s}")
-    direct = best["direct (library, 1 process)"]
+    print(f"{'variant':32s} {'seconds':>8s} {'pairs/s':>9s} {'vs direct':>9s} {'CPU s':>7s}")
+    direct, direct_cpu = best["direct (library, 1 process)"], cpu["direct (library, 1 process)"]
     for name, t in best.items():
-        print(f"{name:32s} {t:8.2f} {n / t:9.1f} {direct / t:8.2f}x")
+        print(f"{name:32s} {t:8.2f} {n / t:9.1f} {direct / t:8.2f}x {cpu[name]:7.2f}")
     for mode in ("cold", "warm"):
         one, two = best[f"flow, 1 worker, {mode}"], best[f"flow, 2 workers, {mode}"]
         print(f"{mode}: speed-up 2 workers / 1 worker {one / two:.2f}x; "
-              f"Prefect + Dask overhead on 1 worker vs direct {100 * (one / direct - 1):+.1f} % (target <= 10 %)")
+              f"Prefect + Dask overhead on 1 worker vs direct {100 * (one / direct - 1):+.1f} % wall, "
+              f"{100 * (cpu[f'flow, 1 worker, {mode}'] / direct_cpu - 1):+.1f} % CPU (target <= 10 %)")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"flow 2 workers / direct 1 process: {direct / best['flow, 2 workers, cold']:.2f}x")
 
