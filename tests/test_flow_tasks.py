@@ -326,8 +326,9 @@ def test_train_evaluate_register_tasks(tmp_path, monkeypatch):
 
 
 def test_what_dask_workers_import_reaches_no_torch():
-    """Dask workers import the tasks, the config they unpickle and the ``-m`` entry points (spawn
-    re-imports ``__main__``): none may pull in torch (half a second and 140 MB per worker)."""
+    """Dask workers import the shard function (no Prefect either), the config they unpickle and the
+    ``-m`` entry points (spawn re-imports ``__main__``): none may pull in torch (half a second and
+    140 MB per worker)."""
     code = (
         "import sys\n"
         "import homogen.flows.shards\n"
