@@ -276,6 +276,19 @@ def test_dask_address_comes_from_the_parameter_then_the_environment(monkeypatch)
     assert DaskConfig(n_workers=3).resolved_workers() == 3 and DaskConfig().resolved_workers() >= 1
 
 
+def test_a_cluster_without_workers_fails_naming_the_scheduler_instead_of_waiting_forever(tmp_path, monkeypatch):
+    import homogen.flows.tasks as flow_tasks
+    from homogen.flows.cluster import local_cluster
+
+    monkeypatch.setattr(flow_tasks, "WORKERS_WAIT_S", 0.5)
+    cfg = small_config(str(tmp_path / "ds.zarr"))
+    p = list_shards.fn(cfg)
+    prepare_store.fn(p)
+    with local_cluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        with pytest.raises(RuntimeError, match=f"no Dask worker joined the scheduler {cluster.scheduler_address} in 0.5 s"):
+            generate_shards.fn(p, cluster.scheduler_address)
+
+
 def test_a_local_cluster_is_sized_from_the_config():
     from homogen.flows.cluster import cluster_kwargs
 
