@@ -126,7 +126,8 @@ def server(tmp_path_factory):
         wait_for("the server's health check", lambda: srv.api("GET", "health"), 90, procs)
         serve_proc = subprocess.Popen(
             [sys.executable, "-m", "homogen.deployments.serve"],
-            env=srv.client_env(), cwd=root, stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            # polls for runs every second, not every 10 s: the test's deployment run starts sooner
+            env=srv.client_env() | {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}, cwd=root, stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         procs.append(("python -m homogen.deployments.serve", serve_proc, serve_log))
         srv.procs = procs
