@@ -18,7 +18,6 @@ import tempfile
 import time
 
 import cv2
-import numpy as np
 import torch
 
 from homogen.config import GenerateConfig, SamplingConfig

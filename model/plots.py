@@ -119,13 +119,15 @@ def write_plots(
         if "pred" not in r:
             continue
         label = method_label(name)
-        title = f"{label}: mean {r['mean']:.2f}, median {r['median']:.2f}, p95 {r['p95']:.2f} px; failures {r['failures']}/{r['n']}"
+        title = (f"{label}: mean {r['mean']:.2f}, median {r['median']:.2f}, p95 {r['p95']:.2f} px; "
+                 f"failures {r['failures']}/{r['n']}")
         paths.append(error_histogram(r["errors"], out / f"errors_{_slug(name)}.png", title))
         if layout is None:
             continue
         pred = np.asarray(r["pred"])[: len(idx)]
         grid = sample_grid(ds, indices=idx, predicted_offsets=pred, cols=len(idx))
         strip = overlay_strip(pairs[: len(idx)], pred, grid.shape[1], layout.cell, layout.tile_w, SEP)
-        picture = np.vstack([_title(f"{label}: true green, estimate red; below, A warped onto B (B green, A magenta)", grid.shape[1]), grid, strip])
+        band = _title(f"{label}: true green, estimate red; below, A warped onto B (B green, A magenta)", grid.shape[1])
+        picture = np.vstack([band, grid, strip])
         paths.append(save_png(picture, str(out / f"overlay_{_slug(name)}.png")))
     return paths

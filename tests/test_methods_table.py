@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from helpers import recipe_pairs
