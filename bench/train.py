@@ -129,10 +129,13 @@ def recipe(args, device: torch.device) -> None:
             raise TimeUp
 
     ck = os.path.join(os.path.dirname(out), "checkpoints")
+    cuda = device.type == "cuda"
     cfg = TrainConfig(epochs=1000, batch_size=args.batch_size or 256, lr=args.lr, step_size=args.step_size, gamma=0.5,
-                      patience=None, amp=True, channels_last=True, compile=args.compile, num_workers=args.num_workers,
-                      device="cuda", checkpoint_dir=ck, width=args.width)
-    print(f"training {args.minutes} min, batch {cfg.batch_size}, AMP bf16 + channels_last, {cfg.num_workers} loader workers")
+                      patience=None, amp=cuda, channels_last=cuda, compile=args.compile, num_workers=args.num_workers,
+                      device=device.type, checkpoint_dir=ck, width=args.width)
+    print(f"device: {describe(device)}")
+    print(f"training {args.minutes} min, batch {cfg.batch_size}, {'AMP bf16 + channels_last' if cuda else 'float32'}, "
+          f"{cfg.num_workers} loader workers")
     try:
         train(ds, cfg, progress=False, on_epoch=on_epoch)
     except TimeUp:
@@ -153,7 +156,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--num-workers", type=int, default=None, help="loader workers (default 0 on CPU, 12 on CUDA)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA runs)")
-    ap.add_argument("--recipe", action="store_true", help="CUDA: generate, train --minutes with AMP, test table")
+    ap.add_argument("--recipe", action="store_true", help="generate, train --minutes (AMP on CUDA), test table")
     ap.add_argument("--source", default="../shared/data/coco-mini", help="--recipe: image folder or COCO root")
     ap.add_argument("--pairs", type=int, default=200_000, help="--recipe: pairs to generate (about)")
     ap.add_argument("--minutes", type=float, default=10.0, help="--recipe: training time")
@@ -168,10 +171,11 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
     if args.recipe:
-        if not torch.cuda.is_available():
-            raise SystemExit("--recipe needs CUDA: run it on the GPU machine")
-        args.num_workers = 12 if args.num_workers is None else args.num_workers
-        recipe(args, torch.device("cuda"))
+        device = torch.device("cpu" if args.device == "cpu" else "cuda")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--recipe needs CUDA: run it on the GPU machine (or --device cpu for a smoke run)")
+        args.num_workers = (12 if device.type == "cuda" else 0) if args.num_workers is None else args.num_workers
+        recipe(args, device)
         return
 
     with tempfile.TemporaryDirectory() as tmp:
