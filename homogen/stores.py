@@ -682,7 +682,7 @@ class Dataset:
         arr = self.arrays[field]
         try:
             return np.asarray(arr[start:stop])
-        except Exception as exc:  # a codec's checksum error, HDF5's filter failure
+        except Exception:  # a codec's checksum error, HDF5's filter failure: find the chunk
             c = self.chunk_len
             for k in range(start // c, -(-stop // c)):
                 try:

@@ -110,7 +110,7 @@ def test_manifest_records_what_made_the_dataset(both_formats):
     ds = open_dataset(both_formats["zarr"])
     m = ds.manifest
     cfg = GenerateConfig(output=both_formats["zarr"], **SMALL)
-    records = list_images(cfg.source)
+    assert m["source"]["files"]["image_id"] == [r.image_id for r in list_images(cfg.source)]  # the planned list
     assert m["schema_version"] == SCHEMA_VERSION and m["state"] == "complete"
     assert m["dataset_version"] == plan(cfg).version == ds.version
     assert m["config"] == cfg.model_dump(mode="json")
