@@ -23,7 +23,7 @@ import numpy as np
 
 from homogen.render import BACKGROUND, TEXT, sample_grid, save_png
 from homogen.sampling import patch_homography
-from homogen.validate import warp_a_by_h
+from homogen.pixel_check import warp_a_by_h
 
 __all__ = ["error_histogram", "overlay", "overlay_strip", "write_plots"]
 
