@@ -17,6 +17,7 @@ from homogen.sampling import pair_rng, patch_corners, patch_homography, photomet
 from homogen.redaction import redact
 from homogen.schema import SPLIT_CODES, empty_arrays
 from homogen.sources import ImageRecord, Shard, list_images, make_shards
+from homogen.outputs import check_writable
 from homogen.stores import StoreWriter, open_writer
 from homogen.versions import SourceTable, dataset_version, source_table
 from homogen.warping import cut_pair
@@ -138,7 +139,11 @@ def plan(config: GenerateConfig, threads: int | None = None, progress: bool = Fa
 
 
 def generate(config: GenerateConfig, progress: bool = True) -> dict:
-    """Generate (or finish) a whole dataset in this process and return its manifest."""
+    """Generate (or finish) a whole dataset in this process and return its manifest.
+
+    An output that cannot be written is refused before the sources are listed and hashed.
+    """
+    check_writable(config.resolved_output("version"))  # the default output's folder is what matters
     p = plan(config, progress=progress)
     writer = open_writer(p.output, config.store_format(), config.chunk_size)
     with writer.lock():
