@@ -16,11 +16,13 @@ nothing behind (the library writes a shard under a temporary name and renames it
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
+import cv2
 from distributed import Client, Future, as_completed
 
 from homogen.config import SamplingConfig
@@ -37,6 +39,8 @@ RETRY_JITTER = 0.5
 
 def write_shard(output: str, store_format: str, chunk_size: int, shard: Shard, sampling: SamplingConfig) -> ShardResult:
     """Generate and atomically write one shard on a worker; a shard already complete is skipped."""
+    if "OPENCV_FOR_THREADS_NUM" in os.environ:  # a forked worker inherits OpenCV's pool size from its forkserver
+        cv2.setNumThreads(int(os.environ["OPENCV_FOR_THREADS_NUM"]))
     return generate_shard(open_writer(output, store_format, chunk_size), shard, sampling)
 
 
