@@ -14,8 +14,10 @@ so that 1 worker and the direct call do the same work on one core.
 
 - *direct*: ``homogen.generate.generate`` in this process (the baseline).
 - *cold*: what one ``generate-dataset`` run pays on a fresh machine: the flow starts its own
-  LocalCluster (worker processes that import homogen), runs, and stops it. The flow's default
-  settings are this, with one worker per core.
+  LocalCluster, runs, and stops it. The flow's default settings are this, with one worker per
+  core. Its workers fork from this process's forkserver, which imports the program once: the
+  first cold run of the process starts it (run 1's line shows that cost); later cold runs, as in a
+  long-lived serving process, start workers in a fraction of a second.
 - *warm*: the flow on a cluster that is already up (``DaskConfig.address``, as with
   ``HOMOGEN_DASK_ADDRESS``): the Prefect + Dask orchestration overhead alone, the fair measure
   of per-run overhead.
