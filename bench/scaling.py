@@ -51,7 +51,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
-from distributed import Client  # noqa: E402
+import psutil  # noqa: E402
 from prefect import flow  # noqa: E402
 
 from homogen.flows.cluster import DaskConfig, local_cluster  # noqa: E402
@@ -92,22 +92,28 @@ def config(source: str, pairs_per_image: int, shard_size: int, output: str) -> G
     )
 
 
-def cpu_seconds(warm_clients) -> float:
-    """CPU time used so far by this process, its finished children (a cold cluster's workers, once
-    closed) and the workers of the warm clusters (not the Prefect server's)."""
+def cpu_seconds() -> float:
+    """CPU time used so far by this process and all its descendants: finished children, and live
+    ones with what they reaped (the forkserver's workers, the warm clusters' workers; a Prefect
+    server only when it is this process's ephemeral one)."""
+    me = psutil.Process()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = time.process_time() + children.ru_utime + children.ru_stime
-    for client in warm_clients:
-        total += sum(client.run(lambda: sum(os.times()[:2])).values())
+    for child in me.children(recursive=True):
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
-def timed(fn, warm_clients) -> tuple[float, float]:
+def timed(fn) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of ``fn()``."""
-    c0, t0 = cpu_seconds(warm_clients), time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     fn()
     t = time.perf_counter() - t0
-    return t, cpu_seconds(warm_clients) - c0
+    return t, cpu_seconds() - c0
 
 
 @flow(name="bench-warm-up")
@@ -161,7 +167,6 @@ def main() -> None:
     best: dict[str, float] = {}
     cpu: dict[str, float] = {}
     versions = set()
-    clients = [Client(c) for c in clusters.values()]
     try:
         for n, cluster in clusters.items():  # the warm clusters' workers import homogen now
             small = config(SAMPLE_ROOT, 1, 4, str(root / f"warm-{n}.zarr"))
@@ -169,7 +174,7 @@ def main() -> None:
         for r in range(args.repeats):
             for i, (name, run) in enumerate(variants.items()):
                 out = str(root / f"v{i}-r{r}.zarr")
-                t, c = timed(lambda: run(out), clients)
+                t, c = timed(lambda: run(out))
                 print(f"  run {r + 1}: {name:32s} {t:8.2f} s  {c:7.2f} CPU s  load {os.getloadavg()[0]:.1f}", flush=True)
                 best[name] = min(best.get(name, math.inf), t)
                 cpu[name] = min(cpu.get(name, math.inf), c)
@@ -177,8 +182,6 @@ def main() -> None:
                 versions.add((ds.version, len(ds)))
                 shutil.rmtree(out, ignore_errors=True)
     finally:
-        for client in clients:
-            client.close()
         for cluster in clusters.values():
             cluster.close()
         if args.workdir is None:
