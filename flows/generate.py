@@ -14,18 +14,12 @@ Run directly: ``python -m homogen.flows.generate`` (bundled images, ephemeral Pr
 
 from __future__ import annotations
 
-from homogen.flows.cluster import DaskConfig, dask_scheduler
-from homogen.flows.tasks import (
-    commit_dataset,
-    generate_shards,
-    list_shards,
-    prepare_store,
-    writer_for,
-)
-from homogen.flows.ui import rename_current_run
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from homogen.flows.cluster import DaskConfig, dask_scheduler
+from homogen.flows.tasks import commit_dataset, generate_shards, list_shards, prepare_store, writer_for
+from homogen.flows.ui import rename_current_run
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 
 QUICK_GENERATE = GenerateConfig(

@@ -23,12 +23,12 @@ from dataclasses import replace
 import cv2
 import numpy as np
 from distributed import Client
-from homogen.flows.shards import shard_results
-from homogen.flows.ui import artifact_key, run_logger, with_progress
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from homogen.config import GenerateConfig
+from homogen.flows.shards import shard_results
+from homogen.flows.ui import artifact_key, run_logger, with_progress
 from homogen.generate import Plan, ShardResult, plan
 from homogen.stores import StoreWriter, is_local, local_path, open_dataset, open_writer
 

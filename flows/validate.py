@@ -12,23 +12,12 @@ from __future__ import annotations
 
 import sys
 
-from homogen.flows.tasks import (
-    data_url,
-    label_statistics,
-    sample_grid_png,
-    validate_task,
-)
-from homogen.flows.ui import (
-    artifact_key,
-    checks_markdown,
-    dataset_report_markdown,
-    rename_current_run,
-    samples_markdown,
-)
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from homogen.flows.tasks import data_url, label_statistics, sample_grid_png, validate_task
+from homogen.flows.ui import artifact_key, checks_markdown, dataset_report_markdown, rename_current_run, samples_markdown
 from homogen.stores import open_dataset
 
 

@@ -10,14 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
+from homogen.flows.config import FLAT_OVERRIDES, QUICK_GENERATE, InvalidParameters, PipelineConfig, apply_overrides
 from homogen.flows.cluster import DaskConfig, dask_scheduler
-from homogen.flows.config import (
-    FLAT_OVERRIDES,
-    QUICK_GENERATE,
-    InvalidParameters,
-    PipelineConfig,
-    apply_overrides,
-)
 from homogen.flows.shards import write_shard
 from homogen.flows.tasks import (
     commit_dataset,
@@ -29,8 +25,6 @@ from homogen.flows.tasks import (
     validate_task,
 )
 from homogen.flows.ui import artifact_key, checks_markdown, dataset_report_markdown
-from pydantic import ValidationError
-
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate, plan
 from homogen.stores import FIELDS, open_dataset
@@ -307,11 +301,11 @@ def test_a_local_cluster_is_sized_from_the_config():
 
 @pytest.mark.slow  # ~25 s: training, MLflow's database setup and model logging
 def test_train_evaluate_register_tasks(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
     from homogen.flows.model_tasks import evaluate_task, register_task, train_task
     from homogen.model.mlflow_run import TrainingRun
     from homogen.model.train import TrainConfig
-    from mlflow.tracking import MlflowClient
-
     from homogen.stores import open_dataset
 
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))

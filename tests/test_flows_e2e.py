@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import base64
 
-import homogen.flows.shards as flow_shards
 import numpy as np
 import pytest
-from homogen.flows.config import DaskConfig, InvalidParameters, PipelineConfig
-from homogen.flows.generate import generate_dataset
-from homogen.flows.generate_and_train import generate_and_train
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterParentFlowRunId,
-    TaskRunFilter,
-    TaskRunFilterFlowRunId,
-)
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId
 from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 from prefect.testing.utilities import prefect_test_harness
 
+import homogen.flows.shards as flow_shards
+from homogen.flows.config import DaskConfig, InvalidParameters, PipelineConfig
+from homogen.flows.generate import generate_dataset
+from homogen.flows.generate_and_train import generate_and_train
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate, plan
 from homogen.stores import FIELDS, StoreLocked, open_dataset, open_writer
