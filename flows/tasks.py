@@ -79,13 +79,13 @@ def generate_shards(p: Plan, scheduler: str) -> list[ShardResult]:
 
     cfg = p.config
     key = artifact_key("dataset", p.version, "progress")
+    log.info("%d shards on the Dask cluster at %s", len(p.shards), scheduler)
     with Client(scheduler) as client:
         try:
             client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
         except TimeoutError as exc:
             raise RuntimeError(f"no Dask worker joined the scheduler {scheduler} in {WORKERS_WAIT_S:g} s: "
                                "see the workers' logs (or start workers for that scheduler)") from exc
-        log.info("%d shards on the Dask cluster at %s", len(p.shards), scheduler)
         results = shard_results(client, p.output, cfg.store_format(), cfg.chunk_size, p.shards, cfg.sampling, on_retry)
         done = list(with_progress(results, len(p.shards), key, f"shards of dataset {p.version} written"))
     return sorted(done, key=lambda r: r.index)
