@@ -39,6 +39,118 @@ def pair_rng(seed: int, image_id: int, pair_index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(image_id), int(pair_index)])
 
 
+# numpy's SeedSequence (NEP 19; numpy/random/bit_generator.pyx) and PCG64 seeding (pcg64.h) constants
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_L, _MIX_R, _POOL = 0xCA01F9DD, 0x4973F715, 4
+_PCG_MULT = (2549297995355413924 << 64) + 4865540595714422341
+_M32, _M128 = (1 << 32) - 1, (1 << 128) - 1
+
+
+def _uint32_words(n: int) -> list[int]:
+    """SeedSequence's 32-bit words of a non-negative int, least significant first (0 is [0])."""
+    if n < 0:
+        raise ValueError(f"seed, image id and pair index must be >= 0, got {n}")
+    words = [] if n else [0]
+    while n:
+        words.append(n & _M32)
+        n >>= 32
+    return words
+
+
+def _hash_constants(count: int, init: int, mult: int) -> list[np.uint32]:
+    """The multipliers SeedSequence's hash uses, in order: they depend on the call count only."""
+    out, h = [], init
+    for _ in range(count):
+        h = (h * mult) & _M32
+        out.append(np.uint32(h))
+    return out
+
+
+def _seed_states(entropy: np.ndarray) -> np.ndarray:
+    """``SeedSequence(row).generate_state(4, np.uint64)`` for each row of ``entropy``, vectorised.
+
+    Args:
+        entropy: (N, L) uint32, each row a pair's assembled entropy words.
+    Returns:
+        (N, 4) uint64.
+    """
+    n, length = entropy.shape
+    mixes = _POOL * (_POOL - 1) + _POOL * max(0, length - _POOL)
+    consts = iter(_hash_constants(_POOL + mixes, _INIT_A, _MULT_A))
+    init = iter([np.uint32(_INIT_A)] + _hash_constants(_POOL + mixes, _INIT_A, _MULT_A))
+
+    def hashmix(value: np.ndarray) -> np.ndarray:
+        value = (value ^ next(init)) * next(consts)
+        return value ^ (value >> np.uint32(16))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        r = np.uint32(_MIX_L) * x - np.uint32(_MIX_R) * y
+        return r ^ (r >> np.uint32(16))
+
+    zeros = np.zeros(n, np.uint32)
+    pool = [hashmix(entropy[:, i] if i < length else zeros) for i in range(_POOL)]
+    for src in range(_POOL):
+        for dst in range(_POOL):
+            if src != dst:
+                pool[dst] = mix(pool[dst], hashmix(pool[src]))
+    for src in range(_POOL, length):
+        for dst in range(_POOL):
+            pool[dst] = mix(pool[dst], hashmix(entropy[:, src]))
+    words = np.empty((n, 8), np.uint32)
+    for i, (h_in, h_out) in enumerate(zip([np.uint32(_INIT_B)] + _hash_constants(7, _INIT_B, _MULT_B),
+                                          _hash_constants(8, _INIT_B, _MULT_B))):
+        v = (pool[i % _POOL] ^ h_in) * h_out
+        words[:, i] = v ^ (v >> np.uint32(16))
+    return words.astype("<u4").view("<u8").astype(np.uint64)
+
+
+class PairStreams:
+    """The random streams of many pairs, each exactly :func:`pair_rng`'s, made in one go.
+
+    ``pair_rng`` costs about 17 us a pair (SeedSequence, PCG64 and Generator objects); here the
+    SeedSequence hashing runs vectorised over all pairs, and one Generator is set to each pair's
+    PCG64 state in turn (about 3 us). Checked against ``pair_rng`` on the first pair when made.
+
+    Args:
+        seed: the sampling seed.
+        image_ids: the images, in order.
+        pairs_per_image: pairs of each image.
+    """
+
+    def __init__(self, seed: int, image_ids, pairs_per_image: int):
+        self.pairs_per_image = n = int(pairs_per_image)
+        self._states: list[tuple[int, int]] = []
+        by_words: dict[int, list[int]] = {}
+        prefix = _uint32_words(int(seed))
+        rows = [prefix + _uint32_words(int(i)) for i in image_ids]
+        for r, words in enumerate(rows):
+            by_words.setdefault(len(words), []).append(r)
+        seeds = np.empty((len(rows) * n, 4), np.uint64)
+        ks = np.arange(n, dtype=np.uint32)  # k < 2**32 (config limits): one word each
+        for length, members in by_words.items():
+            ent = np.empty((len(members), n, length + 1), np.uint32)
+            ent[:, :, :length] = np.array([rows[r] for r in members], np.uint32)[:, None, :]
+            ent[:, :, length] = ks
+            out = _seed_states(ent.reshape(-1, length + 1)).reshape(len(members), n, 4)
+            seeds.reshape(len(rows), n, 4)[members] = out
+        for s0, s1, i0, i1 in seeds.tolist():
+            inc = ((((i0 << 64) | i1) << 1) | 1) & _M128  # pcg_setseq_128_srandom_r
+            state = (((inc + ((s0 << 64) | s1)) & _M128) * _PCG_MULT + inc) & _M128
+            self._states.append((state, inc))
+        self._bits = np.random.PCG64(0)
+        self._rng = np.random.Generator(self._bits)
+        if rows and self.rng(0, 0).bit_generator.state != pair_rng(seed, image_ids[0], 0).bit_generator.state:
+            raise RuntimeError("PairStreams differs from pair_rng (numpy's SeedSequence changed?): report it")
+
+    def rng(self, row: int, k: int) -> np.random.Generator:
+        """The stream of pair ``k`` of image ``row``, as ``pair_rng`` makes it. One Generator is
+        shared: finish drawing one pair's numbers before asking for the next pair's."""
+        state, inc = self._states[row * self.pairs_per_image + k]
+        self._bits.state = {"bit_generator": "PCG64", "state": {"state": state, "inc": inc},
+                            "has_uint32": 0, "uinteger": 0}
+        return self._rng
+
+
 def sample_geometry(rng: np.random.Generator, cfg: SamplingConfig) -> PairGeometry:
     """Patch position with every perturbed corner inside the image, and 8 offsets in [-rho, rho]."""
     p, rho = cfg.patch_size, cfg.rho
