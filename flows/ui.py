@@ -27,6 +27,8 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 
+from homogen.check_report import format_example, one_line
+
 R = TypeVar("R")
 
 
@@ -139,19 +141,10 @@ def checks_markdown(report) -> str:
     for c in report.checks:
         if c.passed is False and c.examples:
             lines += ["", f"Examples for **{c.name}**:", ""]
-            lines += [f"- {one_line(_example(e))}" for e in c.examples]
+            lines += [f"- {one_line(format_example(e))}" for e in c.examples]
     return "\n".join(lines)
 
 
-def one_line(text: Any) -> str:
-    """``text`` on one line, safe inside a markdown list item or table cell."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _example(example: Any) -> str:
-    if isinstance(example, dict):
-        return ", ".join(f"{k}={v}" for k, v in example.items())
-    return str(example)
 
 
 SAMPLES_LEGEND = (

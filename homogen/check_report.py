@@ -59,19 +59,21 @@ class ValidationReport:
         ]
         for c in self.checks:
             result = {True: "pass", False: "**FAIL**", None: "n/a"}[c.passed]
-            lines.append(f"| {c.name} | {result} | {c.checked} | {c.failed} | {_md_cell(c.detail)} |")
+            lines.append(f"| {c.name} | {result} | {c.checked} | {c.failed} | {one_line(c.detail)} |")
         for c in self.checks:
             if c.passed is False and c.examples:
                 lines += ["", f"Examples for {c.name}:"]
-                lines += [f"- {_md_cell(_format_example(e))}" for e in c.examples]
+                lines += [f"- {one_line(format_example(e))}" for e in c.examples]
         return "\n".join(lines) + "\n"
 
 
-def _md_cell(text: str) -> str:
+def one_line(text: Any) -> str:
+    """``text`` on one line, safe inside a markdown list item or table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _format_example(example: Any) -> str:
+def format_example(example: Any) -> str:
+    """One failing example (a dict of where and what) as ``key=value, ...``."""
     if isinstance(example, dict):
         return ", ".join(f"{k}={v}" for k, v in example.items())
     return str(example)
