@@ -16,12 +16,9 @@ from typing import Any, Optional
 
 import typer
 
+from homogen.cli import fail as _fail
+
 __all__ = ["register"]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def _load_config(text: Optional[str]) -> dict:

@@ -30,6 +30,7 @@ from homogen.config import GenerateConfig
 from homogen.flows.shards import shard_results
 from homogen.flows.ui import artifact_key, run_logger, with_progress
 from homogen.generate import Plan, ShardResult, plan
+from homogen.schema import LABEL_NAMES
 from homogen.stores import StoreWriter, is_local, local_path, open_dataset, open_writer
 
 
@@ -131,7 +132,7 @@ def label_statistics(uri: str) -> list[dict]:
     ds = open_dataset(uri)
     blocks = [b["offsets"] for b in ds.iter_chunks(fields=("offsets",))]
     off = np.concatenate(blocks).astype(np.float64) if blocks else np.zeros((0, 8))
-    names = ("dx_TL", "dy_TL", "dx_TR", "dy_TR", "dx_BR", "dy_BR", "dx_BL", "dy_BL")
+    names = LABEL_NAMES
     if not len(off):
         return [{"label": n, "mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")} for n in names]
     return [

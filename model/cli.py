@@ -12,14 +12,11 @@ from typing import List, Optional
 
 import typer
 
+from homogen.cli import fail as _fail
+
 __all__ = ["register"]
 
 DEFAULT_MODEL = "models:/homographynet@champion"
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def _methods(values: List[str], network: bool = False) -> list[str]:
