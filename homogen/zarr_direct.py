@@ -28,42 +28,38 @@ _BLOSC_SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitsh
 
 @dataclass(frozen=True)
 class ArrayTemplate:
-    """What writing one array needs: zarr's metadata document, chunk length, dtype, encoders
-    (compressors, in order) and whether a CRC32C of the result ends each chunk."""
+    """What writing one array needs: zarr's metadata document, chunk length, dtype, encoders."""
 
     metadata: bytes
     chunk_len: int
     dtype: np.dtype
-    encoders: tuple[Callable[[object], bytes], ...]
-    crc32c: bool
+    encoders: tuple[Callable[[bytes], bytes], ...]
 
-    def chunk_files(self, data: np.ndarray) -> list[tuple[str, list[bytes]]]:
-        """(key, parts) of each chunk of ``data`` along axis 0 (the last one padded with zeros,
-        zarr's fill value here, to the full chunk shape, as zarr stores it); a chunk file is its
-        parts one after the other (the checksum apart: no copy of a chunk to append it)."""
+    def chunk_files(self, data: np.ndarray) -> list[tuple[str, bytes]]:
+        """(key, bytes) of each chunk of ``data`` along axis 0 (the last one padded with zeros,
+        zarr's fill value here, to the full chunk shape, as zarr stores it)."""
         c, n = self.chunk_len, len(data)
         files = []
         for k in range(-(-n // c)):
             block = data[k * c : (k + 1) * c]
             if len(block) < c:
                 block = np.concatenate([block, np.zeros((c - len(block),) + block.shape[1:], block.dtype)])
-            b = np.ascontiguousarray(block, self.dtype)  # no copy: encoders read the buffer
+            b = np.ascontiguousarray(block, self.dtype).tobytes()
             for encode in self.encoders:
                 b = encode(b)
-            b = b if self.encoders else b.tobytes()
-            parts = [b, np.uint32(google_crc32c.value(b)).astype("<u4").tobytes()] if self.crc32c else [b]
-            files.append(("c/" + "/".join([str(k)] + ["0"] * (data.ndim - 1)), parts))
+            files.append(("c/" + "/".join([str(k)] + ["0"] * (data.ndim - 1)), b))
         return files
 
 
-def _encoders(codecs) -> tuple[tuple[Callable[[object], bytes], ...] | None, str | None, bool]:
-    """numcodecs equivalents of zarr ``codecs``, the byte order and whether a CRC32C ends them,
-    or (None, None, False)."""
-    first, rest = codecs[0], list(codecs[1:])
-    crc = bool(rest) and isinstance(rest[-1], Crc32cCodec)
-    rest = rest[:-1] if crc else rest
+def _crc32c_append(b: bytes) -> bytes:
+    return b + np.uint32(google_crc32c.value(b)).astype("<u4").tobytes()
+
+
+def _encoders(codecs) -> tuple[tuple[Callable[[bytes], bytes], ...], np.dtype | None]:
+    """numcodecs/google_crc32c equivalents of zarr ``codecs`` and the byte order, or (None, None)."""
+    first, rest = codecs[0], codecs[1:]
     if not isinstance(first, BytesCodec):
-        return None, None, False
+        return None, None
     order = ">" if first.endian is not None and first.endian.value == "big" else "<"
     out = []
     for c in rest:
@@ -72,23 +68,25 @@ def _encoders(codecs) -> tuple[tuple[Callable[[object], bytes], ...] | None, str
         elif isinstance(c, BloscCodec) and c.typesize is not None:
             out.append(Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=_BLOSC_SHUFFLE[c.shuffle.value],
                              blocksize=c.blocksize, typesize=c.typesize).encode)
+        elif isinstance(c, Crc32cCodec):
+            out.append(_crc32c_append)
         else:
-            return None, None, False
-    return tuple(out), order, crc
+            return None, None
+    return tuple(out), order
 
 
 def _make_template(create: Callable[[zarr.Group], zarr.Array], name: str) -> ArrayTemplate | None:
     store = MemoryStore()
     arr = create(zarr.open_group(store, mode="w"))
-    encoders, order, crc = _encoders(arr.metadata.codecs)
+    encoders, order = _encoders(arr.metadata.codecs)
     if encoders is None or arr.ndim < 1:
         return None
     template = ArrayTemplate(store._store_dict[f"{name}/zarr.json"].to_bytes(), arr.chunks[0],
-                             arr.dtype.newbyteorder(order), encoders, crc)
+                             arr.dtype.newbyteorder(order), encoders)
     # the check: a test array (not all fill value, a short last chunk where the shape has one) both ways
     test = np.resize(np.arange(251, dtype=arr.dtype), arr.shape)  # no temporaries larger than the array
     arr[...] = test
-    ours = {key: b"".join(parts) for key, parts in template.chunk_files(test)}
+    ours = dict(template.chunk_files(test))
     theirs = {k[len(name) + 1 :]: v.to_bytes() for k, v in store._store_dict.items()
               if k.startswith(f"{name}/c/")}
     return template if ours == theirs else None
@@ -118,11 +116,10 @@ def write_array(folder: str, name: str, data: np.ndarray, create: Callable[[zarr
         return False
     root = os.path.join(folder, name)
     os.makedirs(root)
-    with open(os.path.join(root, "zarr.json"), "wb") as f:
-        f.write(template.metadata)
-    for rel, parts in template.chunk_files(data):
+    files = [("zarr.json", template.metadata)] + template.chunk_files(data)
+    for rel, b in files:
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
-            f.writelines(parts)
+            f.write(b)
     return True
