@@ -84,7 +84,7 @@ def _make_template(create: Callable[[zarr.Group], zarr.Array], name: str) -> Arr
     template = ArrayTemplate(store._store_dict[f"{name}/zarr.json"].to_bytes(), arr.chunks[0],
                              arr.dtype.newbyteorder(order), encoders)
     # the check: a test array (not all fill value, a short last chunk where the shape has one) both ways
-    test = np.resize(np.arange(251, dtype=arr.dtype), arr.shape)  # no temporaries larger than the array
+    test = (np.arange(int(np.prod(arr.shape))) % 251).astype(arr.dtype).reshape(arr.shape)
     arr[...] = test
     ours = dict(template.chunk_files(test))
     theirs = {k[len(name) + 1 :]: v.to_bytes() for k, v in store._store_dict.items()
