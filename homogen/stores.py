@@ -51,7 +51,6 @@ from homogen.outputs import StoreError, StoreLocked, check_writable, is_local, l
 from homogen.redaction import redact
 from homogen.schema import BY_NAME, FIELDS, SCHEMA, SCHEMA_VERSION, SPLIT_CODES, SPLIT_NAMES, shard_name, split_code  # noqa: F401
 from homogen.versions import GENERATOR_VERSION
-from homogen.zarr_direct import write_array
 
 if TYPE_CHECKING:
     from homogen.generate import Plan, ShardResult
@@ -375,12 +374,7 @@ class ZarrWriter(StoreWriter):
         n = len(arrays["image_id"])
         patch = arrays["pairs"].shape[-1]
         for name in FIELDS:
-            def create(group, name=name):
-                return _create_zarr_array(group, name, n, patch, self.chunk_size)
-            # local folders: zarr's bytes without its event loop (homogen.zarr_direct; ~25 ms a shard)
-            if is_local(url) and write_array(local_path(url), name, arrays[name], create, (name, n, patch, self.chunk_size)):
-                continue
-            arr = create(g)
+            arr = _create_zarr_array(g, name, n, patch, self.chunk_size)
             if n:
                 arr[...] = arrays[name]
         g.attrs["complete"] = info  # last: on object stores this marks the shard complete

@@ -173,16 +173,6 @@ def test_a_partially_written_shard_is_not_visible(tmp_path, monkeypatch, fmt):
             return real(self, name, **kw)
 
         monkeypatch.setattr(zarr.Group, "create_array", create_then_fail)
-        from homogen import stores
-
-        real_write = stores.write_array  # local folders: arrays written without zarr's create_array
-
-        def write_then_fail(folder, name, *args, **kw):
-            if name == "homography" and "shard-00001" in folder:
-                raise Crash("killed mid-shard")
-            return real_write(folder, name, *args, **kw)
-
-        monkeypatch.setattr(stores, "write_array", write_then_fail)
     else:
         real = h5py.Group.create_dataset
 
@@ -230,16 +220,6 @@ CRASHING_CHILD = textwrap.dedent(
         return real(self, name, **kw)
 
     zarr.Group.create_array = die_mid_shard
-    from homogen import stores
-
-    real_write = stores.write_array  # local folders: arrays written without zarr's create_array
-
-    def write_and_die(folder, name, *args, **kw):
-        if name == "homography" and "shard-00002" in folder:
-            os._exit(9)
-        return real_write(folder, name, *args, **kw)
-
-    stores.write_array = write_and_die
     generate(GenerateConfig(output=sys.argv[1], shard_size=4), progress=False)
     """
 )
