@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from homogen.config import GenerateConfig, SamplingConfig
 from homogen.images import BadImage, load_gray
-from homogen.sampling import PairStreams, patch_corners, patch_homography, photometric, sample_geometry
+from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
 from homogen.redaction import redact
 from homogen.schema import SPLIT_CODES, empty_arrays
 from homogen.sources import ImageRecord, Shard, list_images, make_shards
@@ -34,27 +34,20 @@ class ShardResult:
     skipped: bool = False
 
 
-def image_pairs(
-    image: np.ndarray, record: ImageRecord, cfg: SamplingConfig, out: dict, start: int,
-    streams: PairStreams | None = None, row: int = 0,
-) -> None:
+def image_pairs(image: np.ndarray, record: ImageRecord, cfg: SamplingConfig, out: dict, start: int) -> None:
     """Write ``cfg.pairs_per_image`` pairs of one decoded frame into ``out[...][start:]``.
 
-    Each pair's randomness comes from (seed, image id, pair index) alone (``pair_rng``'s stream),
-    so any pair can be remade by itself; patches are cut straight into ``out`` (no per-pair allocation).
+    Each pair's randomness comes from (seed, image id, pair index) alone (``pair_rng``), so any
+    pair can be remade by itself; patches are cut straight into ``out`` (no per-pair allocation).
 
     Args:
         image: (H, W) uint8 frame.
         out: arrays of the store schema with at least ``start + pairs_per_image`` rows.
-        streams: the streams of a run of images (:class:`PairStreams`; this image is ``row``),
-            made for this image alone when not given.
     """
     p, n = cfg.patch_size, cfg.pairs_per_image
-    if streams is None:
-        streams, row = PairStreams(cfg.seed, [record.image_id], n), 0
     pairs, offsets, homography, corners = out["pairs"], out["offsets"], out["homography"], out["corners"]
     for k in range(n):
-        rng = streams.rng(row, k)
+        rng = pair_rng(cfg.seed, record.image_id, k)
         g = sample_geometry(rng, cfg)
         h = patch_homography(g.offsets, p)
         i = start + k
@@ -77,16 +70,15 @@ def shard_arrays(records: tuple[ImageRecord, ...] | list[ImageRecord], cfg: Samp
     """
     out = empty_arrays(len(records) * cfg.pairs_per_image, cfg.patch_size)
     quarantined: list[dict] = []
-    streams = PairStreams(cfg.seed, [r.image_id for r in records], cfg.pairs_per_image)  # ~13 us a pair less
     n = 0
-    for row, record in enumerate(records):
+    for record in records:
         try:
             image = load_gray(record.path, cfg.image_width, cfg.image_height, min_side=cfg.patch_size)
         except BadImage as exc:
             # recorded in the shard's attributes: never with the credentials of a source URL
             quarantined.append({"image_id": record.image_id, "path": redact(record.path), "reason": exc.reason})
             continue
-        image_pairs(image, record, cfg, out, n, streams, row)
+        image_pairs(image, record, cfg, out, n)
         n += cfg.pairs_per_image
     return {k: v[:n] for k, v in out.items()}, quarantined
 

@@ -13,11 +13,8 @@ from kornia.geometry.transform import get_perspective_transform
 from pydantic import ValidationError
 
 from homogen.config import SamplingConfig
-from homogen.generate import image_pairs, shard_arrays
 from homogen.images import load_gray
-from homogen.sampling import PairStreams, pair_rng, patch_corners, patch_homography, sample_geometry
-from homogen.schema import empty_arrays
-from homogen.sources import ImageRecord
+from homogen.sampling import pair_rng, patch_corners, patch_homography, sample_geometry
 from homogen.warping import cut_pair, cut_pair_full_frame
 
 from conftest import read_store
@@ -176,34 +173,3 @@ def test_each_pair_draws_from_its_own_stream():
     assert (base.x, base.y) == (again.x, again.y) and np.array_equal(base.offsets, again.offsets)
     for other in [(4, 42, 1), (3, 43, 1), (3, 42, 2)]:
         assert not np.array_equal(sample_geometry(pair_rng(*other), CFG).offsets, base.offsets)
-
-
-# seeds and image ids of 1 to 4 words of 32 bits (the stream's entropy is 2 to 9 words), 0 and edges
-SEEDS = [0, 1, 2**32 - 1, 2**32, 2**70 + 12345]
-IMAGE_IDS = [0, 1, 397133, 2**32 - 1, 2**32, 2**63 + 5, 2**96 + 7]
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-def test_pair_streams_made_together_are_exactly_pair_rngs_streams(seed):
-    """Generation's fast streams (one vectorised seeding for a whole shard) draw the same numbers
-    as ``pair_rng(seed, image id, k)``, whatever the order in which the pairs are asked for."""
-    streams = PairStreams(seed, IMAGE_IDS, 3)
-    order = [(r, k) for r in range(len(IMAGE_IDS)) for k in range(3)][::-1]  # reversed: no hidden carry-over
-    for row, k in order:
-        fast = streams.rng(row, k)
-        got = [fast.integers(0, 2**40), *fast.uniform(-1, 1, size=5), *fast.normal(size=3)]
-        ref = pair_rng(seed, IMAGE_IDS[row], k)
-        assert got == [ref.integers(0, 2**40), *ref.uniform(-1, 1, size=5), *ref.normal(size=3)], (row, k)
-
-
-def test_image_pairs_are_the_same_alone_or_in_a_shard(sample_photos):
-    """An image's pairs do not depend on the other images of its shard (regenerating one image alone
-    gives the stored pairs), with photometric noise drawing from the same streams."""
-    cfg = SamplingConfig(photometric="hard", pairs_per_image=3, seed=11)
-    records = [ImageRecord(image_id=i, path=str(p), split="train") for i, p in zip((5, 2**40, 77), sample_photos)]
-    shard, _ = shard_arrays(records, cfg)
-    for r, rec in enumerate(records):
-        alone = empty_arrays(cfg.pairs_per_image, cfg.patch_size)
-        image_pairs(load_gray(rec.path, cfg.image_width, cfg.image_height), rec, cfg, alone, 0)
-        for name, arr in alone.items():
-            assert np.array_equal(arr, shard[name][3 * r : 3 * r + 3]), (rec.image_id, name)
