@@ -56,6 +56,9 @@ if TYPE_CHECKING:
     from homogen.generate import Plan, ShardResult
 
 ATTR = "homogen"
+
+_HEADER_CACHE: dict = {}
+"""The last header :meth:`StoreWriter.shard_info` parsed, with the identity of its file."""
 """Root attribute holding the manifest."""
 
 __all__ = [
@@ -160,13 +163,38 @@ class StoreWriter:
         In a complete store every shard is done (its entry in the manifest, or an empty one when
         the store was made with another shard size).
         """
-        header = self.read_header()
+        header = self._header_for_shards()
         if header is not None and header.get("state") == "complete":
             shards = {s["index"]: s for s in header.get("shards", [])}
             if index not in shards:
                 return {"pairs": 0, "images": 0, "quarantined": [], "splits": {}}
             return {k: shards[index][k] for k in ("pairs", "images", "quarantined", "splits")}
         return self.staged_info(index)
+
+    def header_file(self) -> str | None:
+        """The local file that holds the header (its identity changes with every header write), or None."""
+        return None
+
+    def _header_for_shards(self) -> dict | None:
+        """The header, parsed once per process while its file stays the same.
+
+        Every shard asks whether the store is complete, and the header holds the per-image source
+        table (~10 MB of JSON for full COCO): parsing it per shard would cost minutes. Headers are
+        replaced by rename, so (inode, mtime, size) changes with every write; remote stores are
+        read each time.
+        """
+        path = self.header_file()
+        try:
+            st = os.stat(path) if path else None
+        except FileNotFoundError:
+            st = None
+        if st is None:
+            return self.read_header()
+        key = (path, st.st_ino, st.st_mtime_ns, st.st_size)
+        if _HEADER_CACHE.get("key") != key:
+            _HEADER_CACHE.clear()
+            _HEADER_CACHE.update(key=key, header=self.read_header())
+        return _HEADER_CACHE["header"]
 
     def commit(self, plan: "Plan", results: list["ShardResult"] | None = None) -> dict:
         """Put every staged shard into the root arrays, mark the store complete, return the manifest.
@@ -310,6 +338,9 @@ class ZarrWriter(StoreWriter):
 
     def read_header(self) -> dict | None:
         return read_zarr_manifest(self.url, missing_ok=True)
+
+    def header_file(self) -> str | None:
+        return f"{self.url}/zarr.json" if is_local(self.url) else None
 
     def write_header(self, header: dict) -> None:
         # one write of zarr.json (zarr writes it under a temporary name and renames it locally):
@@ -481,6 +512,9 @@ class HDF5Writer(StoreWriter):
         if not is_local(url):
             raise StoreError(f"HDF5 stores need a local path (got {redact(url)}): use format='zarr' for URLs")
         super().__init__(local_path(url), chunk_size)
+
+    def header_file(self) -> str | None:
+        return self.url
 
     def read_header(self) -> dict | None:
         if not os.path.isfile(self.url):

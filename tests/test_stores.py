@@ -703,3 +703,30 @@ def test_a_file_url_output_is_the_same_as_its_path(tmp_path, suffix):
     m = generate(GenerateConfig(output=f"file://{out}", source=SourceConfig(max_images=2)), progress=False)
     assert m["num_pairs"] == 8 and out.exists()
     assert_same_arrays(open_dataset(f"file://{out}")[:], open_dataset(str(out))[:])
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_shards_parse_the_header_once_until_it_is_rewritten(tmp_path, monkeypatch, fmt):
+    """Every shard asks whether the store is complete, and the header holds the per-image source
+    table (~10 MB of JSON for full COCO): one parse per process until prepare or commit rewrites it."""
+    from homogen.generate import generate_shard
+    from homogen.stores import HDF5Writer
+
+    out = str(tmp_path / ("ds.zarr" if fmt == "zarr" else "ds.h5"))
+    cfg = GenerateConfig(output=out, **SMALL)
+    p = plan(cfg)
+    open_writer(out, fmt, cfg.chunk_size).prepare(p)
+    cls = ZarrWriter if fmt == "zarr" else HDF5Writer
+    real, parses = cls.read_header, []
+    monkeypatch.setattr(cls, "read_header", lambda self: parses.append(1) or real(self))
+
+    results = [generate_shard(open_writer(out, fmt, cfg.chunk_size), s, cfg.sampling) for s in p.shards]
+    assert len(p.shards) >= 3 and len(parses) == 1
+    assert not any(r.skipped for r in results)
+
+    open_writer(out, fmt, cfg.chunk_size).commit(p)  # rewrites the header: complete
+    parses.clear()
+    again = [generate_shard(open_writer(out, fmt, cfg.chunk_size), s, cfg.sampling) for s in p.shards]
+    assert all(r.skipped for r in again), "the rewritten (complete) header was not seen"
+    assert [r.pairs for r in again] == [r.pairs for r in results]
+    assert len(parses) == 1
