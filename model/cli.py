@@ -188,7 +188,7 @@ def train(
     from homogen.model.evaluate import NETWORK, format_table, score_test
     from homogen.model.mlflow_run import TrainingRun
     from homogen.model.tracking import TrackingError, setup_tracking
-    from homogen.model.train import TrainConfig, train as run_train
+    from homogen.model.train import TrainConfig, preflight, train as run_train
     from homogen.redaction import redact
 
     chosen = _methods(methods)
@@ -201,6 +201,10 @@ def train(
         )
     except ValidationError as exc:
         _fail(f"invalid parameters: {exc}")
+    try:  # every refusal that needs no training, before an MLflow run is opened (none is left FAILED)
+        preflight(ds, cfg)
+    except (ValueError, RuntimeError) as exc:  # IncompatibleStoreError, NoValidationSplitError, CheckpointError
+        _fail(redact(str(exc)))
     if not track:
         result = _train(run_train, ds, cfg, None)
         scores = score_test(ds, result.model, chosen, limit=limit, progress=True)

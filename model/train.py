@@ -54,6 +54,7 @@ __all__ = [
     "load_checkpoint",
     "make_criterion",
     "network_from_checkpoint",
+    "preflight",
     "register_criterion",
     "resolve_device",
     "save_checkpoint",
@@ -88,7 +89,7 @@ class CheckpointError(RuntimeError):
 
 
 class NoValidationSplitError(ValueError):
-    """The store has no ``val`` pairs to select the model on; the message says to regenerate it."""
+    """The store has no ``val`` pairs to select the model on; the message says how to regenerate it."""
 
 
 @dataclass
@@ -352,6 +353,42 @@ def _check_resumable(payload: dict[str, Any], path: Path, cfg: TrainConfig, vers
 # ------------------------------------------------------------------------------------------ train
 
 
+def checkpoint_dir(ds: Any, cfg: TrainConfig) -> Path:
+    """Where a run on ``ds`` keeps ``last.pt`` and ``best.pt``: ``cfg.checkpoint_dir``, else work/checkpoints/<version>."""
+    return Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else workdir() / "checkpoints" / ds.version
+
+
+def preflight(ds: Any, cfg: TrainConfig) -> dict[str, Any] | None:
+    """Every refusal of :func:`train` that needs no training: run it before opening anything (an MLflow run).
+
+    Checks the store against the model (schema, patch size), that it has train and val pairs, and,
+    with ``cfg.resume``, that ``last.pt`` (when there is one) is readable and belongs to this run.
+
+    Returns:
+        the checkpoint to resume from, or None to start afresh.
+
+    Raises:
+        IncompatibleStoreError, NoValidationSplitError, ValueError (no train pairs), CheckpointError.
+    """
+    check_compatible(ds, cfg.patch_size)
+    counts = ds.split_counts()
+    split_pairs = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("train", "val", "test"))
+    if counts.get("train", 0) == 0:
+        raise ValueError(f"store {redact(ds.uri)} has no train pairs ({split_pairs}): generate it from more images")
+    if counts.get("val", 0) == 0:
+        raise NoValidationSplitError(
+            f"store {redact(ds.uri)} has no val pairs ({split_pairs}), so the model cannot be selected without "
+            f"looking at the test pairs: regenerate it from more images (--max-images) or with a larger "
+            f"--val-fraction, so that some images fall in val"
+        )
+    last_path = checkpoint_dir(ds, cfg) / LAST
+    if not (cfg.resume and last_path.exists()):
+        return None
+    payload = load_checkpoint(last_path)
+    _check_resumable(payload, last_path, cfg, ds.version)
+    return payload
+
+
 def train(
     dataset: Any,
     cfg: TrainConfig | None = None,
@@ -377,11 +414,11 @@ def train(
     """
     cfg = cfg or TrainConfig()
     ds = as_dataset(dataset)
-    check_compatible(ds, cfg.patch_size)
+    resume_from = preflight(ds, cfg)
     device = resolve_device(cfg.device)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else workdir() / "checkpoints" / ds.version
+    ckpt_dir = checkpoint_dir(ds, cfg)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -396,9 +433,8 @@ def train(
     state = _State()
 
     last_path, best_path = ckpt_dir / LAST, ckpt_dir / BEST
-    if cfg.resume and last_path.exists():
-        payload = load_checkpoint(last_path)
-        _check_resumable(payload, last_path, cfg, ds.version)
+    if resume_from is not None:
+        payload = resume_from
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
@@ -418,14 +454,6 @@ def train(
     train_loader = make_loader(ds, "train", batch_size=cfg.batch_size, shuffle=True, **loader_kw)
     val_loader = make_loader(ds, "val", batch_size=cfg.val_batch_size, shuffle=False, **loader_kw)
     n_train = train_loader.dataset.num_samples()
-    if n_train == 0:
-        raise ValueError(f"store {redact(ds.uri)} has no training pairs: generate it from more images")
-    if val_loader.dataset.num_samples() == 0:
-        raise NoValidationSplitError(
-            f"store {redact(ds.uri)} has no val pairs, so the model cannot be selected without looking at the "
-            f"test pairs: regenerate the dataset with the installed homogen (val_fraction > 0, and enough images "
-            f"that some fall in val)"
-        )
     amp_kw = dict(amp=amp, amp_dtype=cfg.amp_dtype, channels_last=channels_last)
 
     def done() -> bool:

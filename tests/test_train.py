@@ -137,9 +137,51 @@ def test_training_reads_train_pairs_selects_on_val_pairs_and_never_reads_test_pa
 def test_a_store_without_val_pairs_is_refused_before_training_saying_to_regenerate(tmp_path):
     ds = _make_store(tmp_path / "noval.zarr", val_fraction=0.0)
     assert ds.split_counts().get("val", 0) == 0
-    with pytest.raises(NoValidationSplitError, match="no val pairs.*regenerate the dataset"):
+    with pytest.raises(NoValidationSplitError, match="no val pairs.*regenerate it from more images.*--val-fraction"):
         train(ds, TrainConfig(epochs=1, checkpoint_dir=str(tmp_path / "ck"), **FAST), progress=False)
     assert not (tmp_path / "ck").exists()  # nothing trained, nothing written
+
+
+def _cli_train(args: list[str]):
+    import typer
+    from typer.testing import CliRunner
+
+    from homogen.model.cli import register
+
+    app = typer.Typer()
+    register(app)
+    return CliRunner().invoke(app, ["train", *args])
+
+
+def _mlflow_runs(uri: str) -> list:
+    """Every run, of any status, in the MLflow store at ``uri``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_homogen_train_refuses_a_store_without_val_pairs_before_opening_an_mlflow_run(tmp_path):
+    ds = _make_store(tmp_path / "noval.zarr", val_fraction=0.0)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = _cli_train([ds.uri, "--tracking-uri", uri, "--checkpoint-dir", str(tmp_path / "ck"), "--width", "0.125",
+                      "--methods", "none"])
+    assert res.exit_code == 2, res.output
+    assert "no val pairs" in res.output and "--val-fraction" in res.output and "more images" in res.output
+    assert "installed homogen" not in res.output  # the schema is current: the store just has no val images
+    assert _mlflow_runs(uri) == []  # no FAILED run left behind
+    assert not (tmp_path / "ck").exists()
+
+
+def test_homogen_train_resume_with_a_checkpoint_of_another_width_is_refused_before_opening_an_mlflow_run(store, tmp_path):
+    ck = tmp_path / "ck"
+    train(store, TrainConfig(epochs=1, checkpoint_dir=str(ck), **FAST), progress=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = _cli_train([store.uri, "--tracking-uri", uri, "--checkpoint-dir", str(ck), "--resume", "--width", "0.25",
+                      "--methods", "none"])
+    assert res.exit_code == 2, res.output
+    assert "width=0.125" in res.output and "width=0.25" in res.output
+    assert _mlflow_runs(uri) == []
 
 
 def test_resume_without_checkpoint_starts_afresh(store, tmp_path):
