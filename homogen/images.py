@@ -135,8 +135,8 @@ def _decode_jpeg(data: bytes, w: int, h: int, width: int, height: int) -> np.nda
     return img[:, :, 0]
 
 
-def decode_gray(data: bytes, width: int, height: int, min_side: int = 1) -> np.ndarray:
-    """Decode ``data`` to a grayscale frame of ``height x width``.
+def decode_gray(data: bytes, width: int | None, height: int | None, min_side: int = 1) -> np.ndarray:
+    """Decode ``data`` to a grayscale frame of ``height x width`` (``None, None``: the image's own size).
 
     JPEGs decode directly at 1/2, 1/4 or 1/8 size where that still covers the target (a 640x480
     JPEG decodes straight to 320x240), then resize with area interpolation.
@@ -146,17 +146,17 @@ def decode_gray(data: bytes, width: int, height: int, min_side: int = 1) -> np.n
     """
     if data[:3] == b"\xff\xd8\xff":  # JPEG start-of-image marker and the next marker's 0xFF
         w, h = _jpeg_header(data, min_side)
-        img = _decode_jpeg(data, w, h, width, height)
+        img = _decode_jpeg(data, w, h, width or w, height or h)
     else:
         fmt = _other_header(data, min_side)
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
         if img is None:
             raise BadImage(f"corrupt {fmt} data: the decoder could not read it")
-    if img.shape != (height, width):
+    if width is not None and img.shape != (height, width):
         img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
     return img
 
 
-def load_gray(path: str, width: int, height: int, min_side: int = 1) -> np.ndarray:
+def load_gray(path: str, width: int | None, height: int | None, min_side: int = 1) -> np.ndarray:
     """:func:`decode_gray` of the file at ``path`` (local or fsspec URL)."""
     return decode_gray(read_bytes(path), width, height, min_side)

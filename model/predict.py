@@ -23,6 +23,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from homogen.images import BadImage, load_gray
+
 __all__ = [
     "Prediction",
     "format_homography",
@@ -34,14 +36,23 @@ __all__ = [
 
 
 def read_gray(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file as uint8 grayscale; a clear error when it is missing or not an image."""
+    """Decode an image file as uint8 grayscale :math:`(H, W)`, at its own size, checked as generation checks sources.
+
+    The decode is :func:`homogen.images.load_gray`'s: JPEGs by libjpeg-turbo in strict mode, so a
+    truncated or corrupt file is refused rather than decoded into grey blocks.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not an image the recipe can use (damaged, truncated, CMYK, ...);
+            the message names the file and the reason.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no image file {path}")
-    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise ValueError(f"{path} is not an image OpenCV can decode")
-    return img
+    try:
+        return load_gray(path, None, None)
+    except BadImage as exc:
+        raise ValueError(f"cannot use image {path}: {exc.reason}") from exc
 
 
 def resize_matrix(src_wh: tuple[int, int], dst_wh: tuple[int, int]) -> np.ndarray:

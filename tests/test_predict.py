@@ -168,3 +168,23 @@ def test_cli_evaluate_table(cli, tmp_path):
     assert "6 pairs" in res.output
     bad = CliRunner().invoke(cli, ["evaluate", str(out), "--methods", "magic"])
     assert bad.exit_code == 2 and "unknown method" in bad.output
+
+
+@pytest.mark.parametrize("damage, reason", [("truncated", "truncated JPEG"), ("corrupt", "corrupt JPEG data")])
+def test_cli_predict_refuses_a_damaged_jpeg_in_one_line_naming_the_file_and_the_reason(cli, tmp_path, damage, reason):
+    from homogen.model.train import save_checkpoint
+
+    data = PHOTO.read_bytes()
+    mid = len(data) // 2
+    bad = data[:mid] if damage == "truncated" else data[:mid] + bytes(range(256)) * 8 + data[mid + 2048 :]
+    (tmp_path / "damaged.jpg").write_bytes(bad)
+    (tmp_path / "good.jpg").write_bytes(data)
+    ckpt = save_checkpoint(tmp_path / "m.pt", {"format": 1, "model": oracle_net(OFF).state_dict(), "width": 0.125, "patch_size": P})
+    for args in (["damaged.jpg", "good.jpg"], ["good.jpg", "damaged.jpg"]):
+        res = CliRunner().invoke(cli, ["predict", *(str(tmp_path / a) for a in args), "--model", str(ckpt)])
+        assert res.exit_code == 2, res.output
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and str(tmp_path / "damaged.jpg") in lines[0] and reason in lines[0], res.output
+        assert "H (maps" not in res.output
+    ok = CliRunner().invoke(cli, ["predict", str(tmp_path / "good.jpg"), str(tmp_path / "good.jpg"), "--model", str(ckpt)])
+    assert ok.exit_code == 0 and "A 640x" in ok.output, ok.output  # the undamaged photograph, at its own size
