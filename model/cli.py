@@ -19,7 +19,11 @@ __all__ = ["register"]
 DEFAULT_MODEL = "models:/homographynet@champion"
 
 
-def _methods(values: List[str], network: bool = False) -> list[str]:
+def _methods(values: List[str], network: bool = False, model_option: bool = True) -> list[str]:
+    """The chosen method names; ``network``: a model is given, so ``network+refine`` is available.
+
+    ``model_option``: the command has ``--model`` (evaluate), which the errors then point to.
+    """
     from homogen.model.evaluate import METHODS
     from homogen.model.methods import NETWORK_REFINE
 
@@ -30,9 +34,13 @@ def _methods(values: List[str], network: bool = False) -> list[str]:
         return []
     if out == ["all"]:  # every registered method (and the network's refinement when there is a network)
         return [*METHODS, *([NETWORK_REFINE] if network else [])]
+    if NETWORK_REFINE in out and not network:
+        todo = (f"give --model (e.g. --model {DEFAULT_MODEL})" if model_option else
+                f"score it after training with `homogen evaluate STORE --model runs:/RUN_ID --methods {NETWORK_REFINE}`")
+        _fail(f"method {NETWORK_REFINE} refines a network's estimate, and there is no network: {todo}")
     bad = [m for m in out if m not in METHODS and not (network and m == NETWORK_REFINE)]
     if bad:
-        more = f", {NETWORK_REFINE} (with --model)" if network else ""
+        more = f", {NETWORK_REFINE} (with --model)" if model_option else ""
         _fail(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}{more} (or 'all', 'none')")
     return out
 
@@ -191,7 +199,7 @@ def train(
     from homogen.model.train import TrainConfig, preflight, train as run_train
     from homogen.redaction import redact
 
-    chosen = _methods(methods)
+    chosen = _methods(methods, model_option=False)
     ds = _open(store)
     try:
         cfg = TrainConfig(

@@ -188,3 +188,16 @@ def test_cli_predict_refuses_a_damaged_jpeg_in_one_line_naming_the_file_and_the_
         assert "H (maps" not in res.output
     ok = CliRunner().invoke(cli, ["predict", str(tmp_path / "good.jpg"), str(tmp_path / "good.jpg"), "--model", str(ckpt)])
     assert ok.exit_code == 0 and "A 640x" in ok.output, ok.output  # the undamaged photograph, at its own size
+
+
+def test_cli_evaluate_network_refine_without_a_model_says_it_needs_model(cli, tmp_path):
+    from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+    from homogen.generate import generate
+
+    out = tmp_path / "ds.zarr"
+    generate(GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=2), source=SourceConfig(max_images=4)))
+    res = CliRunner().invoke(cli, ["evaluate", str(out), "--methods", "sift,network+refine"])
+    assert res.exit_code == 2
+    assert "network+refine" in res.output and "--model" in res.output and "unknown method" not in res.output
+    typo = CliRunner().invoke(cli, ["evaluate", str(out), "--methods", "sfit"])
+    assert typo.exit_code == 2 and "network+refine (with --model)" in typo.output  # the list names it
