@@ -63,7 +63,7 @@ def generate(
     overwrite: bool = typer.Option(False, help="replace an output holding another dataset version"),
 ) -> None:
     """Generate a dataset (or finish an interrupted one) in this process."""
-    from homogen.generate import generate as run_generate
+    from homogen.generate import run_generation
 
     try:
         cfg = GenerateConfig(
@@ -80,10 +80,18 @@ def generate(
     except ValidationError as exc:
         fail(f"invalid parameters: {_errors(exc)}")
     try:
-        manifest = run_generate(cfg)
+        run = run_generation(cfg)
     except (SourceError, StoreError) as exc:
         fail(str(exc))
+    manifest = run.manifest
     q = manifest["quarantine"]
+    if run.already_complete:
+        typer.echo(
+            f"dataset {manifest['dataset_version']} is already complete in {manifest['config']['output']} "
+            f"({manifest['num_pairs']} pairs, {len(manifest['shards'])} shards of {manifest['shard_size']} images): "
+            f"nothing to do"
+        )
+        return
     typer.echo(
         f"dataset {manifest['dataset_version']}: {manifest['num_pairs']} pairs "
         f"(train {manifest['splits']['train']}, val {manifest['splits']['val']}, test {manifest['splits']['test']}) from "
@@ -111,7 +119,7 @@ def info(store: str, as_json: bool = typer.Option(False, "--json", help="print t
         return
     s = m["config"]["sampling"]
     typer.echo(f"dataset version   {m['dataset_version']}  (schema {m['schema_version']}, generator {m['generator_version']})")
-    typer.echo(f"store             {ds.uri}  ({m['format']}, {m['chunk_size']} pairs/chunk)")
+    typer.echo(f"store             {ds.uri}  ({m['format']}, {ds.chunk_len} pairs/chunk)")
     typer.echo(f"pairs             {len(ds)}  train {m['splits']['train']}  val {m['splits'].get('val', 0)}  test {m['splits']['test']}")
     typer.echo(f"images            {m['num_images']} used, {len(m['quarantine'])} quarantined, {len(m['shards'])} shards")
     typer.echo(
@@ -148,17 +156,22 @@ def show(
     store: str,
     out: str = typer.Option("samples.png", "--out", "-o", help="PNG to write"),
     n: int = typer.Option(8, help="number of pairs"),
-    start: int = typer.Option(0, help="first pair index"),
+    start: Optional[int] = typer.Option(
+        None, help="show consecutive pairs from this index; default: pairs spread evenly over the store"
+    ),
 ) -> None:
     """Write a PNG grid of pairs: the perturbed quadrilateral on A, its image on B."""
-    from homogen.render import sample_grid, save_png
+    from homogen.render import default_indices, sample_grid, save_png
 
     ds = _open(store)
-    if not 0 <= start < len(ds):
+    if start is None:
+        indices = default_indices(ds, n).tolist()
+    elif not 0 <= start < len(ds):
         fail(f"--start {start} is outside the store's {len(ds)} pairs")
-    indices = list(range(start, min(start + n, len(ds))))
+    else:
+        indices = list(range(start, min(start + n, len(ds))))
     save_png(sample_grid(ds, n=len(indices), indices=indices), out)
-    typer.echo(f"wrote {out} ({len(indices)} pairs of {ds.version})")
+    typer.echo(f"wrote {out} ({len(indices)} pairs of {ds.version}: rows {', '.join(map(str, indices))})")
 
 
 def _load_plugins() -> None:

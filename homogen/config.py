@@ -148,6 +148,21 @@ class GenerateConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_output_suffix(self) -> "GenerateConfig":
+        if not (self.format and self.output):
+            return self
+        name = self.output.rstrip("/")
+        suffix = ".zarr" if name.endswith(".zarr") else next((s for s in (".h5", ".hdf5") if name.endswith(s)), None)
+        implied = {".zarr": "zarr", ".h5": "hdf5", ".hdf5": "hdf5", None: self.format}[suffix]
+        if implied != self.format:
+            raise ValueError(
+                f"output {self.output} ends in {suffix} (a {implied} store) but format is {self.format} "
+                f"(--format {self.format}): give the output a {'.zarr' if self.format == 'zarr' else '.h5'} "
+                f"suffix, or drop --format"
+            )
+        return self
+
     def store_format(self) -> str:
         if self.format:
             return self.format

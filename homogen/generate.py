@@ -138,18 +138,36 @@ def plan(config: GenerateConfig, threads: int | None = None, progress: bool = Fa
     return Plan(config, version, config.resolved_output(version), sources, make_shards(records, config.shard_size))
 
 
-def generate(config: GenerateConfig, progress: bool = True) -> dict:
-    """Generate (or finish) a whole dataset in this process and return its manifest.
+@dataclass
+class Generation:
+    """What :func:`run_generation` did: the store's manifest, and whether the store was already
+    complete (nothing generated: the run only checked it)."""
 
-    An output that cannot be written is refused before the sources are listed and hashed.
+    manifest: dict
+    already_complete: bool
+
+
+def run_generation(config: GenerateConfig, progress: bool = True) -> Generation:
+    """Generate (or finish) a whole dataset in this process.
+
+    An output that cannot be written is refused before the sources are listed and hashed. A store
+    of this version that is already complete is left as it is, whatever the shard size asked now.
     """
-    check_writable(config.resolved_output("version"))  # the default output's folder is what matters
+    check_writable(config.resolved_output("version"), config.store_format())  # the default output's folder is what matters
     p = plan(config, progress=progress)
     writer = open_writer(p.output, config.store_format(), config.chunk_size)
     with writer.lock():
         writer.prepare(p, overwrite=config.overwrite)
+        header = writer.read_header()
+        if header is not None and header.get("state") == "complete" and header.get("dataset_version") == p.version:
+            return Generation(writer.commit(p), already_complete=True)
         results = [
             generate_shard(writer, shard, config.sampling)
             for shard in tqdm(p.shards, desc=f"generate {p.version}", unit="shard", disable=not progress)
         ]
-        return writer.commit(p, results)
+        return Generation(writer.commit(p, results), already_complete=False)
+
+
+def generate(config: GenerateConfig, progress: bool = True) -> dict:
+    """Generate (or finish) a whole dataset in this process and return its manifest (:func:`run_generation`)."""
+    return run_generation(config, progress).manifest

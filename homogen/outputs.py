@@ -55,10 +55,11 @@ def _why(exc: OSError) -> str:
     return f"{exc.strerror or exc}: choose another output"
 
 
-def check_writable(url: str) -> None:
+def check_writable(url: str, format: str | None = None) -> None:
     """Refuse a local output that cannot be created, before anything is written.
 
-    Walks up to the nearest existing folder and creates (then deletes) a probe file there, so
+    A Zarr output (``format="zarr"``) is a folder: an existing regular file there is refused
+    (naming it) rather than written through. Walks up to the nearest existing folder and creates (then deletes) a probe file there, so
     read-only mounts, pseudo file systems (``/proc``, ``/sys``) and full disks are refused with
     the real reason. Object-store URLs are left to the store (no cheap probe without writing).
 
@@ -70,6 +71,11 @@ def check_writable(url: str) -> None:
     path = os.path.abspath(local_path(url))
     if path.startswith(("/proc/", "/sys/", "/dev/")) or path in ("/proc", "/sys", "/dev"):
         raise StoreError(f"output {path} is inside a pseudo file system: choose a folder on a disk")
+    if format == "zarr" and os.path.exists(path) and not os.path.isdir(path):
+        raise StoreError(
+            f"output {path} is an existing file, and a Zarr store is a folder: choose another output "
+            f"(-o), or remove that file"
+        )
     parent = os.path.dirname(path)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

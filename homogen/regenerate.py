@@ -19,7 +19,7 @@ def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: lis
     """Remake ``k`` random pairs from their source images; pixels and labels must be bit-identical."""
     name = "regenerate"
     if k <= 0:
-        return CheckResult(name, None, 0, 0, "not requested (pass regenerate=k to remake k pairs from the source)")
+        return CheckResult(name, None, 0, 0, "not requested (pass regenerate=k (--regenerate K) to remake k pairs from the source)")
     cfg = ds.manifest["config"]
     root = source_root or cfg["source"]["root"]
     sampling = SamplingConfig.model_validate(cfg["sampling"])
@@ -29,12 +29,12 @@ def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: lis
         digest = source_table(records, root).list_digest
     except (SourceError, OSError, ValueError) as exc:
         return CheckResult(name, False, 0, 0, (
-            f"cannot list the source {root!r} ({exc}): pass source_root= pointing at the images "
+            f"cannot list the source {root!r} ({exc}): pass source_root= (--source-root ROOT) pointing at the images "
             f"the dataset was made from (the manifest stores the root without credentials)"))
     if digest != ds.manifest["source"]["digest"]:
         return CheckResult(name, False, 0, 0, (
             f"the images listed under {root!r} differ from those the dataset was made from "
-            f"(digest {digest[:12]} != {ds.manifest['source']['digest'][:12]}): pass source_root= of the original images"))
+            f"(digest {digest[:12]} != {ds.manifest['source']['digest'][:12]}): pass source_root= (--source-root ROOT) of the original images"))
     by_id = {r.image_id: r for r in records}
     pool = np.concatenate([np.arange(a, b) for a, b in readable]) if readable else np.empty(0, np.int64)
     if pool.size == 0:

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -114,12 +115,12 @@ def _load_coco(root: str, split: str):
     except FileNotFoundError:
         raise SourceError(
             f"annotations file {redact(ann)} not found: a COCO root needs "
-            f"annotations/instances_{split}.json (or use kind='folder' for a plain image folder)"
+            f"annotations/instances_{split}.json (or use kind='folder' (--kind folder) for a plain image folder)"
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SourceError(
             f"annotations file {redact(ann)} is not valid JSON ({exc}): re-download it or "
-            f"point the source at a plain image folder with kind='folder'"
+            f"point the source at a plain image folder with kind='folder' (--kind folder)"
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise SourceError(
@@ -205,7 +206,7 @@ def _category_ids(coco, names: tuple[str, ...], ann: str) -> dict[str, list[int]
     unknown = sorted(set(names) - set(by_name))
     if unknown:
         raise SourceError(
-            f"unknown COCO categories {unknown} in source.categories; known: {sorted(by_name)[:10]}..."
+            f"unknown COCO categories {unknown} in source.categories (--category); known: {sorted(by_name)[:10]}..."
         )
     return {name: by_name[name] for name in names}
 
@@ -227,7 +228,7 @@ def _coco_records(cfg: SourceConfig, split: str, assign) -> list[ImageRecord]:
     else:
         img_ids = sorted(coco.getImgIds())
         if not img_ids:
-            raise SourceError(f"annotations file {redact(ann)} lists no images: check source.root and the split name")
+            raise SourceError(f"annotations file {redact(ann)} lists no images: check source.root (--source) and the split name (--train-split/--test-split)")
     if cfg.max_images:
         img_ids = img_ids[: cfg.max_images]
     out = []
@@ -236,23 +237,61 @@ def _coco_records(cfg: SourceConfig, split: str, assign) -> list[ImageRecord]:
     return out
 
 
+def _local_files(path: str) -> list[str]:
+    """Every file under the local folder ``path``, following symlinked folders (as COCO mode does);
+    a folder reached twice (a link cycle, or two links to one folder) is walked once."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for folder, dirs, files in os.walk(path, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        out.extend(posixpath.join(folder.replace(os.sep, "/"), f) for f in files)
+    return out
+
+
+def check_folder_options(cfg: SourceConfig) -> None:
+    """Refuse the COCO-only options (categories, test_split, a train_split other than the default)
+    for a plain image folder, where they would be silently ignored.
+
+    Raises:
+        SourceError: one line naming the option (config field and CLI flag) and the fix.
+    """
+    default_train = SourceConfig.model_fields["train_split"].default
+    for given, name, flag in (
+        (bool(cfg.categories), "source.categories", "--category"),
+        (cfg.test_split is not None, "source.test_split", "--test-split"),
+        (cfg.train_split != default_train, "source.train_split", "--train-split"),
+    ):
+        if given:
+            raise SourceError(
+                f"{name} ({flag}) needs a COCO source (annotations/instances_<split>.json under the root), "
+                f"and {redact(cfg.root)} is a plain image folder: drop it for an image folder"
+            )
+
+
 def _folder_records(cfg: SourceConfig) -> list[ImageRecord]:
     fs, path = _fs(cfg.root)
     if not fs.isdir(path):
-        raise SourceError(f"source folder {redact(cfg.root)} does not exist: check source.root")
+        raise SourceError(f"source folder {redact(cfg.root)} does not exist: check source.root (--source)")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    names = sorted(p for p in fs.find(path) if p.lower().endswith(IMAGE_SUFFIXES))
+    local = protocol in ("file", "local")
+    files = _local_files(path) if local else fs.find(path)
+    names = sorted(p for p in files if p.lower().endswith(IMAGE_SUFFIXES))
     ids = _folder_ids([posixpath.relpath(name, path) for name in names])
     recs = []
     for name in names:
         image_id = ids[posixpath.relpath(name, path)]
-        full = name if protocol in ("file", "local") else f"{protocol}://{name}"
+        full = name if local else f"{protocol}://{name}"
         recs.append(ImageRecord(image_id, full, hashed_split(image_id, cfg.test_fraction, cfg.val_fraction)))
     out = sorted(recs, key=lambda r: r.image_id)
     if cfg.max_images:
         out = out[: cfg.max_images]
     if not out:
-        raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {redact(cfg.root)}: check source.root")
+        raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {redact(cfg.root)}: check source.root (--source)")
     return out
 
 
@@ -265,6 +304,7 @@ def list_images(cfg: SourceConfig) -> list[ImageRecord]:
     """
     kind = detect_kind(cfg)
     if kind == "folder":
+        check_folder_options(cfg)
         return _folder_records(cfg)
     if cfg.test_split:
         train = _coco_records(cfg, cfg.train_split, lambda i: training_split(i, cfg.val_fraction))

@@ -119,7 +119,7 @@ class StoreWriter:
                 or a partly generated store of this version with another shard or chunk size
                 (naming both values).
         """
-        check_writable(self.url)
+        check_writable(self.url, self.format)
         header = self.read_header()
         if header is not None and header.get("schema_version") == SCHEMA_VERSION and header.get("dataset_version") == plan.version:
             self._check_resumable(header, plan)
