@@ -157,7 +157,7 @@ class GenerateConfig(BaseModel):
         implied = {".zarr": "zarr", ".h5": "hdf5", ".hdf5": "hdf5", None: self.format}[suffix]
         if implied != self.format:
             raise ValueError(
-                f"output {self.output} ends in {suffix} (a {implied} store) but format is {self.format} "
+                f"output {self.output} ends in {suffix} ({'an HDF5' if implied == 'hdf5' else 'a Zarr'} store) but format is {self.format} "
                 f"(--format {self.format}): give the output a {'.zarr' if self.format == 'zarr' else '.h5'} "
                 f"suffix, or drop --format"
             )

@@ -267,9 +267,13 @@ def check_folder_options(cfg: SourceConfig) -> None:
         (cfg.train_split != default_train, "source.train_split", "--train-split"),
     ):
         if given:
+            why = (
+                "kind='folder' (--kind folder) reads it as a plain image folder" if cfg.kind == "folder" else
+                f"it has no annotations/instances_{cfg.train_split}.json, so it is read as a plain image folder"
+            )
             raise SourceError(
                 f"{name} ({flag}) needs a COCO source (annotations/instances_<split>.json under the root), "
-                f"and {redact(cfg.root)} is a plain image folder: drop it for an image folder"
+                f"and {why} ({redact(cfg.root)}): drop it for an image folder, or point --source at a COCO root that has this split"
             )
 
 

@@ -112,7 +112,7 @@ def test_show_by_default_draws_pairs_of_different_images_and_says_which(small_st
     assert res.exit_code == 0, res.output
     rows = [int(r) for r in res.output.split("rows ")[1].rstrip(")\n").split(", ")]
     ds = open_dataset(str(path))
-    assert len(rows) == 8 and len(set(int(ds.read(r, r + 1)["image_id"][0]) for r in rows)) == 8
+    assert len(rows) == 8 and len({int(ds.read(r, r + 1)["image_id"][0]) for r in rows}) == 8
     assert np.array_equal(cv2.imread(str(png), cv2.IMREAD_COLOR), sample_grid(ds, indices=rows))
 
 
