@@ -10,30 +10,14 @@ that server's UI.
 from __future__ import annotations
 
 import inspect
-import json
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
 from homogen.cli import fail as _fail
+from homogen.flows.entry import prefect_defaults
 
 __all__ = ["register"]
-
-
-def _load_config(text: Optional[str]) -> dict:
-    """``--config`` as inline JSON or a path to a JSON file; {} when not given."""
-    if not text:
-        return {}
-    path = Path(text)
-    raw = path.read_text() if not text.lstrip().startswith("{") and path.is_file() else text
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        _fail(f"--config is neither a JSON object nor a JSON file ({exc}): pass e.g. --config '{{\"train\": {{\"epochs\": 5}}}}'")
-    if not isinstance(data, dict):
-        _fail("--config must be a JSON object, e.g. '{\"generate\": {\"sampling\": {\"rho\": 24}}}'")
-    return data
 
 
 def run(config: Optional[str] = None, **flat: Any) -> None:
@@ -43,10 +27,12 @@ def run(config: Optional[str] = None, **flat: Any) -> None:
     """
     from pydantic import ValidationError
 
-    from homogen.flows.config import InvalidParameters, PipelineConfig, apply_overrides, check_before_work, describe_errors
+    from homogen.flows.config import InvalidParameters, PipelineConfig, apply_overrides, check_before_work, describe_errors, load_config
 
     try:
-        cfg = PipelineConfig.model_validate(_load_config(config))
+        cfg = PipelineConfig.model_validate(load_config(config))
+    except InvalidParameters as exc:
+        _fail(str(exc))
     except ValidationError as exc:
         _fail(f"--config: {describe_errors(exc)}")
     try:
@@ -76,6 +62,11 @@ def _options() -> inspect.Signature:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``run`` to the root ``homogen`` app (its options made when the command is registered)."""
+    """Add ``run`` to the root ``homogen`` app (its options made when the command is registered).
+
+    Called when the ``homogen`` command starts, before anything imports Prefect (making the options
+    does): so :func:`homogen.flows.entry.prefect_defaults` applies to ``homogen run``'s ephemeral Prefect.
+    """
+    prefect_defaults()
     run.__signature__ = _options()
     app.command("run")(run)

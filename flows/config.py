@@ -24,6 +24,7 @@ method). The flow runs both first; ``homogen run`` and ``python -m`` run them be
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import sys
@@ -37,6 +38,7 @@ from homogen.flows.cluster import DASK_ADDRESS_ENV, DaskConfig  # noqa: F401  (r
 from homogen.flows.generate import QUICK_GENERATE  # noqa: F401  (re-exported)
 from homogen.config import GenerateConfig
 from homogen.model.config import TrainConfig
+from homogen.param_errors import describe_errors
 from homogen.redaction import redact
 
 QUICK_TRAIN = TrainConfig(epochs=2, width=0.25, batch_size=32, step_size=10, patience=None)
@@ -223,16 +225,29 @@ def apply_overrides(config: PipelineConfig, **flat: Any) -> PipelineConfig:
         raise InvalidParameters(describe_errors(exc, given)) from exc
 
 
-def describe_errors(exc: ValidationError, given: dict[str, Any] | None = None) -> str:
-    """One line per pydantic error: where (``generate.sampling``), why, and the flat parameters that were set."""
-    lines = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "config"
-        lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-    msg = "invalid parameters: " + "; ".join(lines)
-    if given:
-        msg += " (given: " + ", ".join(f"{k}={redact(v)!r}" for k, v in given.items()) + ")"
-    return msg
+def load_config(text: str | None, name: str = "--config") -> dict:
+    """A config given on a command line (``--config`` / ``config=``): inline JSON or a JSON file's path; {} when empty.
+
+    The one parser of ``homogen run --config`` and ``python -m homogen.flows.generate_and_train config=``.
+
+    Raises:
+        InvalidParameters: neither a JSON object nor a file holding one; the message names ``name``
+            and shows the form.
+    """
+    if not text:
+        return {}
+    path = Path(text)
+    raw = path.read_text() if not text.lstrip().startswith("{") and path.is_file() else text
+    example = '{"train": {"epochs": 5}}'
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidParameters(
+            f"{name} is neither a JSON object nor a JSON file ({exc}): pass e.g. {name}{' ' if name.startswith('-') else '='}'{example}'"
+        ) from exc
+    if not isinstance(data, dict):
+        raise InvalidParameters(f"{name} must be a JSON object, e.g. '{example}'")
+    return data
 
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(?::(\d+))?")

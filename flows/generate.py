@@ -14,6 +14,11 @@ Run directly: ``python -m homogen.flows.generate`` (bundled images, ephemeral Pr
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
+    from homogen.flows.entry import prefect_defaults
+
+    prefect_defaults()
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 

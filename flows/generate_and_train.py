@@ -11,8 +11,9 @@ run before training), ``train-model`` (in-process, or the deployment named by
 
 ``python -m homogen.flows.generate_and_train`` runs it once in Prefect's ephemeral mode (no server needed)
 with the defaults: the 32 bundled images, 1,024 pairs, 2 short epochs, a model registered in
-``./work/mlflow.db`` (``$HOMOGEN_WORKDIR`` moves ``./work``). Arguments ``key=value`` are the flat
-shortcuts, e.g. ``python -m homogen.flows.generate_and_train rho=24 epochs=3``.
+``./work/mlflow.db`` (``$HOMOGEN_WORKDIR`` moves ``./work``). Arguments: ``config=<JSON or file>`` and
+the flat shortcuts ``key=value``, e.g. ``python -m homogen.flows.generate_and_train rho=24 epochs=3``;
+``--help`` lists them.
 
 Importing this module reaches no torch: Dask starts its workers with *spawn*, which re-imports the
 ``__main__`` module (this one, under ``-m``) in every worker. Training is imported when it runs.
@@ -26,9 +27,15 @@ import os
 import sys
 from typing import Any
 
+if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
+    from homogen.flows.entry import prefect_defaults
+
+    prefect_defaults()
+
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
+from pydantic import ValidationError
 
 from homogen.flows.config import (
     FLAT_OVERRIDES,
@@ -36,7 +43,9 @@ from homogen.flows.config import (
     PipelineConfig,
     apply_overrides,
     check_before_work,
+    describe_errors,
     flat_parameters,
+    load_config,
 )
 from homogen.flows.generate import generate_dataset
 from homogen.flows.ui import rename_current_run
@@ -178,32 +187,70 @@ generate_and_train.__doc__ += "\n    Args:\n        config: the whole pipeline (
 generate_and_train = flow(name="generate-and-train", flow_run_name=_initial_run_name)(generate_and_train)
 
 
-def parse_flat(args: list[str]) -> dict:
-    """``["rho=24", "epochs=3"]`` -> ``{"rho": 24, "epochs": 3}`` (values as JSON when they parse, else strings)."""
-    out = {}
+def usage() -> str:
+    """``--help``: the command, ``config=``, and each flat shortcut with its help (from :func:`flat_parameters`)."""
+    lines = [
+        "usage: python -m homogen.flows.generate_and_train [config=JSON|FILE] [KEY=VALUE ...]",
+        "",
+        "Generate a dataset, validate it, train HomographyNet and register it in MLflow, as one Prefect flow",
+        "(ephemeral Prefect unless PREFECT_API_URL is set). Every value is checked before the flow starts.",
+        "",
+        "  config=JSON|FILE  PipelineConfig as inline JSON or a JSON file; partial sections keep the other defaults,",
+        "                    e.g. config='{\"generate\": {\"source\": {\"test_split\": \"val2017\"}}}'",
+    ]
+    lines += [f"  {name}=VALUE  {text}" for name, (_, text) in flat_parameters().items()]
+    lines += ["", "Flat shortcuts win over config. Example: python -m homogen.flows.generate_and_train rho=24 epochs=3"]
+    return "\n".join(lines)
+
+
+def parse_args(args: list[str]) -> tuple[dict, dict]:
+    """``["config={...}", "rho=24", "epochs=3"]`` -> (the config's dict, ``{"rho": 24, "epochs": 3}``).
+
+    ``config=`` is inline JSON or a JSON file (:func:`homogen.flows.config.load_config`, as ``homogen run
+    --config``); flat values are JSON when they parse, else strings.
+
+    Raises:
+        InvalidParameters: an argument that is not ``key=value`` with a known key, or a config that is not JSON.
+    """
+    config: dict = {}
+    flat = {}
     for arg in args:
         key, sep, value = arg.partition("=")
-        if not sep or key not in FLAT_OVERRIDES:
-            raise SystemExit(f"expected key=value with key one of {sorted(FLAT_OVERRIDES)}, got {arg!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+        if sep and key == "config":
+            config = load_config(value, "config")
+        elif sep and key in FLAT_OVERRIDES:
+            try:
+                flat[key] = json.loads(value)
+            except json.JSONDecodeError:
+                flat[key] = value
+        else:
+            raise InvalidParameters(
+                f"expected key=value with key config or one of {sorted(FLAT_OVERRIDES)}, got {arg!r} (see --help)"
+            )
+    return config, flat
 
 
 def main(args: list[str]) -> None:
-    """``python -m homogen.flows.generate_and_train rho=24``: check the parameters here, then run the flow.
+    """``python -m homogen.flows.generate_and_train config='{...}' rho=24``: check the parameters here, then run the flow.
 
     Checked before the flow is called, so that a refused value (a URL with credentials above all)
-    never reaches Prefect's database as a run parameter.
+    never reaches Prefect's database as a run parameter. ``--help``/``-h`` prints :func:`usage`; a
+    refused argument prints ``error: ...`` on stderr and exits 2 (as ``homogen run`` does).
     """
-    flat = parse_flat(args)
+    if any(arg in ("-h", "--help") for arg in args):
+        print(usage())
+        return
     try:
-        check_before_work(apply_overrides(PipelineConfig(), **flat))
+        config, flat = parse_args(args)
+        try:
+            cfg = PipelineConfig.model_validate(config)
+        except ValidationError as exc:
+            raise InvalidParameters(f"config: {describe_errors(exc)}") from exc
+        check_before_work(apply_overrides(cfg, **flat))
     except InvalidParameters as exc:
-        raise SystemExit(f"error: {exc}") from exc
-    print(json.dumps(generate_and_train(**flat), indent=2, default=str))
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    print(json.dumps(generate_and_train(cfg, **flat), indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ from __future__ import annotations
 
 import sys
 
+if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
+    from homogen.flows.entry import prefect_defaults
+
+    prefect_defaults()
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import sys
 
+if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
+    from homogen.flows.entry import prefect_defaults
+
+    prefect_defaults()
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE

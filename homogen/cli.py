@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig
+from homogen.param_errors import describe_errors
 from homogen.sources import SourceError
 from homogen.stores import StoreError, open_dataset
 
@@ -28,13 +29,6 @@ app = typer.Typer(
 def fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
-
-
-def _errors(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'parameters'}: {e['msg'].removeprefix('Value error, ')}"
-        for e in exc.errors()
-    )
 
 
 @app.command()
@@ -78,7 +72,7 @@ def generate(
             output=output, format=format, shard_size=shard_size, chunk_size=chunk_size, overwrite=overwrite,
         )
     except ValidationError as exc:
-        fail(f"invalid parameters: {_errors(exc)}")
+        fail(describe_errors(exc))
     try:
         run = run_generation(cfg)
     except (SourceError, StoreError) as exc:
