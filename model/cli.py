@@ -67,7 +67,8 @@ def _load(model: str, tracking_uri: Optional[str]):
 def evaluate(
     store: str = typer.Argument(..., help="dataset store (path or URL)"),
     more_stores: Optional[List[str]] = typer.Argument(
-        None, help="more stores (e.g. the same images at other photometric levels): adds a per-noise-level table"
+        None, help="more stores of the same pairs at other photometric levels (generated with the same settings but "
+        "--photometric; others are refused): adds a per-noise-level table"
     ),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="models:/homographynet@champion, runs:/RUN_ID, an MLflow model folder or a checkpoint .pt"
@@ -95,6 +96,14 @@ def evaluate(
     pairs, offsets = load_split(ds, None if split == "all" else split, limit=limit)
     if len(pairs) == 0:
         _fail(f"store {ds.uri} has no {split} pairs")
+    from homogen.model.report import check_same_pairs, format_levels, noise_level, refinement_report
+
+    others = [_open(s) for s in more_stores or []]
+    for one in others:  # the per-noise-level table compares the same pairs, or nothing
+        try:
+            check_same_pairs(ds, one, None if split == "all" else split, limit)
+        except ValueError as exc:
+            _fail(str(exc))
     net = _load(model, tracking_uri) if model else None
     if not chosen and net is None:
         _fail("nothing to evaluate: give --model or at least one method")
@@ -104,10 +113,8 @@ def evaluate(
 
         cv2.setNumThreads(threads)
         torch.set_num_threads(threads)
-    from homogen.model.report import format_levels, noise_level, refinement_report
-
     by_level = {}
-    for k, one in enumerate([ds, *(_open(s) for s in more_stores or [])]):
+    for k, one in enumerate([ds, *others]):
         if k:
             pairs, offsets = load_split(one, None if split == "all" else split, limit=limit)
         results = evaluate_methods(pairs, offsets, methods=chosen, model=net, batch_size=batch_size, progress=True,

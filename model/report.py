@@ -10,10 +10,76 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
+
 from homogen.model.evaluate import NETWORK, format_table, method_label
 from homogen.model.methods import base_method
+from homogen.redaction import redact
 
-__all__ = ["format_levels", "noise_level", "refinement_report"]
+__all__ = ["check_same_pairs", "format_levels", "noise_level", "refinement_report"]
+
+_GEOMETRY = ("image_id", "corners", "offsets")
+"""The fields that make two stores' pairs the same pairs (image, crop, corner offsets); the pixels
+differ only by the photometric level."""
+
+
+def _pair_geometry(ds: Any, split: str | None, limit: int | None) -> dict[str, np.ndarray]:
+    """``image_id`` (N,), ``corners`` (N, 4, 2) and ``offsets`` (N, 8) of the first ``limit`` pairs of ``split``."""
+    parts: dict[str, list[np.ndarray]] = {f: [] for f in _GEOMETRY}
+    n = 0
+    for block in ds.iter_chunks(split=split, fields=_GEOMETRY):
+        take = len(block["image_id"]) if limit is None else min(len(block["image_id"]), limit - n)
+        for f in _GEOMETRY:
+            parts[f].append(block[f][:take])
+        n += take
+        if limit is not None and n >= limit:
+            break
+    return {f: np.concatenate(v) if v else np.empty(0) for f, v in parts.items()}
+
+
+def _image_digests(ds: Any) -> dict[int, str]:
+    """Image id -> content digest of its source file, from the manifest (empty when it records none)."""
+    files = (ds.manifest.get("source") or {}).get("files") or {}
+    return dict(zip(files.get("image_id", []), files.get("digest", [])))
+
+
+def check_same_pairs(first: Any, other: Any, split: str | None = "test", limit: int | None = None) -> None:
+    """Refuse to put ``other`` beside ``first`` in the per-noise-level table unless it holds the same pairs.
+
+    The same pairs: the same sampling recipe apart from ``photometric`` (frame, patch size, rho,
+    pairs per image, seed), and, pair by pair over the evaluated rows (``split``, first ``limit``),
+    the same image (id and source file content), crop corners and corner offsets.
+
+    Raises:
+        ValueError: naming both stores, what differs, and the fix.
+    """
+    a, b = redact(str(first.uri)), redact(str(other.uri))
+    what = f"{split} pairs" if split else "pairs"
+
+    def refuse(why: str) -> None:
+        raise ValueError(
+            f"stores {a} and {b} do not hold the same {what} ({why}), so a per-noise-level table would compare "
+            f"different pairs: generate every level from the same images with the same settings, changing only "
+            f"--photometric, or evaluate the stores one at a time"
+        )
+
+    recipe = [k for k in sorted(set(first.sampling) | set(other.sampling)) if k != "photometric"
+              and first.sampling.get(k) != other.sampling.get(k)]
+    if recipe:
+        refuse("sampling " + ", ".join(f"{k} {first.sampling.get(k)} vs {other.sampling.get(k)}" for k in recipe))
+    ga, gb = _pair_geometry(first, split, limit), _pair_geometry(other, split, limit)
+    if len(ga["image_id"]) != len(gb["image_id"]):
+        refuse(f"{len(ga['image_id'])} vs {len(gb['image_id'])} {what}")
+    if not np.array_equal(ga["image_id"], gb["image_id"]):
+        ids_a, ids_b = sorted(set(ga["image_id"].tolist())), sorted(set(gb["image_id"].tolist()))
+        only = sorted(set(ids_a) ^ set(ids_b))
+        refuse(f"from different images: ids {only[:5]} are in one only" if only else "the same images in another order")
+    da, db = _image_digests(first), _image_digests(other)
+    changed = [int(i) for i in np.unique(ga["image_id"]) if int(i) in da and int(i) in db and da[int(i)] != db[int(i)]]
+    if changed:
+        refuse(f"the source files of images {changed[:5]} differ in content")
+    if not (np.array_equal(ga["corners"], gb["corners"]) and np.array_equal(ga["offsets"], gb["offsets"])):
+        refuse("the same images, but other crops or corner offsets")
 
 
 def noise_level(ds: Any) -> str:

@@ -201,3 +201,40 @@ def test_cli_evaluate_network_refine_without_a_model_says_it_needs_model(cli, tm
     assert "network+refine" in res.output and "--model" in res.output and "unknown method" not in res.output
     typo = CliRunner().invoke(cli, ["evaluate", str(out), "--methods", "sfit"])
     assert typo.exit_code == 2 and "network+refine (with --model)" in typo.output  # the list names it
+
+
+@pytest.fixture(scope="module")
+def level_stores(tmp_path_factory):
+    """Small stores of real photographs: ``none``, and ``hard`` generated with the same settings, and
+    ``hard`` from more images, and ``hard`` with another seed (P=32, rho=8, 2 pairs an image)."""
+    from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+    from homogen.generate import generate
+
+    root = tmp_path_factory.mktemp("levels")
+    out = {}
+    for name, photometric, images, seed in (("none", "none", 8, 0), ("hard", "hard", 8, 0),
+                                            ("more-images", "hard", 16, 0), ("other-seed", "hard", 8, 1)):
+        out[name] = root / f"{name}.zarr"
+        generate(GenerateConfig(
+            output=str(out[name]),
+            sampling=SamplingConfig(pairs_per_image=2, patch_size=32, rho=8, photometric=photometric, seed=seed),
+            source=SourceConfig(max_images=images, test_fraction=0.5),
+        ))
+    return out
+
+
+def test_cli_evaluate_compares_noise_levels_only_on_the_same_pairs(cli, level_stores):
+    import re
+
+    for other, why in (("more-images", r"\(\d+ vs \d+ test pairs\)"), ("other-seed", r"\(sampling seed 0 vs 1\)")):
+        res = CliRunner().invoke(cli, ["evaluate", str(level_stores["none"]), str(level_stores[other]), "--methods", "identity"])
+        assert res.exit_code == 2, res.output
+        out = res.output
+        assert len(out.strip().splitlines()) == 1, out
+        assert "do not hold the same test pairs" in out and re.search(why, out) and "--photometric" in out, out
+        assert str(level_stores[other]) in out
+        assert "| method |" not in out  # refused before anything was evaluated
+    same = CliRunner().invoke(cli, ["evaluate", str(level_stores["none"]), str(level_stores["hard"]), "--methods", "identity"])
+    assert same.exit_code == 0, same.output
+    rows = [line for line in same.output.split("by noise level:")[1].splitlines() if line.startswith(("| none", "| hard"))]
+    assert len(rows) == 2 and rows[0].split("|")[3] == rows[1].split("|")[3]  # identity's MACE: the same offsets
