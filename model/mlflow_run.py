@@ -141,6 +141,10 @@ class TrainingRun:
 
     Raises:
         TrackingError: on entering, when the store is unreachable (before any training).
+        ValueError, CheckpointError: on entering, when ``config`` is a
+            :class:`~homogen.model.config.TrainConfig` that :func:`homogen.model.train.preflight`
+            refuses for this dataset (no val pairs, a resume checkpoint of another run, ...): before
+            the run is opened, so no FAILED run is left behind.
     """
 
     def __init__(
@@ -179,6 +183,11 @@ class TrainingRun:
         from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Param
         from mlflow.tracking import MlflowClient
 
+        from homogen.model.config import TrainConfig
+        from homogen.model.train import preflight
+
+        if isinstance(self.config, TrainConfig):  # whatever would refuse the training refuses it before the run opens
+            preflight(self.ds, self.config)
         uri = setup_tracking(self.tracking_uri, self.experiment)
         self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self.experiment_id = self._client.get_experiment_by_name(self.experiment).experiment_id

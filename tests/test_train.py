@@ -184,6 +184,18 @@ def test_homogen_train_resume_with_a_checkpoint_of_another_width_is_refused_befo
     assert _mlflow_runs(uri) == []
 
 
+def test_a_training_run_refuses_a_store_without_val_pairs_before_mlflow_holds_a_run(tmp_path):
+    from homogen.model.mlflow_run import TrainingRun
+
+    ds = _make_store(tmp_path / "noval.zarr", val_fraction=0.0)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(NoValidationSplitError, match="no val pairs"):
+        with TrainingRun(ds, TrainConfig(epochs=1, checkpoint_dir=str(tmp_path / "ck"), **FAST), tracking_uri=uri,
+                         system_metrics=False):
+            train(ds, TrainConfig(epochs=1, checkpoint_dir=str(tmp_path / "ck"), **FAST), progress=False)
+    assert _mlflow_runs(uri) == []
+
+
 def test_resume_without_checkpoint_starts_afresh(store, tmp_path):
     result = train(store, TrainConfig(epochs=1, checkpoint_dir=str(tmp_path), resume=True, **FAST), progress=False)
     assert [h["epoch"] for h in result.history] == [1]
