@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from homogen.config import SAMPLE_ROOT
+from homogen.stores import FIELDS, open_dataset
 
-PHOTOS = sorted((Path(SAMPLE_ROOT) / "train2017").glob("*.jpg"))
+SAMPLE = Path(SAMPLE_ROOT)
+SAMPLE_ANNOTATIONS = SAMPLE / "annotations" / "instances_train2017.json"
+PHOTOS = sorted((SAMPLE / "train2017").glob("*.jpg"))
 
 
 def recipe_pairs(n: int, rho: float, patch: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -28,3 +35,104 @@ def recipe_pairs(n: int, rho: float, patch: int = 128, seed: int = 0) -> tuple[n
         pairs[i, 0] = img[y : y + patch, x : x + patch]
         pairs[i, 1] = warped[y : y + patch, x : x + patch]
     return pairs, offsets
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def corrupt_jpeg_header(data: bytes) -> bytes:
+    """A JPEG whose frame header (SOF0) is damaged: a component count no decoder accepts."""
+    sof = data.index(b"\xff\xc0")
+    out = bytearray(data)
+    out[sof + 9] = 7
+    return bytes(out)
+
+
+def bad_image_bytes(kind: str, jpeg: bytes, rgb: np.ndarray) -> bytes:
+    """The bytes of one kind of bad image file, made from a real photograph."""
+    im = Image.fromarray(rgb)
+    gray16 = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257
+    if kind == "corrupt_jpeg":
+        return corrupt_jpeg_header(jpeg)
+    if kind == "truncated_jpeg":
+        return jpeg[: len(jpeg) // 2]
+    if kind == "zero_bytes":
+        return b""
+    if kind == "text_as_jpg":
+        return b"this is a text file with an image's name\n" * 20
+    if kind == "cmyk_jpeg":
+        return encode(im.convert("CMYK"), "JPEG")
+    if kind == "png16_gray":
+        return cv2.imencode(".png", gray16)[1].tobytes()
+    if kind == "png16_rgb":
+        return cv2.imencode(".png", rgb.astype(np.uint16) * 257)[1].tobytes()
+    if kind == "rgba_png":
+        return encode(im.convert("RGBA"), "PNG")
+    if kind == "palette_png_transparent":
+        return encode(im.convert("P"), "PNG", transparency=0)
+    if kind == "tiny_jpeg":
+        return encode(im.resize((100, 80)), "JPEG")
+    if kind == "truncated_png":
+        return encode(im, "PNG")[:-5000]
+    raise ValueError(kind)
+
+
+# reason fragments a user sees in the manifest's quarantine list, per kind of bad file
+BAD_KINDS: dict[str, str] = {
+    "corrupt_jpeg": "corrupt JPEG header",
+    "truncated_jpeg": "truncated JPEG",
+    "zero_bytes": "empty file",
+    "text_as_jpg": "not an image",
+    "cmyk_jpeg": "CMYK",
+    "png16_gray": "16-bit",
+    "png16_rgb": "16-bit",
+    "rgba_png": "alpha",
+    "palette_png_transparent": "alpha",
+    "tiny_jpeg": "too small",
+    "truncated_png": "truncated PNG",
+}
+BAD_SUFFIX = {k: (".png" if "png" in k else ".jpg") for k in BAD_KINDS}
+
+
+def make_coco(root: Path, split: str, photos: list[Path], coco: dict, extra_images: list[dict] = ()) -> Path:
+    """A COCO layout ``root/<split>/*.jpg`` + ``root/annotations/instances_<split>.json`` holding
+    ``photos`` (copied) and their annotations from ``coco``; ``extra_images`` are listed in the
+    annotations only (no file)."""
+    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    names = {p.name for p in photos}
+    for p in photos:
+        shutil.copyfile(p, root / split / p.name)
+    images = [i for i in coco["images"] if i["file_name"] in names] + list(extra_images)
+    ids = {i["id"] for i in images}
+    data = {
+        "images": images,
+        "annotations": [a for a in coco["annotations"] if a["image_id"] in ids],
+        "categories": coco["categories"],
+    }
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return root
+
+
+def read_store(path) -> dict[str, np.ndarray]:
+    """Every array of a finished store, through the one reader."""
+    ds = open_dataset(str(path))
+    return ds[:]
+
+
+def assert_same_arrays(a: dict, b: dict) -> None:
+    for f in FIELDS:
+        assert a[f].dtype == b[f].dtype, f
+        assert np.array_equal(a[f], b[f]), f"field {f} differs"
+
+
+def manifest_without_location(m: dict) -> dict:
+    """The manifest minus what names where it was written (the output path, the format)."""
+    m = json.loads(json.dumps(m))
+    m["config"].pop("output", None)
+    m["config"].pop("format", None)
+    m.pop("format", None)
+    return m

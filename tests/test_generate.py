@@ -18,7 +18,7 @@ from homogen.sampling import pair_rng, patch_corners, patch_homography, photomet
 from homogen.stores import HDF5Writer, StoreError, ZarrWriter, open_dataset
 from homogen.warping import cut_pair
 
-from conftest import SAMPLE, assert_same_arrays, manifest_without_location, read_store
+from helpers import SAMPLE, assert_same_arrays, manifest_without_location, read_store
 
 SUFFIX = {"zarr": ".zarr", "hdf5": ".h5"}
 

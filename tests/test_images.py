@@ -15,7 +15,7 @@ from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
 from homogen.images import BadImage, decode_gray, load_gray, reduction_factor
 
-from conftest import BAD_KINDS, BAD_SUFFIX, bad_image_bytes, encode, read_store
+from helpers import BAD_KINDS, BAD_SUFFIX, bad_image_bytes, encode, read_store
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_generation_quarantines_every_bad_image_and_goes_on(tmp_path, sample_pho
 
 
 def test_missing_images_named_by_annotations_are_quarantined(tmp_path, sample_photos, sample_coco):
-    from conftest import make_coco
+    from helpers import make_coco
 
     absent = {"id": 999999, "file_name": "000000999999.jpg", "width": 640, "height": 480}
     root = make_coco(tmp_path / "coco", "train2017", sample_photos[:4], sample_coco, extra_images=[absent])

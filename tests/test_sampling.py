@@ -17,7 +17,7 @@ from homogen.images import load_gray
 from homogen.sampling import pair_rng, patch_corners, patch_homography, sample_geometry
 from homogen.warping import cut_pair, cut_pair_full_frame
 
-from conftest import read_store
+from helpers import read_store
 
 P = 128
 CFG = SamplingConfig()

@@ -21,7 +21,7 @@ from homogen.sources import (
     redact,
 )
 
-from conftest import SAMPLE, make_coco, read_store
+from helpers import SAMPLE, make_coco, read_store
 
 
 def test_bundled_sample_lists_as_coco_in_id_order(sample_photos):

@@ -17,7 +17,7 @@ from homogen.sources import list_images
 from homogen.splits import hashed_split, training_split
 from homogen.validate import validate_dataset
 
-from conftest import SAMPLE, make_coco, read_store
+from helpers import SAMPLE, make_coco, read_store
 
 
 def ids_by_split(records) -> dict[str, set[int]]:

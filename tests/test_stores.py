@@ -35,7 +35,7 @@ from homogen.stores import (
 )
 from homogen.validate import validate_dataset
 
-from conftest import assert_same_arrays, bad_image_bytes
+from helpers import assert_same_arrays, bad_image_bytes
 from faultlib import REPO, child_env, run_cli, small_disk
 
 SMALL = dict(source=SourceConfig(max_images=8), shard_size=3, chunk_size=5)

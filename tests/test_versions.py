@@ -21,7 +21,7 @@ from homogen.stores import StoreConflict, open_dataset, open_writer
 from homogen.validate import validate_dataset
 from homogen.versions import check_version, manifest_version
 
-from conftest import SAMPLE
+from helpers import SAMPLE
 
 N_IMAGES = 8  # the first 8 bundled photographs by id: quick stores
 
