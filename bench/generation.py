@@ -235,11 +235,17 @@ def memory_child(src: str, n_images: int, out: str) -> None:
     reset = _reset_peak_rss()  # imports peak higher than generation: measure generation's own peak
     t, _, manifest = timed(lambda: generate(cfg, progress=False))
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, whole process life
-    print(json.dumps({
-        "pairs": manifest["num_pairs"], "seconds": t, "peak_rss_mb": peak_kb / 1024,
-        "generation_peak_rss_mb": _status_kb("VmHWM") / 1024 if reset else None,
-        "end_rss_mb": _status_kb("VmRSS") / 1024,
-    }))
+    print(
+        json.dumps(
+            {
+                "pairs": manifest["num_pairs"],
+                "seconds": t,
+                "peak_rss_mb": peak_kb / 1024,
+                "generation_peak_rss_mb": _status_kb("VmHWM") / 1024 if reset else None,
+                "end_rss_mb": _status_kb("VmRSS") / 1024,
+            }
+        )
+    )
 
 
 def _reset_peak_rss() -> bool:
@@ -289,8 +295,13 @@ def main() -> None:
     ap.add_argument("--pairs-per-image", type=int, default=4)
     ap.add_argument("--shard-size", type=int, default=None, help="images per shard (default: GenerateConfig's)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (best of)")
-    ap.add_argument("--memory-pairs", type=int, nargs="*", default=[5000, 20000],
-                    help="pair counts for the peak-memory runs (none: skip)")
+    ap.add_argument(
+        "--memory-pairs",
+        type=int,
+        nargs="*",
+        default=[5000, 20000],
+        help="pair counts for the peak-memory runs (none: skip)",
+    )
     ap.add_argument("--memory-child", nargs=3, metavar=("SRC", "IMAGES", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -303,39 +314,65 @@ def main() -> None:
         tmp = Path(d)
         s = speed(args.images, args.pairs_per_image, tmp, args.repeats, args.shard_size)
         r = s["rate"]
-        print(f"speed, {s['pairs']} pairs from {s['images']} image records, {s['pairs_per_image']} pairs per image, "
-              f"shards of {s['shard_size']} images, one core, best of {args.repeats} interleaved runs; "
-              "pairs/s by wall clock and by CPU time:")
-        print(f"  naive baseline (per-sample decode)  {r['naive']['wall']:7.1f} wall {r['naive']['cpu']:7.1f} cpu  ({s['naive_mb']:.1f} MB HDF5)")
-        print(f"  naive, one decode per image         {r['naive_once']['wall']:7.1f} wall {r['naive_once']['cpu']:7.1f} cpu")
-        print(f"  homogen (Zarr, compressed)          {r['homogen']['wall']:7.1f} wall {r['homogen']['cpu']:7.1f} cpu  ({s['store_mb']:.1f} MB Zarr)")
-        print(f"  decode floor (strict decode only)   {r['floor']['wall']:7.1f} wall {r['floor']['cpu']:7.1f} cpu  "
-              f"(= {s['floor_ratio']['cpu']:.2f}x naive by cpu)")
+        print(
+            f"speed, {s['pairs']} pairs from {s['images']} image records, {s['pairs_per_image']} pairs per image, "
+            f"shards of {s['shard_size']} images, one core, best of {args.repeats} interleaved runs; "
+            "pairs/s by wall clock and by CPU time:"
+        )
+        print(
+            f"  naive baseline (per-sample decode)  {r['naive']['wall']:7.1f} wall {r['naive']['cpu']:7.1f} cpu  ({s['naive_mb']:.1f} MB HDF5)"
+        )
+        print(
+            f"  naive, one decode per image         {r['naive_once']['wall']:7.1f} wall {r['naive_once']['cpu']:7.1f} cpu"
+        )
+        print(
+            f"  homogen (Zarr, compressed)          {r['homogen']['wall']:7.1f} wall {r['homogen']['cpu']:7.1f} cpu  ({s['store_mb']:.1f} MB Zarr)"
+        )
+        print(
+            f"  decode floor (strict decode only)   {r['floor']['wall']:7.1f} wall {r['floor']['cpu']:7.1f} cpu  "
+            f"(= {s['floor_ratio']['cpu']:.2f}x naive by cpu)"
+        )
         print(f"  homogen's frames only (decode+resize){r['frames']['wall']:7.1f} wall {r['frames']['cpu']:7.1f} cpu")
-        print(f"  homogen's pairs in memory (no store){r['in_memory']['wall']:7.1f} wall {r['in_memory']['cpu']:7.1f} cpu")
+        print(
+            f"  homogen's pairs in memory (no store){r['in_memory']['wall']:7.1f} wall {r['in_memory']['cpu']:7.1f} cpu"
+        )
         ms = {k: 1e3 * s["pairs_per_image"] / r[k]["cpu"] for k in ("floor", "frames", "in_memory", "homogen")}
-        print(f"  CPU ms per image: decode {ms['floor']:.2f}, + resize and checks {ms['frames'] - ms['floor']:.2f}, "
-              f"+ pairs {ms['in_memory'] - ms['frames']:.2f}, + store (compression, shards, commit) "
-              f"{ms['homogen'] - ms['in_memory']:.2f} = {ms['homogen']:.2f}")
-        print(f"  ratio homogen / naive               {s['ratio']['wall']:7.2f}x wall {s['ratio']['cpu']:6.2f}x cpu  (target >= 8x)")
-        print(f"  homogen / decode floor              {s['share_of_floor']['wall']:7.0%} wall {s['share_of_floor']['cpu']:6.0%} cpu")
-        print(f"  ratio homogen / naive decode-once   {s['ratio_vs_decode_once']['wall']:7.2f}x wall "
-              f"{s['ratio_vs_decode_once']['cpu']:6.2f}x cpu")
+        print(
+            f"  CPU ms per image: decode {ms['floor']:.2f}, + resize and checks {ms['frames'] - ms['floor']:.2f}, "
+            f"+ pairs {ms['in_memory'] - ms['frames']:.2f}, + store (compression, shards, commit) "
+            f"{ms['homogen'] - ms['in_memory']:.2f} = {ms['homogen']:.2f}"
+        )
+        print(
+            f"  ratio homogen / naive               {s['ratio']['wall']:7.2f}x wall {s['ratio']['cpu']:6.2f}x cpu  (target >= 8x)"
+        )
+        print(
+            f"  homogen / decode floor              {s['share_of_floor']['wall']:7.0%} wall {s['share_of_floor']['cpu']:6.0%} cpu"
+        )
+        print(
+            f"  ratio homogen / naive decode-once   {s['ratio_vs_decode_once']['wall']:7.2f}x wall "
+            f"{s['ratio_vs_decode_once']['cpu']:6.2f}x cpu"
+        )
         px = s["pixels_vs_naive"]
-        print(f"  same labels; pixels vs naive: mean |diff| {px['mean_abs_diff']:.2f}, p99 {px['p99_abs_diff']:.0f} levels "
-              "(reduced JPEG decode)")
+        print(
+            f"  same labels; pixels vs naive: mean |diff| {px['mean_abs_diff']:.2f}, p99 {px['p99_abs_diff']:.0f} levels "
+            "(reduced JPEG decode)"
+        )
         if args.memory_pairs:
             rows = memory(sorted(args.memory_pairs), tmp)
             print("peak memory of generate (fresh process each):")
             for r in rows:
                 gen = r["generation_peak_rss_mb"]
-                print(f"  {r['pairs']:6d} pairs  peak RSS {r['peak_rss_mb']:7.1f} MB (process), "
-                      f"{gen if gen is not None else float('nan'):7.1f} MB (during generation), "
-                      f"{r['end_rss_mb']:7.1f} MB at the end  ({r['pairs'] / r['seconds']:.0f} pairs/s wall)")
+                print(
+                    f"  {r['pairs']:6d} pairs  peak RSS {r['peak_rss_mb']:7.1f} MB (process), "
+                    f"{gen if gen is not None else float('nan'):7.1f} MB (during generation), "
+                    f"{r['end_rss_mb']:7.1f} MB at the end  ({r['pairs'] / r['seconds']:.0f} pairs/s wall)"
+                )
             if len(rows) > 1:
                 key = "generation_peak_rss_mb" if rows[0]["generation_peak_rss_mb"] is not None else "peak_rss_mb"
-                print(f"  growth {rows[0]['pairs']} -> {rows[-1]['pairs']} pairs: "
-                      f"{rows[-1][key] - rows[0][key]:+.1f} MB peak during generation (target < 1024 MB, flat)")
+                print(
+                    f"  growth {rows[0]['pairs']} -> {rows[-1]['pairs']} pairs: "
+                    f"{rows[-1][key] - rows[0][key]:+.1f} MB peak during generation (target < 1024 MB, flat)"
+                )
 
         print(f"load average at end (1, 5, 15 min): {os.getloadavg()}")
         print(f"homogen / naive: {s['ratio']['cpu']:.2f}x")

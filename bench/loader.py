@@ -107,18 +107,32 @@ def codec_table(pixels: np.ndarray, tmp: str, chunk: int, repeats: int) -> list[
     for name, make in CODECS.items():
         paths[name] = os.path.join(tmp, f"codec-{len(paths)}.zarr")
         t = time.process_time()
-        a = zarr.create_array(paths[name], shape=pixels.shape, dtype="uint8", chunks=(chunk,) + pixels.shape[1:],
-                              compressors=make() + [Crc32cCodec()], config={"write_empty_chunks": True})
+        a = zarr.create_array(
+            paths[name],
+            shape=pixels.shape,
+            dtype="uint8",
+            chunks=(chunk,) + pixels.shape[1:],
+            compressors=make() + [Crc32cCodec()],
+            config={"write_empty_chunks": True},
+        )
         a[...] = pixels
         write[name] = n / (time.process_time() - t)
     h5 = os.path.join(tmp, "codec.h5")
     name_h5 = "HDF5 gzip-4 (HDF5 default)"
     t = time.process_time()
     with h5py.File(h5, "w") as f:
-        f.create_dataset("pairs", data=pixels, chunks=(chunk,) + pixels.shape[1:], compression="gzip",
-                         compression_opts=4, fletcher32=True)
+        f.create_dataset(
+            "pairs",
+            data=pixels,
+            chunks=(chunk,) + pixels.shape[1:],
+            compression="gzip",
+            compression_opts=4,
+            fletcher32=True,
+        )
     write[name_h5] = n / (time.process_time() - t)
-    sizes = {k: sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs) for k, p in paths.items()}
+    sizes = {
+        k: sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs) for k, p in paths.items()
+    }
     sizes[name_h5] = os.path.getsize(h5)
     for _ in range(repeats):
         for name, p in paths.items():
@@ -187,7 +201,9 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message="Consolidated metadata")
 
-    print(f"machine: {cpu_model()}, nproc {os.cpu_count()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"machine: {cpu_model()}, nproc {os.cpu_count()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         sampling = SamplingConfig(pairs_per_image=args.pairs_per_image)
@@ -211,32 +227,45 @@ def main() -> None:
         for workers in args.workers:
             loaders = {
                 "per-sample HDF5 (seed style)": DataLoader(
-                    baseline, batch_size=args.batch_size, num_workers=workers,
+                    baseline,
+                    batch_size=args.batch_size,
+                    num_workers=workers,
                     sampler=RandomSampler(baseline, num_samples=min(len(baseline), args.baseline_samples)),
                 )
             }
             for name, store in stores.items():
                 for threads in args.read_threads if name == "ds.zarr" else [max(args.read_threads)]:
                     loaders[f"chunk stream, {name}, {threads} rd thr"] = make_loader(
-                        store, None, batch_size=args.batch_size, num_workers=workers, pin_memory=False,
+                        store,
+                        None,
+                        batch_size=args.batch_size,
+                        num_workers=workers,
+                        pin_memory=False,
                         read_threads=threads,
                     )
             chunks = Chunks(stores["ds.zarr"].uri)
-            loaders["plain DataLoader, ds.zarr"] = DataLoader(chunks, batch_size=None, shuffle=True, num_workers=workers)
+            loaders["plain DataLoader, ds.zarr"] = DataLoader(
+                chunks, batch_size=None, shuffle=True, num_workers=workers
+            )
             rates = best_rates(loaders, args.repeats)
             base = rates["per-sample HDF5 (seed style)"]
             rows += [(name, workers, *r, base) for name, r in rates.items()]
-        print(f"{'loader':<34}{'workers':>8}{'startup s':>10}{'pairs/s':>10}{'vs baseline':>13}{'CPU pairs/s':>13}{'vs baseline':>13}")
+        print(
+            f"{'loader':<34}{'workers':>8}{'startup s':>10}{'pairs/s':>10}{'vs baseline':>13}{'CPU pairs/s':>13}{'vs baseline':>13}"
+        )
         for name, workers, startup, rate, cpu_rate, base in rows:
             cpu = f"{cpu_rate:>13,.0f}{cpu_rate / base[2]:>12.1f}x" if workers == 0 else f"{'-':>13}{'-':>13}"
             print(f"{name:<34}{workers:>8}{startup:>10.2f}{rate:>10,.0f}{rate / base[1]:>12.1f}x{cpu}")
         if not args.no_codecs:
             pixels = ds.arrays["pairs"][:]
-            print(f"\npixel codecs (each + CRC32C; HDF5: + Fletcher-32), {len(pixels)} pairs, chunks of {ds.chunk_len}, CPU time:")
+            print(
+                f"\npixel codecs (each + CRC32C; HDF5: + Fletcher-32), {len(pixels)} pairs, chunks of {ds.chunk_len}, CPU time:"
+            )
             print(f"{'codec':<30}{'ratio':>7}{'write pairs/s':>15}{'read pairs/s':>14}")
             for name, ratio, w, r in codec_table(pixels, tmp, ds.chunk_len, args.repeats):
                 print(f"{name:<30}{ratio:>7.2f}{w:>15,.0f}{r:>14,.0f}")
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
 
 if __name__ == "__main__":
     main()

@@ -41,12 +41,16 @@ def main() -> None:
     torch.set_num_threads(1)
     prepare(methods)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = GenerateConfig(output=os.path.join(tmp, "ds.zarr"),
-                             sampling=SamplingConfig(rho=args.rho, pairs_per_image=4, photometric=args.photometric))
+        cfg = GenerateConfig(
+            output=os.path.join(tmp, "ds.zarr"),
+            sampling=SamplingConfig(rho=args.rho, pairs_per_image=4, photometric=args.photometric),
+        )
         generate(cfg, progress=False)
         pairs, offsets = load_split(cfg.output, None, limit=args.pairs)
-    print(f"{cpu_model()}, nproc {os.cpu_count()}, 1 OpenCV + 1 torch thread; {len(pairs)} pairs from the bundled "
-          f"photographs, rho {args.rho}, P {pairs.shape[-1]}, photometric {args.photometric}")
+    print(
+        f"{cpu_model()}, nproc {os.cpu_count()}, 1 OpenCV + 1 torch thread; {len(pairs)} pairs from the bundled "
+        f"photographs, rho {args.rho}, P {pairs.shape[-1]}, photometric {args.photometric}"
+    )
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
     rows = {}
     for m in methods:
@@ -58,8 +62,10 @@ def main() -> None:
     print("| method | MACE mean (px) | median (px) | p95 (px) | failures | ms/pair wall | ms/pair CPU | CPU vs ECC |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for m, (s, wall, cpu) in rows.items():
-        print(f"| {method_label(m)} | {s['mean']:.2f} | {s['median']:.2f} | {s['p95']:.2f} | {s['failures']}/{s['n']} "
-              f"| {wall:.1f} | {cpu:.1f} | {cpu / ecc_cpu:.2f} |")
+        print(
+            f"| {method_label(m)} | {s['mean']:.2f} | {s['median']:.2f} | {s['p95']:.2f} | {s['failures']}/{s['n']} "
+            f"| {wall:.1f} | {cpu:.1f} | {cpu / ecc_cpu:.2f} |"
+        )
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

@@ -135,10 +135,14 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2_504, help="distinct image records linked to the bundled photos (default 2,504)")
+    parser.add_argument(
+        "--images", type=int, default=2_504, help="distinct image records linked to the bundled photos (default 2,504)"
+    )
     parser.add_argument("--source", default=None, help="COCO root or image folder instead of the linked records")
     parser.add_argument("--pairs-per-image", type=int, default=4, help="pairs per image (default 4, the recipe's)")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"images per shard (default {DEFAULT_SHARD_SIZE})")
+    parser.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"images per shard (default {DEFAULT_SHARD_SIZE})"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs of each variant; the best counts")
     parser.add_argument("--workdir", default=None, help="where the stores go (default: a temporary folder, removed)")
     args = parser.parse_args()
@@ -175,7 +179,9 @@ def main() -> None:
             for i, (name, run) in enumerate(variants.items()):
                 out = str(root / f"v{i}-r{r}.zarr")
                 t, c = timed(lambda: run(out))
-                print(f"  run {r + 1}: {name:32s} {t:8.2f} s  {c:7.2f} CPU s  load {os.getloadavg()[0]:.1f}", flush=True)
+                print(
+                    f"  run {r + 1}: {name:32s} {t:8.2f} s  {c:7.2f} CPU s  load {os.getloadavg()[0]:.1f}", flush=True
+                )
                 best[name] = min(best.get(name, math.inf), t)
                 cpu[name] = min(cpu.get(name, math.inf), c)
                 ds = open_dataset(out)
@@ -187,19 +193,23 @@ def main() -> None:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     assert len(versions) == 1, f"the variants made different datasets: {versions}"
-    (version, n), = versions
+    ((version, n),) = versions
     shards = math.ceil(images / args.shard_size)
-    print(f"dataset {version}: {n} pairs from {images} images ({args.pairs_per_image}/image), "
-          f"{shards} shards of {args.shard_size} images, best of {args.repeats}")
+    print(
+        f"dataset {version}: {n} pairs from {images} images ({args.pairs_per_image}/image), "
+        f"{shards} shards of {args.shard_size} images, best of {args.repeats}"
+    )
     print(f"{'variant':32s} {'seconds':>8s} {'pairs/s':>9s} {'vs direct':>9s} {'CPU s':>7s}")
     direct, direct_cpu = best["direct (library, 1 process)"], cpu["direct (library, 1 process)"]
     for name, t in best.items():
         print(f"{name:32s} {t:8.2f} {n / t:9.1f} {direct / t:8.2f}x {cpu[name]:7.2f}")
     for mode in ("cold", "warm"):
         one, two = best[f"flow, 1 worker, {mode}"], best[f"flow, 2 workers, {mode}"]
-        print(f"{mode}: speed-up 2 workers / 1 worker {one / two:.2f}x; "
-              f"Prefect + Dask overhead on 1 worker vs direct {100 * (one / direct - 1):+.1f} % wall, "
-              f"{100 * (cpu[f'flow, 1 worker, {mode}'] / direct_cpu - 1):+.1f} % CPU (target <= 10 %)")
+        print(
+            f"{mode}: speed-up 2 workers / 1 worker {one / two:.2f}x; "
+            f"Prefect + Dask overhead on 1 worker vs direct {100 * (one / direct - 1):+.1f} % wall, "
+            f"{100 * (cpu[f'flow, 1 worker, {mode}'] / direct_cpu - 1):+.1f} % CPU (target <= 10 %)"
+        )
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"flow 2 workers / direct 1 process: {direct / best['flow, 2 workers, cold']:.2f}x")
 

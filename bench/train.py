@@ -110,8 +110,12 @@ def recipe(args, device: torch.device) -> None:
     if not os.path.exists(out):
         per_image = max(1, -(-args.pairs // max(1, sum(1 for _ in os.scandir(os.path.join(args.source, "train2017"))))))
         t0 = time.perf_counter()
-        generate(GenerateConfig(output=out, sampling=SamplingConfig(pairs_per_image=per_image),
-                                source=SourceConfig(root=args.source)), progress=True)
+        generate(
+            GenerateConfig(
+                output=out, sampling=SamplingConfig(pairs_per_image=per_image), source=SourceConfig(root=args.source)
+            ),
+            progress=True,
+        )
         print(f"generated {out} in {time.perf_counter() - t0:.0f} s")
     ds = open_dataset(out)
     print(f"store {ds.version}: {len(ds)} pairs, splits {ds.split_counts()}")
@@ -122,20 +126,37 @@ def recipe(args, device: torch.device) -> None:
     start = time.perf_counter()
 
     def on_epoch(record):
-        print(f"  epoch {record['epoch']:>3}  {time.perf_counter() - start:6.0f} s  loss {record['train_loss']:.3f}  "
-              f"val MACE {record['val_mace']:.3f} px (median {record['val_median']:.3f}, p95 {record['val_p95']:.3f})  "
-              f"{record['samples_per_s']:,.0f} samples/s", flush=True)
+        print(
+            f"  epoch {record['epoch']:>3}  {time.perf_counter() - start:6.0f} s  loss {record['train_loss']:.3f}  "
+            f"val MACE {record['val_mace']:.3f} px (median {record['val_median']:.3f}, p95 {record['val_p95']:.3f})  "
+            f"{record['samples_per_s']:,.0f} samples/s",
+            flush=True,
+        )
         if time.perf_counter() - start > 60 * args.minutes:
             raise TimeUp
 
     ck = os.path.join(os.path.dirname(out), "checkpoints")
     cuda = device.type == "cuda"
-    cfg = TrainConfig(epochs=1000, batch_size=args.batch_size or 256, lr=args.lr, step_size=args.step_size, gamma=0.5,
-                      patience=None, amp=cuda, channels_last=cuda, compile=args.compile, num_workers=args.num_workers,
-                      device=device.type, checkpoint_dir=ck, width=args.width)
+    cfg = TrainConfig(
+        epochs=1000,
+        batch_size=args.batch_size or 256,
+        lr=args.lr,
+        step_size=args.step_size,
+        gamma=0.5,
+        patience=None,
+        amp=cuda,
+        channels_last=cuda,
+        compile=args.compile,
+        num_workers=args.num_workers,
+        device=device.type,
+        checkpoint_dir=ck,
+        width=args.width,
+    )
     print(f"device: {describe(device)}")
-    print(f"training {args.minutes} min, batch {cfg.batch_size}, {'AMP bf16 + channels_last' if cuda else 'float32'}, "
-          f"{cfg.num_workers} loader workers")
+    print(
+        f"training {args.minutes} min, batch {cfg.batch_size}, {'AMP bf16 + channels_last' if cuda else 'float32'}, "
+        f"{cfg.num_workers} loader workers"
+    )
     try:
         train(ds, cfg, progress=False, on_epoch=on_epoch)
     except TimeUp:
@@ -180,11 +201,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ds.zarr")
-        generate(GenerateConfig(output=out, sampling=SamplingConfig(pairs_per_image=64),
-                                source=SourceConfig(val_fraction=0.1)), progress=False)
+        generate(
+            GenerateConfig(
+                output=out, sampling=SamplingConfig(pairs_per_image=64), source=SourceConfig(val_fraction=0.1)
+            ),
+            progress=False,
+        )
         pairs, offsets = (torch.from_numpy(a) for a in load_split(out, None))
-        print(f"data: {len(pairs)} real pairs 2x128x128 uint8; model: HomographyNet(width={args.width}), "
-              f"{sum(p.numel() for p in HomographyNet(args.width).parameters()):,} parameters")
+        print(
+            f"data: {len(pairs)} real pairs 2x128x128 uint8; model: HomographyNet(width={args.width}), "
+            f"{sum(p.numel() for p in HomographyNet(args.width).parameters()):,} parameters"
+        )
 
         devices = [torch.device("cpu")] if args.device in ("auto", "cpu") else []
         if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
@@ -201,22 +228,36 @@ def main() -> None:
             configs = [("float32", False, False)] + ([("AMP bf16 + channels_last", True, True)] if cuda else [])
             for label, amp, cl in configs:
                 on_device = pairs.to(device), offsets.to(device)
-                rate = step_rate(None, device, run, amp, cl, batches(*on_device, run.batch_size, run.warmup, 1),
-                                 batches(*on_device, run.batch_size, run.steps))
-                loader = make_loader(out, "train", batch_size=run.batch_size, shuffle=True, num_workers=workers,
-                                     pin_memory=cuda)
+                rate = step_rate(
+                    None,
+                    device,
+                    run,
+                    amp,
+                    cl,
+                    batches(*on_device, run.batch_size, run.warmup, 1),
+                    batches(*on_device, run.batch_size, run.steps),
+                )
+                loader = make_loader(
+                    out, "train", batch_size=run.batch_size, shuffle=True, num_workers=workers, pin_memory=cuda
+                )
                 looped = step_rate(None, device, run, amp, cl, limited(loader, run.warmup), limited(loader, run.steps))
-                print(f"  {label:<26} batch {run.batch_size:>4}  {run.steps} steps{'  compiled' if run.compile else ''}: "
-                      f"tensors in memory {rate:>9,.0f} samples/s; loader in the loop ({workers} workers) "
-                      f"{looped:>9,.0f} samples/s ({looped / rate:.2f}x)")
+                print(
+                    f"  {label:<26} batch {run.batch_size:>4}  {run.steps} steps{'  compiled' if run.compile else ''}: "
+                    f"tensors in memory {rate:>9,.0f} samples/s; loader in the loop ({workers} workers) "
+                    f"{looped:>9,.0f} samples/s ({looped / rate:.2f}x)"
+                )
 
         producer, consumer = feed(out, args.batch_size or 256)
-        print(f"feed: chunk stream {producer:,.0f} pairs per CPU-second (one thread, no reader threads); "
-              f"receiving from a worker costs the main process {consumer * 1e6:.1f} us per pair")
+        print(
+            f"feed: chunk stream {producer:,.0f} pairs per CPU-second (one thread, no reader threads); "
+            f"receiving from a worker costs the main process {consumer * 1e6:.1f} us per pair"
+        )
         cores = 16
         bound = min((cores - 2) * producer, 1 / consumer)
-        print(f"  on {cores} cores (14 workers): at most {bound:,.0f} pairs/s "
-              f"({'>=' if bound >= 20_000 else '<'} 20,000), if workers scale linearly")
+        print(
+            f"  on {cores} cores (14 workers): at most {bound:,.0f} pairs/s "
+            f"({'>=' if bound >= 20_000 else '<'} 20,000), if workers scale linearly"
+        )
         print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
 
 

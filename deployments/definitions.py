@@ -70,12 +70,14 @@ def refuse_credentials(deployment: RunnerDeployment) -> RunnerDeployment:
 
 def local_deployment() -> RunnerDeployment:
     """``generate-and-train/local``: run on demand with the defaults (override with ``--param``)."""
-    return refuse_credentials(generate_and_train.to_deployment(
-        name="local",
-        description="Generate a dataset on Dask, validate it, train and register HomographyNet (defaults: bundled images, short training).",
-        tags=TAGS,
-        entrypoint_type=EntrypointType.MODULE_PATH,
-    ))
+    return refuse_credentials(
+        generate_and_train.to_deployment(
+            name="local",
+            description="Generate a dataset on Dask, validate it, train and register HomographyNet (defaults: bundled images, short training).",
+            tags=TAGS,
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+    )
 
 
 def regenerate_schedules(cycle=REGENERATE_CYCLE, timezone: str = "UTC") -> list:
@@ -85,13 +87,15 @@ def regenerate_schedules(cycle=REGENERATE_CYCLE, timezone: str = "UTC") -> list:
 
 def regenerate_deployment() -> RunnerDeployment:
     """``generate-and-train/regenerate``: the weekly cycle of perturbation ranges."""
-    return refuse_credentials(generate_and_train.to_deployment(
-        name="regenerate",
-        description="Weekly: a new dataset per perturbation range (rho 16, 24, 32), a new model version on each.",
-        schedules=regenerate_schedules(),
-        tags=TAGS + ["scheduled"],
-        entrypoint_type=EntrypointType.MODULE_PATH,
-    ))
+    return refuse_credentials(
+        generate_and_train.to_deployment(
+            name="regenerate",
+            description="Weekly: a new dataset per perturbation range (rho 16, 24, 32), a new model version on each.",
+            schedules=regenerate_schedules(),
+            tags=TAGS + ["scheduled"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        )
+    )
 
 
 def gpu_deployment(pool: str = GPU_POOL) -> RunnerDeployment:

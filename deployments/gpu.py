@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     # RunnerDeployment.apply registers it as is: the code is the installed package (module-path
     # entrypoint), nothing to build or push.
     deployment_id = gpu_deployment(args.pool).apply()
-    print(f"deployment train-model/gpu ({deployment_id}) on work pool {args.pool!r}: start a worker with `prefect worker start --pool {args.pool}`")
+    print(
+        f"deployment train-model/gpu ({deployment_id}) on work pool {args.pool!r}: start a worker with `prefect worker start --pool {args.pool}`"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ from homogen.deployments.definitions import served_deployments
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--limit", type=int, default=1, help="flow runs at once (default 1: runs share the CPU cores)")
     args = parser.parse_args(argv)
     serve(*served_deployments(), limit=args.limit)

@@ -27,7 +27,14 @@ def run(config: Optional[str] = None, **flat: Any) -> None:
     """
     from pydantic import ValidationError
 
-    from homogen.flows.config import InvalidParameters, PipelineConfig, apply_overrides, check_before_work, describe_errors, load_config
+    from homogen.flows.config import (
+        InvalidParameters,
+        PipelineConfig,
+        apply_overrides,
+        check_before_work,
+        describe_errors,
+        load_config,
+    )
 
     try:
         cfg = PipelineConfig.model_validate(load_config(config))
@@ -52,7 +59,9 @@ def _options() -> inspect.Signature:
     """``run``'s options: ``--config`` and one per flat shortcut, typed, described and defaulted from the config."""
     from homogen.flows.config import flat_parameters
 
-    config = typer.Option(None, help="PipelineConfig as JSON (inline or a file); partial sections keep the other defaults")
+    config = typer.Option(
+        None, help="PipelineConfig as JSON (inline or a file); partial sections keep the other defaults"
+    )
     params = [inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=config, annotation=Optional[str])]
     params += [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(None, help=text), annotation=kind)

@@ -50,7 +50,9 @@ class TrackingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    uri: str | None = Field(None, description="MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db"
+    )
     experiment: str = Field("homogen", description="MLflow experiment of the training runs")
     model_name: str = Field("homographynet", description="registered model name")
 
@@ -60,8 +62,11 @@ class EvaluateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    methods: tuple[str, ...] = Field(("identity", "orb", "sift"), description="model.evaluate.METHODS keys (identity, orb, sift, ecc, direct-mse, direct-ncc, "
-                                        "METHOD+refine) or network+refine")
+    methods: tuple[str, ...] = Field(
+        ("identity", "orb", "sift"),
+        description="model.evaluate.METHODS keys (identity, orb, sift, ecc, direct-mse, direct-ncc, "
+        "METHOD+refine) or network+refine",
+    )
     limit: int | None = Field(200, ge=1, description="test pairs scored (the first N); None: all")
 
 
@@ -73,7 +78,9 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     generate: GenerateConfig = QUICK_GENERATE
-    validate_regenerate: int = Field(8, ge=0, description="pairs regenerated from the source images and compared byte for byte")
+    validate_regenerate: int = Field(
+        8, ge=0, description="pairs regenerated from the source images and compared byte for byte"
+    )
     train: TrainConfig = QUICK_TRAIN
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -122,7 +129,9 @@ class PipelineConfig(BaseModel):
                 f"the store's size; set both to the same value"
             )
         if self.train_deployment is not None and not re.fullmatch(r"[^/\s]+/[^/\s]+", self.train_deployment):
-            raise ValueError(f"train_deployment={self.train_deployment!r}: use '<flow name>/<deployment name>', e.g. 'train-model/gpu'")
+            raise ValueError(
+                f"train_deployment={self.train_deployment!r}: use '<flow name>/<deployment name>', e.g. 'train-model/gpu'"
+            )
         return self
 
 
@@ -308,15 +317,21 @@ def check_before_work(cfg: PipelineConfig) -> None:
     device = cfg.train.device
     m = DEVICE.fullmatch(device)
     if m is None:
-        raise InvalidParameters(f"train.device={device!r} is not a device the trainer uses: use auto, cpu, cuda, cuda:N or mps")
+        raise InvalidParameters(
+            f"train.device={device!r} is not a device the trainer uses: use auto, cpu, cuda, cuda:N or mps"
+        )
     if cfg.train_deployment is not None or device in ("auto", "cpu"):
         return
     where = "; or train on a GPU machine with train_deployment='train-model/gpu'"
     if device == "mps" and sys.platform != "darwin":
-        raise InvalidParameters(f"train.device='mps' needs Apple silicon (this is {sys.platform}): use device=auto or cpu{where}")
+        raise InvalidParameters(
+            f"train.device='mps' needs Apple silicon (this is {sys.platform}): use device=auto or cpu{where}"
+        )
     if device.startswith("cuda"):
         if not torch_has_cuda():
-            raise InvalidParameters(f"train.device={device!r}, but the installed torch has no CUDA: use device=auto or cpu{where}")
+            raise InvalidParameters(
+                f"train.device={device!r}, but the installed torch has no CUDA: use device=auto or cpu{where}"
+            )
         index, count = int(m.group(1) or 0), visible_cuda_devices()
         if index >= count:
             raise InvalidParameters(

@@ -79,7 +79,11 @@ def generate_dataset(config: GenerateConfig = QUICK_GENERATE, dask: DaskConfig =
     skipped = sum(r.skipped for r in results)
     log.info(
         "dataset %s complete: %d pairs, %d images quarantined, %d shards generated, %d already complete",
-        p.version, manifest["num_pairs"], len(manifest["quarantine"]), len(results) - skipped, skipped,
+        p.version,
+        manifest["num_pairs"],
+        len(manifest["quarantine"]),
+        len(results) - skipped,
+        skipped,
     )
     return dataset_summary(manifest)
 

@@ -113,7 +113,9 @@ def train_remotely(deployment: str, dataset_uri: str, config: PipelineConfig) ->
         timeout=None,
     )
     if not run.state or not run.state.is_completed():
-        raise RuntimeError(f"deployment {deployment} run {run.name} ended {run.state.name if run.state else 'without a state'}")
+        raise RuntimeError(
+            f"deployment {deployment} run {run.name} ended {run.state.name if run.state else 'without a state'}"
+        )
     import mlflow
 
     setup_tracking(config.tracking.uri, experiment=None)
@@ -157,7 +159,9 @@ def generate_and_train(config: PipelineConfig = PipelineConfig(), **flat: Any) -
         log.info("training as deployment %s", cfg.train_deployment)
         model = train_remotely(cfg.train_deployment, dataset["uri"], cfg)
     else:
-        from homogen.flows.train import train_model  # torch: imported here, not by the Dask workers that re-import this module
+        from homogen.flows.train import (
+            train_model,
+        )  # torch: imported here, not by the Dask workers that re-import this module
 
         model = train_model(dataset["uri"], cfg.train, cfg.evaluate, cfg.tracking)
     log.info("dataset %s -> %s version %s", dataset["version"], model["model_name"], model["model_version"])
@@ -171,7 +175,11 @@ def generate_and_train(config: PipelineConfig = PipelineConfig(), **flat: Any) -
 
 def _signature() -> inspect.Signature:
     """``(config, *, rho=None, epochs=None, ...)``: one keyword per flat shortcut, typed from its field."""
-    params = [inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=PipelineConfig(), annotation=PipelineConfig)]
+    params = [
+        inspect.Parameter(
+            "config", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=PipelineConfig(), annotation=PipelineConfig
+        )
+    ]
     params += [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind)
         for name, (kind, _) in flat_parameters().items()
@@ -181,8 +189,9 @@ def _signature() -> inspect.Signature:
 
 # The function keeps its name (deployments' entrypoints are module.function) and becomes the flow.
 generate_and_train.__signature__ = _signature()
-generate_and_train.__doc__ += "\n    Args:\n        config: the whole pipeline (partial sections keep the defaults).\n" + "".join(
-    f"        {name}: {text}\n" for name, (_, text) in flat_parameters().items()
+generate_and_train.__doc__ += (
+    "\n    Args:\n        config: the whole pipeline (partial sections keep the defaults).\n"
+    + "".join(f"        {name}: {text}\n" for name, (_, text) in flat_parameters().items())
 )  # the parameters' descriptions in Prefect's UI
 generate_and_train = flow(name="generate-and-train", flow_run_name=_initial_run_name)(generate_and_train)
 
@@ -196,7 +205,7 @@ def usage() -> str:
         "(ephemeral Prefect unless PREFECT_API_URL is set). Every value is checked before the flow starts.",
         "",
         "  config=JSON|FILE  PipelineConfig as inline JSON or a JSON file; partial sections keep the other defaults,",
-        "                    e.g. config='{\"generate\": {\"source\": {\"test_split\": \"val2017\"}}}'",
+        '                    e.g. config=\'{"generate": {"source": {"test_split": "val2017"}}}\'',
     ]
     lines += [f"  {name}=VALUE  {text}" for name, (_, text) in flat_parameters().items()]
     lines += ["", "Flat shortcuts win over config. Example: python -m homogen.flows.generate_and_train rho=24 epochs=3"]

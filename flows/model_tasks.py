@@ -40,7 +40,9 @@ def train_task(
     ``progress_key`` a progress artifact shows the epochs done.
     """
     log = run_logger()
-    artifact = create_progress_artifact(0.0, key=progress_key, description="training epochs done") if progress_key else None
+    artifact = (
+        create_progress_artifact(0.0, key=progress_key, description="training epochs done") if progress_key else None
+    )
 
     def each_epoch(record: dict[str, Any]) -> None:
         log.info(epoch_line(record))
@@ -50,8 +52,13 @@ def train_task(
             update_progress_artifact(artifact, min(100.0, 100.0 * record["epoch"] / config.epochs))
 
     result = train(uri, config, progress=False, on_epoch=each_epoch)
-    log.info("trained on %s: best val MACE %.3f px at epoch %s, device %s", result.dataset_version,
-             result.best_val_mace, result.best_epoch, result.device)
+    log.info(
+        "trained on %s: best val MACE %.3f px at epoch %s, device %s",
+        result.dataset_version,
+        result.best_val_mace,
+        result.best_epoch,
+        result.device,
+    )
     return result
 
 
@@ -66,11 +73,20 @@ def evaluate_task(uri: str, model: Any, methods: tuple[str, ...], limit: int | N
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(run: TrainingRun, result: TrainResult, scores: TestScores) -> Registered:
     """Log the test scores and evaluation files to the run, log and register the model, apply the champion rule."""
-    run.set_tags({"device": result.device, "best_epoch": result.best_epoch,
-                  "checkpoint": result.best_checkpoint or result.last_checkpoint})
+    run.set_tags(
+        {
+            "device": result.device,
+            "best_epoch": result.best_epoch,
+            "checkpoint": result.best_checkpoint or result.last_checkpoint,
+        }
+    )
     run.log_test(scores)
     registered = run.register(result.model, scores)
     run_logger().info(
-        "registered %s version %s (run %s): %s", run.model_name, registered.model_version, run.run_id, registered.promotion
+        "registered %s version %s (run %s): %s",
+        run.model_name,
+        registered.model_version,
+        run.run_id,
+        registered.promotion,
     )
     return registered

@@ -66,8 +66,14 @@ def shard_results(
     def submit(shard: Shard) -> Future:
         attempts[shard.index] = n = attempts.get(shard.index, 0) + 1
         future = client.submit(
-            write_shard, output, store_format, chunk_size, shard, sampling,
-            key=f"shard-{shard.index}-{token}-attempt-{n}", pure=False,
+            write_shard,
+            output,
+            store_format,
+            chunk_size,
+            shard,
+            sampling,
+            key=f"shard-{shard.index}-{token}-attempt-{n}",
+            pure=False,
         )
         live[future.key] = (shard, future)
         return future

@@ -75,8 +75,14 @@ def generate_shards(p: Plan, scheduler: str) -> list[ShardResult]:
     log = run_logger()
 
     def on_retry(shard, attempt: int, error: BaseException, delay_s: float) -> None:
-        log.warning("shard %d attempt %d failed (%s: %s); retrying in %.1f s",
-                    shard.index, attempt, type(error).__name__, error, delay_s)
+        log.warning(
+            "shard %d attempt %d failed (%s: %s); retrying in %.1f s",
+            shard.index,
+            attempt,
+            type(error).__name__,
+            error,
+            delay_s,
+        )
 
     cfg = p.config
     key = artifact_key("dataset", p.version, "progress")
@@ -85,8 +91,10 @@ def generate_shards(p: Plan, scheduler: str) -> list[ShardResult]:
         try:
             client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
         except TimeoutError as exc:
-            raise RuntimeError(f"no Dask worker joined the scheduler {scheduler} in {WORKERS_WAIT_S:g} s: "
-                               "see the workers' logs (or start workers for that scheduler)") from exc
+            raise RuntimeError(
+                f"no Dask worker joined the scheduler {scheduler} in {WORKERS_WAIT_S:g} s: "
+                "see the workers' logs (or start workers for that scheduler)"
+            ) from exc
         results = shard_results(client, p.output, cfg.store_format(), cfg.chunk_size, p.shards, cfg.sampling, on_retry)
         done = list(with_progress(results, len(p.shards), key, f"shards of dataset {p.version} written"))
     return sorted(done, key=lambda r: r.index)
@@ -134,8 +142,17 @@ def label_statistics(uri: str) -> list[dict]:
     off = np.concatenate(blocks).astype(np.float64) if blocks else np.zeros((0, 8))
     names = LABEL_NAMES
     if not len(off):
-        return [{"label": n, "mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")} for n in names]
+        return [
+            {"label": n, "mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
+            for n in names
+        ]
     return [
-        {"label": n, "mean": float(off[:, k].mean()), "std": float(off[:, k].std()), "min": float(off[:, k].min()), "max": float(off[:, k].max())}
+        {
+            "label": n,
+            "mean": float(off[:, k].mean()),
+            "std": float(off[:, k].std()),
+            "min": float(off[:, k].min()),
+            "max": float(off[:, k].max()),
+        }
         for k, n in enumerate(names)
     ]

@@ -52,20 +52,24 @@ def _initial_run_name() -> str:
     return run_name(config if isinstance(config, TrainConfig) else QUICK_TRAIN)
 
 
-def evaluation_markdown(version: str, results: dict, registered, run_id: str, model_name: str, noise: str = "none") -> str:
+def evaluation_markdown(
+    version: str, results: dict, registered, run_id: str, model_name: str, noise: str = "none"
+) -> str:
     """Evaluation table (with the store's photometric noise level and any refinement gains) plus the registry outcome."""
     from homogen.model.report import refinement_report
 
     gains = refinement_report(results)
-    return "\n".join([
-        f"# {model_name} v{registered.model_version} on dataset `{version}` (test split, photometric noise: {noise})",
-        "",
-        format_table(results),
-        *(["", "Refinement:", *gains] if gains else []),
-        "",
-        f"Registered **{registered.model_uri}** as `models:/{model_name}/{registered.model_version}`"
-        f" (MLflow run `{run_id}`); champion: **{registered.champion}** ({registered.promotion}).",
-    ])
+    return "\n".join(
+        [
+            f"# {model_name} v{registered.model_version} on dataset `{version}` (test split, photometric noise: {noise})",
+            "",
+            format_table(results),
+            *(["", "Refinement:", *gains] if gains else []),
+            "",
+            f"Registered **{registered.model_uri}** as `models:/{model_name}/{registered.model_version}`"
+            f" (MLflow run `{run_id}`); champion: **{registered.champion}** ({registered.promotion}).",
+        ]
+    )
 
 
 @flow(name="train-model", flow_run_name=_initial_run_name)
@@ -86,15 +90,30 @@ def train_model(
     version = ds.version
     rename_current_run(run_name(config, version))
     tags = {FLOW_RUN_TAG: str(flow_run.id)} if flow_run.id else {}
-    with TrainingRun(ds, config, tracking_uri=tracking.uri, experiment=tracking.experiment,
-                     run_name=f"{tracking.model_name} on {version}", model_name=tracking.model_name, tags=tags,
-                     source="homogen flow train-model") as run:
-        result = train_task(dataset, config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch)
+    with TrainingRun(
+        ds,
+        config,
+        tracking_uri=tracking.uri,
+        experiment=tracking.experiment,
+        run_name=f"{tracking.model_name} on {version}",
+        model_name=tracking.model_name,
+        tags=tags,
+        source="homogen flow train-model",
+    ) as run:
+        result = train_task(
+            dataset, config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch
+        )
         scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit)
         registered = register_task(run, result, scores)
     create_markdown_artifact(
-        evaluation_markdown(version, scores.summary(), registered, run.run_id, tracking.model_name,
-                            noise=str(ds.sampling.get("photometric", "none"))),
+        evaluation_markdown(
+            version,
+            scores.summary(),
+            registered,
+            run.run_id,
+            tracking.model_name,
+            noise=str(ds.sampling.get("photometric", "none")),
+        ),
         key=artifact_key("model", tracking.model_name, f"v{registered.model_version}", "evaluation"),
         description=f"{tracking.model_name} v{registered.model_version} on dataset {version}",
     )

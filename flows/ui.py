@@ -95,11 +95,17 @@ def dataset_summary_markdown(manifest: dict) -> str:
     rows = [
         ("dataset version", f"`{manifest['dataset_version']}`"),
         ("store", f"`{manifest['config']['output']}` ({manifest['format']})"),
-        ("pairs", f"{manifest['num_pairs']} ({', '.join(f'{k} {splits[k]}' for k in sorted(splits, key=_split_order))})"),
+        (
+            "pairs",
+            f"{manifest['num_pairs']} ({', '.join(f'{k} {splits[k]}' for k in sorted(splits, key=_split_order))})",
+        ),
         ("images", f"{manifest['num_images']} used, {len(manifest['quarantine'])} quarantined"),
         ("shards", len(manifest["shards"])),
-        ("recipe", f"{s['image_width']}x{s['image_height']}, P={s['patch_size']}, rho={s['rho']}, "
-                   f"{s['pairs_per_image']} pairs/image, seed {s['seed']}, photometric {s['photometric']}"),
+        (
+            "recipe",
+            f"{s['image_width']}x{s['image_height']}, P={s['patch_size']}, rho={s['rho']}, "
+            f"{s['pairs_per_image']} pairs/image, seed {s['seed']}, photometric {s['photometric']}",
+        ),
         ("source", f"`{manifest['source']['root']}` (digest {manifest['source']['digest'][:16]})"),
     ]
     out = [f"# Dataset `{manifest['dataset_version']}`", ""]
@@ -116,9 +122,11 @@ def _split_order(name: str) -> tuple[int, str]:
 
 def label_statistics_markdown(stats: list[dict], rho: float) -> str:
     """The label statistics table; a uniform law on [-rho, rho] has mean 0 and std rho/sqrt(3)."""
-    expected = f"uniform on [-{rho:g}, {rho:g}]: mean 0, std {rho / 3 ** 0.5:.2f}"
+    expected = f"uniform on [-{rho:g}, {rho:g}]: mean 0, std {rho / 3**0.5:.2f}"
     rows = ((s["label"], f"{s['mean']:.2f}", f"{s['std']:.2f}", f"{s['min']:.2f}", f"{s['max']:.2f}") for s in stats)
-    return "\n".join([f"## Label statistics (px; {expected})", "", markdown_table(("label", "mean", "std", "min", "max"), rows)])
+    return "\n".join(
+        [f"## Label statistics (px; {expected})", "", markdown_table(("label", "mean", "std", "min", "max"), rows)]
+    )
 
 
 def checks_markdown(report) -> str:
@@ -131,8 +139,10 @@ def checks_markdown(report) -> str:
         "",
         f"Store `{report.uri}`, {report.num_pairs} pairs.",
         "",
-        markdown_table(("check", "result", "samples checked", "failed"),
-                       ((c.name, results[c.passed], c.checked, c.failed) for c in report.checks)),
+        markdown_table(
+            ("check", "result", "samples checked", "failed"),
+            ((c.name, results[c.passed], c.checked, c.failed) for c in report.checks),
+        ),
         "",
         "### What each check found",
         "",
@@ -145,8 +155,6 @@ def checks_markdown(report) -> str:
     return "\n".join(lines)
 
 
-
-
 SAMPLES_LEGEND = (
     "Each tile: pair number, source image id and split, then patch A and patch B. On A, the perturbed "
     "quadrilateral in green is the part of A that B shows (A sits on a dark margin where its corners "
@@ -156,12 +164,20 @@ SAMPLES_LEGEND = (
 
 def samples_markdown(grid_url: str) -> str:
     """The sample grid as a markdown image (renders in the Prefect UI; no URL printed), with its legend."""
-    return "\n".join(["## Sample pairs (true quadrilateral in green)", "", SAMPLES_LEGEND, "", f"![sample pairs]({grid_url})"])
+    return "\n".join(
+        ["## Sample pairs (true quadrilateral in green)", "", SAMPLES_LEGEND, "", f"![sample pairs]({grid_url})"]
+    )
 
 
 def dataset_report_markdown(manifest: dict, checks: str, stats: list[dict], grid_url: str | None) -> str:
     """The dataset report: summary and quarantine, label statistics, ``checks`` (:func:`checks_markdown`), the sample grid."""
-    parts = [dataset_summary_markdown(manifest), "", label_statistics_markdown(stats, manifest["config"]["sampling"]["rho"]), "", checks]
+    parts = [
+        dataset_summary_markdown(manifest),
+        "",
+        label_statistics_markdown(stats, manifest["config"]["sampling"]["rho"]),
+        "",
+        checks,
+    ]
     if grid_url:
         parts += ["", samples_markdown(grid_url)]
     return "\n".join(parts)

@@ -22,7 +22,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from homogen.flows.tasks import data_url, label_statistics, sample_grid_png, validate_task
-from homogen.flows.ui import artifact_key, checks_markdown, dataset_report_markdown, rename_current_run, samples_markdown
+from homogen.flows.ui import (
+    artifact_key,
+    checks_markdown,
+    dataset_report_markdown,
+    rename_current_run,
+    samples_markdown,
+)
 from homogen.stores import open_dataset
 
 
@@ -37,9 +43,17 @@ def publish_report(uri: str, report) -> str:
     grid = data_url(sample_grid_png(uri, n=8)) if len(ds) else None
     markdown = dataset_report_markdown(ds.manifest, checks_markdown(report), label_statistics(uri), grid)
     verdict = "passed" if report.passed else "FAILED: " + ", ".join(report.failed_checks)
-    create_markdown_artifact(markdown, key=artifact_key("dataset", ds.version, "report"), description=f"dataset {ds.version}: validation {verdict}")
+    create_markdown_artifact(
+        markdown,
+        key=artifact_key("dataset", ds.version, "report"),
+        description=f"dataset {ds.version}: validation {verdict}",
+    )
     if grid:
-        create_markdown_artifact(samples_markdown(grid), key=artifact_key("dataset", ds.version, "samples"), description=f"sample pairs of dataset {ds.version}")
+        create_markdown_artifact(
+            samples_markdown(grid),
+            key=artifact_key("dataset", ds.version, "samples"),
+            description=f"sample pairs of dataset {ds.version}",
+        )
     return markdown
 
 

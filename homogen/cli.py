@@ -33,17 +33,24 @@ def fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def generate(
-    source: str = typer.Option(SAMPLE_ROOT, help="COCO root or image folder (path or fsspec URL); default: bundled sample"),
+    source: str = typer.Option(
+        SAMPLE_ROOT, help="COCO root or image folder (path or fsspec URL); default: bundled sample"
+    ),
     kind: str = typer.Option("auto", help="auto | coco | folder"),
     train_split: str = typer.Option("train2017", help="COCO split for training pairs"),
-    test_split: Optional[str] = typer.Option(None, help="COCO split for test pairs (e.g. val2017); default: hash split"),
+    test_split: Optional[str] = typer.Option(
+        None, help="COCO split for test pairs (e.g. val2017); default: hash split"
+    ),
     test_fraction: float = typer.Option(0.1, help="share of images hashed into the test split"),
     val_fraction: float = typer.Option(
-        SourceConfig.model_fields["val_fraction"].default, help="share of the training images hashed into val (model selection)"
+        SourceConfig.model_fields["val_fraction"].default,
+        help="share of the training images hashed into val (model selection)",
     ),
     category: List[str] = typer.Option([], help="keep only images with this COCO category (repeatable)"),
     max_images: Optional[int] = typer.Option(None, help="use only the first N images by id"),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="store path/URL; default work/datasets/<version>.zarr"),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o", help="store path/URL; default work/datasets/<version>.zarr"
+    ),
     format: Optional[str] = typer.Option(None, help="zarr | hdf5 (default: from the output suffix)"),
     rho: int = typer.Option(32, help="maximum corner perturbation (px)"),
     patch_size: int = typer.Option(128, help="patch side P (px)"),
@@ -62,14 +69,29 @@ def generate(
     try:
         cfg = GenerateConfig(
             source=SourceConfig(
-                root=source, kind=kind, train_split=train_split, test_split=test_split,
-                test_fraction=test_fraction, val_fraction=val_fraction, categories=tuple(category), max_images=max_images,
+                root=source,
+                kind=kind,
+                train_split=train_split,
+                test_split=test_split,
+                test_fraction=test_fraction,
+                val_fraction=val_fraction,
+                categories=tuple(category),
+                max_images=max_images,
             ),
             sampling=SamplingConfig(
-                image_width=image_width, image_height=image_height, patch_size=patch_size, rho=rho,
-                pairs_per_image=pairs_per_image, seed=seed, photometric=photometric,
+                image_width=image_width,
+                image_height=image_height,
+                patch_size=patch_size,
+                rho=rho,
+                pairs_per_image=pairs_per_image,
+                seed=seed,
+                photometric=photometric,
             ),
-            output=output, format=format, shard_size=shard_size, chunk_size=chunk_size, overwrite=overwrite,
+            output=output,
+            format=format,
+            shard_size=shard_size,
+            chunk_size=chunk_size,
+            overwrite=overwrite,
         )
     except ValidationError as exc:
         fail(describe_errors(exc))
@@ -112,15 +134,23 @@ def info(store: str, as_json: bool = typer.Option(False, "--json", help="print t
         typer.echo(json.dumps(m, indent=2))
         return
     s = m["config"]["sampling"]
-    typer.echo(f"dataset version   {m['dataset_version']}  (schema {m['schema_version']}, generator {m['generator_version']})")
+    typer.echo(
+        f"dataset version   {m['dataset_version']}  (schema {m['schema_version']}, generator {m['generator_version']})"
+    )
     typer.echo(f"store             {ds.uri}  ({m['format']}, {ds.chunk_len} pairs/chunk)")
-    typer.echo(f"pairs             {len(ds)}  train {m['splits']['train']}  val {m['splits'].get('val', 0)}  test {m['splits']['test']}")
-    typer.echo(f"images            {m['num_images']} used, {len(m['quarantine'])} quarantined, {len(m['shards'])} shards")
+    typer.echo(
+        f"pairs             {len(ds)}  train {m['splits']['train']}  val {m['splits'].get('val', 0)}  test {m['splits']['test']}"
+    )
+    typer.echo(
+        f"images            {m['num_images']} used, {len(m['quarantine'])} quarantined, {len(m['shards'])} shards"
+    )
     typer.echo(
         f"recipe            {s['image_width']}x{s['image_height']} P={s['patch_size']} rho={s['rho']} "
         f"pairs/image={s['pairs_per_image']} seed={s['seed']} photometric={s['photometric']}"
     )
-    typer.echo(f"source            {m['source']['root']}  (digest {m['source']['digest'][:16]}, {m['source'].get('files', {}).get('hash', 'no')} digest per image)")
+    typer.echo(
+        f"source            {m['source']['root']}  (digest {m['source']['digest'][:16]}, {m['source'].get('files', {}).get('hash', 'no')} digest per image)"
+    )
     for entry in m["quarantine"]:
         typer.echo(f"  quarantined {entry['path']}: {entry['reason']}")
 
@@ -129,14 +159,20 @@ def info(store: str, as_json: bool = typer.Option(False, "--json", help="print t
 def validate(
     store: str,
     regenerate: int = typer.Option(0, help="also regenerate N random pairs from the source images and compare bytes"),
-    source_root: Optional[str] = typer.Option(None, help="where the source images are now (for --regenerate and --sources)"),
-    sources: bool = typer.Option(False, "--sources", help="also re-hash every source image and name those that changed"),
+    source_root: Optional[str] = typer.Option(
+        None, help="where the source images are now (for --regenerate and --sources)"
+    ),
+    sources: bool = typer.Option(
+        False, "--sources", help="also re-hash every source image and name those that changed"
+    ),
     report: Optional[str] = typer.Option(None, help="write the report as JSON here"),
 ) -> None:
     """Check a store's consistency; exit 1 if any check fails."""
     from homogen.validate import validate_dataset
 
-    result = validate_dataset(_open(store, check_chunks=False), regenerate=regenerate, source_root=source_root, sources=sources)
+    result = validate_dataset(
+        _open(store, check_chunks=False), regenerate=regenerate, source_root=source_root, sources=sources
+    )
     typer.echo(result.to_markdown())
     if report:
         with open(report, "w") as f:

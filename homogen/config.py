@@ -110,7 +110,9 @@ class SourceConfig(BaseModel):
     )
     test_fraction: float = Field(0.1, ge=0.0, le=1.0, description="share of images hashed into test")
     val_fraction: float = Field(
-        0.05, ge=0.0, lt=1.0,
+        0.05,
+        ge=0.0,
+        lt=1.0,
         description="share of the training images hashed into val (model selection); see homogen.splits",
     )
     categories: tuple[str, ...] = Field((), description="keep only images containing these COCO categories")
@@ -124,9 +126,7 @@ class GenerateConfig(BaseModel):
 
     source: SourceConfig = SourceConfig()
     sampling: SamplingConfig = SamplingConfig()
-    output: str | None = Field(
-        None, description="store path or URL; default <workdir>/datasets/<version>.zarr|.h5"
-    )
+    output: str | None = Field(None, description="store path or URL; default <workdir>/datasets/<version>.zarr|.h5")
     format: Literal["zarr", "hdf5"] | None = Field(
         None, description="store format; default from the output suffix (.h5/.hdf5) else zarr"
     )

@@ -36,8 +36,11 @@ def check_counts(ds: Dataset, walk: Walk) -> CheckResult:
         problems.append(f"the manifest's shards end at pair {at}, the arrays hold {len(ds)}")
     if walk.tallies["readable"].failed == 0 and walk.split_counts != m.get("splits"):
         problems.append(f"splits {walk.split_counts}, manifest says {m.get('splits')}")
-    detail = "; ".join(problems) if problems else (
-        f"{len(ds)} pairs from {len(m['shards'])} shards, splits {walk.split_counts} as in the manifest")
+    detail = (
+        "; ".join(problems)
+        if problems
+        else (f"{len(ds)} pairs from {len(m['shards'])} shards, splits {walk.split_counts} as in the manifest")
+    )
     if walk.tallies["readable"].failed:
         detail += "; split counts not compared (damaged chunks)"
     return CheckResult("counts_match_manifest", not problems, len(ds), len(problems), detail, problems[:MAX_EXAMPLES])
@@ -54,8 +57,12 @@ def check_images(ds: Dataset, walk: Walk) -> CheckResult:
         planned = np.asarray(m["source"]["files"]["image_id"], np.int64)
         quarantined = np.asarray([q["image_id"] for q in m.get("quarantine", [])], np.int64)
     except (KeyError, TypeError, ValueError) as exc:
-        return CheckResult(name, False, 1, 1, f"the manifest has no planned image list ({exc!r}): regenerate the dataset")
-    ids, counts = np.unique(np.concatenate(walk.image_ids) if walk.image_ids else np.empty(0, np.int64), return_counts=True)
+        return CheckResult(
+            name, False, 1, 1, f"the manifest has no planned image list ({exc!r}): regenerate the dataset"
+        )
+    ids, counts = np.unique(
+        np.concatenate(walk.image_ids) if walk.image_ids else np.empty(0, np.int64), return_counts=True
+    )
     ppi = int(ds.sampling["pairs_per_image"])
     problems = []
     for what, values in (
@@ -67,8 +74,13 @@ def check_images(ds: Dataset, walk: Walk) -> CheckResult:
     ):
         if len(values):
             problems.append(f"{len(values)} images {what} (ids {values[:10].tolist()})")
-    detail = "; ".join(problems) if problems else (
-        f"{len(ids)} images stored ({ppi} pairs each) + {len(quarantined)} quarantined = the {len(planned)} planned")
+    detail = (
+        "; ".join(problems)
+        if problems
+        else (
+            f"{len(ids)} images stored ({ppi} pairs each) + {len(quarantined)} quarantined = the {len(planned)} planned"
+        )
+    )
     return CheckResult(name, not problems, len(planned), len(problems), detail, problems[:MAX_EXAMPLES])
 
 
@@ -78,7 +90,10 @@ def check_duplicates(walk: Walk) -> CheckResult:
         return CheckResult("no_duplicates", None, 0, 0, "no readable pairs")
     idx = np.concatenate(walk.indices)
     failed, examples, parts = 0, [], []
-    for what, hashes in (("same image id, corners and offsets", walk.label_hashes), ("identical pixels", walk.pair_hashes)):
+    for what, hashes in (
+        ("same image id, corners and offsets", walk.label_hashes),
+        ("identical pixels", walk.pair_hashes),
+    ):
         h = np.concatenate(hashes)
         _, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
         dup = counts[inverse] > 1
@@ -99,7 +114,9 @@ def check_uniform(walk: Walk, rho: float) -> CheckResult:
     if rho == 0:
         return CheckResult(name, None, n, 0, "not applicable: rho = 0 (offsets_in_range checks they are all 0)")
     if n < MIN_PAIRS_UNIFORMITY:
-        return CheckResult(name, None, n, 0, f"not applicable: {n} pairs, a uniformity test needs at least {MIN_PAIRS_UNIFORMITY}")
+        return CheckResult(
+            name, None, n, 0, f"not applicable: {n} pairs, a uniformity test needs at least {MIN_PAIRS_UNIFORMITY}"
+        )
     mean = walk.sum_off / n
     cov = walk.cross_off / n - np.outer(mean, mean)
     std = np.sqrt(np.clip(np.diag(cov), 0, None))
@@ -126,10 +143,14 @@ def check_uniform(walk: Walk, rho: float) -> CheckResult:
         for j in range(i + 1, 8):
             if not abs(corr[i, j]) <= limit:
                 problems.append(f"{labels[i]} and {labels[j]} correlated ({corr[i, j]:.3g}, limit {limit:.3g})")
-    detail = "; ".join(problems) if problems else (
-        f"means |.| <= {np.abs(mean).max():.3g} (limit {z * se_mean:.3g}), stds {std.min():.3g}..{std.max():.3g} "
-        f"(expected {sigma:.3g} +- {z * se_std:.3g}), |corr| <= {np.nanmax(np.abs(corr - np.eye(8))):.3g} "
-        f"(limit {limit:.3g}), {z:g} standard errors"
+    detail = (
+        "; ".join(problems)
+        if problems
+        else (
+            f"means |.| <= {np.abs(mean).max():.3g} (limit {z * se_mean:.3g}), stds {std.min():.3g}..{std.max():.3g} "
+            f"(expected {sigma:.3g} +- {z * se_std:.3g}), |corr| <= {np.nanmax(np.abs(corr - np.eye(8))):.3g} "
+            f"(limit {limit:.3g}), {z:g} standard errors"
+        )
     )
     return CheckResult(name, not problems, n, len(problems), detail, problems[:MAX_EXAMPLES])
 
@@ -142,8 +163,15 @@ def check_splits(walk: Walk) -> CheckResult:
     ids, counts = np.unique(pairs[:, 0], return_counts=True)
     both = ids[counts > 1]
     detail = (
-        f"{len(both)} source images have pairs in more than one split" if len(both)
+        f"{len(both)} source images have pairs in more than one split"
+        if len(both)
         else f"{len(ids)} source images, each in one split"
     )
-    return CheckResult("split_disjoint", len(both) == 0, len(ids), len(both), detail + " (counts are images)",
-                       [{"image_id": int(i)} for i in both[:MAX_EXAMPLES]])
+    return CheckResult(
+        "split_disjoint",
+        len(both) == 0,
+        len(ids),
+        len(both),
+        detail + " (counts are images)",
+        [{"image_id": int(i)} for i in both[:MAX_EXAMPLES]],
+    )

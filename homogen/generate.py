@@ -153,7 +153,9 @@ def run_generation(config: GenerateConfig, progress: bool = True) -> Generation:
     An output that cannot be written is refused before the sources are listed and hashed. A store
     of this version that is already complete is left as it is, whatever the shard size asked now.
     """
-    check_writable(config.resolved_output("version"), config.store_format())  # the default output's folder is what matters
+    check_writable(
+        config.resolved_output("version"), config.store_format()
+    )  # the default output's folder is what matters
     p = plan(config, progress=progress)
     writer = open_writer(p.output, config.store_format(), config.chunk_size)
     with writer.lock():

@@ -43,7 +43,9 @@ def local_path(url: str) -> str:
     if not url.startswith("file://"):
         return url
     if not url[len("file://") :].startswith("/"):
-        raise StoreError(f"output {url} is a file:// URL without an absolute path: write file:///abs/path or a plain path")
+        raise StoreError(
+            f"output {url} is a file:// URL without an absolute path: write file:///abs/path or a plain path"
+        )
     return url[len("file://") :]
 
 

@@ -57,7 +57,9 @@ def interior_mask(h: np.ndarray, patch_size: int, margin: float = INTERIOR_MARGI
 def warp_a_by_h(a: np.ndarray, h: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
     """``A(H q)`` for every pixel q of B (bilinear): what B should be. (P, P) same dtype as ``a``."""
     p = a.shape[0]
-    return cv2.warpPerspective(a, np.asarray(h, np.float64), (p, p), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border)
+    return cv2.warpPerspective(
+        a, np.asarray(h, np.float64), (p, p), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border
+    )
 
 
 def pixel_residual(a: np.ndarray, b: np.ndarray, h: np.ndarray, level: str = "none") -> tuple[float, int]:
@@ -87,7 +89,9 @@ def pixel_residual(a: np.ndarray, b: np.ndarray, h: np.ndarray, level: str = "no
     n = int(use.sum())
     if n == 0:
         return float("nan"), 0
-    wa = cv2.GaussianBlur(warp_a_by_h(a, h, cv2.BORDER_REPLICATE).astype(np.float64) * mask, (0, 0), PHOTOMETRIC_BLUR_SIGMA)
+    wa = cv2.GaussianBlur(
+        warp_a_by_h(a, h, cv2.BORDER_REPLICATE).astype(np.float64) * mask, (0, 0), PHOTOMETRIC_BLUR_SIGMA
+    )
     wb = cv2.GaussianBlur(b.astype(np.float64) * mask, (0, 0), PHOTOMETRIC_BLUR_SIGMA)
     x, y = wa[use] / weight[use], wb[use] / weight[use]
     cov = np.cov(x, y)  # least-squares fit y ~ alpha * x + beta

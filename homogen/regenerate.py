@@ -15,11 +15,15 @@ from homogen.stores import Dataset
 from homogen.versions import source_table
 
 
-def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: list[tuple[int, int]], seed: int = 0) -> CheckResult:
+def check_regenerate(
+    ds: Dataset, k: int, source_root: str | None, readable: list[tuple[int, int]], seed: int = 0
+) -> CheckResult:
     """Remake ``k`` random pairs from their source images; pixels and labels must be bit-identical."""
     name = "regenerate"
     if k <= 0:
-        return CheckResult(name, None, 0, 0, "not requested (pass regenerate=k (--regenerate K) to remake k pairs from the source)")
+        return CheckResult(
+            name, None, 0, 0, "not requested (pass regenerate=k (--regenerate K) to remake k pairs from the source)"
+        )
     cfg = ds.manifest["config"]
     root = source_root or cfg["source"]["root"]
     sampling = SamplingConfig.model_validate(cfg["sampling"])
@@ -28,13 +32,27 @@ def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: lis
         records = list_images(source)
         digest = source_table(records, root).list_digest
     except (SourceError, OSError, ValueError) as exc:
-        return CheckResult(name, False, 0, 0, (
-            f"cannot list the source {root!r} ({exc}): pass source_root= (--source-root ROOT) pointing at the images "
-            f"the dataset was made from (the manifest stores the root without credentials)"))
+        return CheckResult(
+            name,
+            False,
+            0,
+            0,
+            (
+                f"cannot list the source {root!r} ({exc}): pass source_root= (--source-root ROOT) pointing at the images "
+                f"the dataset was made from (the manifest stores the root without credentials)"
+            ),
+        )
     if digest != ds.manifest["source"]["digest"]:
-        return CheckResult(name, False, 0, 0, (
-            f"the images listed under {root!r} differ from those the dataset was made from "
-            f"(digest {digest[:12]} != {ds.manifest['source']['digest'][:12]}): pass source_root= (--source-root ROOT) of the original images"))
+        return CheckResult(
+            name,
+            False,
+            0,
+            0,
+            (
+                f"the images listed under {root!r} differ from those the dataset was made from "
+                f"(digest {digest[:12]} != {ds.manifest['source']['digest'][:12]}): pass source_root= (--source-root ROOT) of the original images"
+            ),
+        )
     by_id = {r.image_id: r for r in records}
     pool = np.concatenate([np.arange(a, b) for a, b in readable]) if readable else np.empty(0, np.int64)
     if pool.size == 0:
@@ -53,7 +71,9 @@ def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: lis
         else:
             try:
                 if iid not in frames:
-                    frames[iid] = load_gray(by_id[iid].path, sampling.image_width, sampling.image_height, min_side=sampling.patch_size)
+                    frames[iid] = load_gray(
+                        by_id[iid].path, sampling.image_width, sampling.image_height, min_side=sampling.patch_size
+                    )
                 out = empty_arrays(ppi, sampling.patch_size)
                 image_pairs(frames[iid], by_id[iid], sampling, out, 0)
                 row = i % ppi  # every stored image holds ppi consecutive pairs
@@ -66,6 +86,7 @@ def check_regenerate(ds: Dataset, k: int, source_root: str | None, readable: lis
             failed += 1
             if len(examples) < MAX_EXAMPLES:
                 examples.append({"index": i, "image_id": iid, "why": why})
-    detail = (f"{len(chosen)} pairs remade from {root}: " +
-              ("bit-identical pixels and labels" if not failed else f"{failed} differ"))
+    detail = f"{len(chosen)} pairs remade from {root}: " + (
+        "bit-identical pixels and labels" if not failed else f"{failed} differ"
+    )
     return CheckResult(name, failed == 0, len(chosen), failed, detail, examples)

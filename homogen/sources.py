@@ -123,9 +123,7 @@ def _load_coco(root: str, split: str):
             f"point the source at a plain image folder with kind='folder' (--kind folder)"
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise SourceError(
-            f"annotations file {redact(ann)} has no 'images' list: it is not a COCO instances file"
-        )
+        raise SourceError(f"annotations file {redact(ann)} has no 'images' list: it is not a COCO instances file")
     _check_images(data["images"], ann)
     coco = COCO()
     coco.dataset = data
@@ -197,8 +195,12 @@ def _category_ids(coco, names: tuple[str, ...], ann: str) -> dict[str, list[int]
     """Category ids of each name in ``names``; a name shared by several categories selects them all."""
     by_name: dict[str, list[int]] = {}
     for c in coco.dataset["categories"]:
-        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or isinstance(c.get("id"), bool) \
-                or not isinstance(c.get("id"), int):
+        if (
+            not isinstance(c, dict)
+            or not isinstance(c.get("name"), str)
+            or isinstance(c.get("id"), bool)
+            or not isinstance(c.get("id"), int)
+        ):
             raise SourceError(
                 f"annotations file {redact(ann)} has a malformed category {c!r}: each needs an integer id and a name"
             )
@@ -228,7 +230,9 @@ def _coco_records(cfg: SourceConfig, split: str, assign) -> list[ImageRecord]:
     else:
         img_ids = sorted(coco.getImgIds())
         if not img_ids:
-            raise SourceError(f"annotations file {redact(ann)} lists no images: check source.root (--source) and the split name (--train-split/--test-split)")
+            raise SourceError(
+                f"annotations file {redact(ann)} lists no images: check source.root (--source) and the split name (--train-split/--test-split)"
+            )
     if cfg.max_images:
         img_ids = img_ids[: cfg.max_images]
     out = []
@@ -268,8 +272,9 @@ def check_folder_options(cfg: SourceConfig) -> None:
     ):
         if given:
             why = (
-                "kind='folder' (--kind folder) reads it as a plain image folder" if cfg.kind == "folder" else
-                f"it has no annotations/instances_{cfg.train_split}.json, so it is read as a plain image folder"
+                "kind='folder' (--kind folder) reads it as a plain image folder"
+                if cfg.kind == "folder"
+                else f"it has no annotations/instances_{cfg.train_split}.json, so it is read as a plain image folder"
             )
             raise SourceError(
                 f"{name} ({flag}) needs a COCO source (annotations/instances_<split>.json under the root), "
@@ -295,7 +300,9 @@ def _folder_records(cfg: SourceConfig) -> list[ImageRecord]:
     if cfg.max_images:
         out = out[: cfg.max_images]
     if not out:
-        raise SourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {redact(cfg.root)}: check source.root (--source)")
+        raise SourceError(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) under {redact(cfg.root)}: check source.root (--source)"
+        )
     return out
 
 

@@ -50,4 +50,3 @@ def hashed_split(image_id: int, test_fraction: float, val_fraction: float = 0.0)
 def training_split(image_id: int, val_fraction: float) -> str:
     """'val' or 'train' for an image of a training set whose test images come from another split."""
     return hashed_split(image_id, 0.0, val_fraction)
-

@@ -62,8 +62,16 @@ _HEADER_CACHE: dict = {}
 """Root attribute holding the manifest."""
 
 __all__ = [
-    "ATTR", "Dataset", "StoreConflict", "StoreError", "StoreLocked", "detect_format", "is_local",
-    "local_path", "open_dataset", "open_writer",
+    "ATTR",
+    "Dataset",
+    "StoreConflict",
+    "StoreError",
+    "StoreLocked",
+    "detect_format",
+    "is_local",
+    "local_path",
+    "open_dataset",
+    "open_writer",
 ]
 
 
@@ -121,7 +129,11 @@ class StoreWriter:
         """
         check_writable(self.url, self.format)
         header = self.read_header()
-        if header is not None and header.get("schema_version") == SCHEMA_VERSION and header.get("dataset_version") == plan.version:
+        if (
+            header is not None
+            and header.get("schema_version") == SCHEMA_VERSION
+            and header.get("dataset_version") == plan.version
+        ):
             self._check_resumable(header, plan)
             return
         if header is not None or self.exists_nonempty():
@@ -208,14 +220,23 @@ class StoreWriter:
         infos = [self.staged_info(s.index) for s in plan.shards]
         missing = [s.index for s, i in zip(plan.shards, infos) if i is None]
         if missing:
-            raise StoreError(f"cannot commit {redact(self.url)}: shards {missing[:10]} are not complete; re-run generation")
+            raise StoreError(
+                f"cannot commit {redact(self.url)}: shards {missing[:10]} are not complete; re-run generation"
+            )
         manifest = _header(plan, "complete", self)
         start, entries = 0, []
         for s, i in zip(plan.shards, infos):
-            entries.append({
-                "index": s.index, "name": shard_name(s.index), "start": start, "pairs": i["pairs"], "images": i["images"],
-                "splits": i["splits"], "quarantined": i["quarantined"],
-            })
+            entries.append(
+                {
+                    "index": s.index,
+                    "name": shard_name(s.index),
+                    "start": start,
+                    "pairs": i["pairs"],
+                    "images": i["images"],
+                    "splits": i["splits"],
+                    "quarantined": i["quarantined"],
+                }
+            )
             start += i["pairs"]
         manifest["shards"] = entries
         manifest["quarantine"] = [{**q, "path": redact(q["path"])} for i in infos for q in i["quarantined"]]
@@ -248,6 +269,7 @@ class StoreWriter:
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None: ...
     def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict) -> None:
         """Write the root arrays (``n`` rows) from the staged ``shards`` and then ``manifest``."""
+
     def remove_debris(self) -> None:
         """Delete the staged parts and temporaries (after commit, or left by a killed process)."""
 
@@ -313,9 +335,15 @@ def _create_zarr_array(group, name: str, n: int, patch_size: int, chunk_size: in
     f = BY_NAME[name]
     row = f.row_shape(patch_size)
     return group.create_array(
-        name, shape=(n,) + row, dtype=f.dtype, chunks=_chunks(n, chunk_size, row),
-        compressors=_codecs(name, f.dtype, 1 + len(row)), dimension_names=f.dims, fill_value=0,
-        chunk_key_encoding={"name": "default", "separator": "/"}, overwrite=True,
+        name,
+        shape=(n,) + row,
+        dtype=f.dtype,
+        chunks=_chunks(n, chunk_size, row),
+        compressors=_codecs(name, f.dtype, 1 + len(row)),
+        dimension_names=f.dims,
+        fill_value=0,
+        chunk_key_encoding={"name": "default", "separator": "/"},
+        overwrite=True,
         # every chunk holds data: skip zarr's scan of each chunk for all-fill-value (~30% of the write)
         config={"write_empty_chunks": True},
     )
@@ -346,8 +374,11 @@ class ZarrWriter(StoreWriter):
         # one write of zarr.json (zarr writes it under a temporary name and renames it locally):
         # the root never exists without its manifest
         with quiet_zarr():
-            zarr.create_group(self.url, attributes={ATTR: header}, overwrite=False, zarr_format=3) if not self._root_exists() \
-                else zarr.open_group(self.url, mode="r+", use_consolidated=False).attrs.put({ATTR: header})
+            zarr.create_group(
+                self.url, attributes={ATTR: header}, overwrite=False, zarr_format=3
+            ) if not self._root_exists() else zarr.open_group(self.url, mode="r+", use_consolidated=False).attrs.put(
+                {ATTR: header}
+            )
 
     def _root_exists(self) -> bool:
         fs, path = self._fs()
@@ -433,7 +464,9 @@ class ZarrWriter(StoreWriter):
         if start % c == 0 and _chunk_len(staged) == c:
             done = (n // c) * c
             for k in range(n // c):
-                self._link(f"{staged}/{chunk_key(k, arr.ndim)}", f"{self.url}/{name}/{chunk_key(start // c + k, arr.ndim)}")
+                self._link(
+                    f"{staged}/{chunk_key(k, arr.ndim)}", f"{self.url}/{name}/{chunk_key(start // c + k, arr.ndim)}"
+                )
         if done < n:  # zarr.open_array only here: it costs ~1 ms, six times a shard
             arr[start + done : start + n] = zarr.open_array(staged, mode="r")[done:n]
 
@@ -589,7 +622,9 @@ class HDF5Writer(StoreWriter):
             with h5py.File(tmp, "w") as out:
                 for name in FIELDS:
                     f = BY_NAME[name]
-                    ds = _create_h5_dataset(out, name, np.empty((n,) + f.row_shape(patch_size), f.dtype), self.chunk_size, fill=False)
+                    ds = _create_h5_dataset(
+                        out, name, np.empty((n,) + f.row_shape(patch_size), f.dtype), self.chunk_size, fill=False
+                    )
                     for s in shards:
                         if s["pairs"]:
                             with h5py.File(self._part(s["index"]), "r") as part:
@@ -630,9 +665,19 @@ def _create_h5_dataset(f, name: str, data: np.ndarray, chunk_size: int, fill: bo
     checksum per chunk, dimension labels from the schema."""
     field = BY_NAME[name]
     chunks = _chunks(len(data), chunk_size, data.shape[1:])
-    kw = dict(chunks=chunks, maxshape=(None,) + data.shape[1:], compression="gzip", compression_opts=4,
-              shuffle=data.dtype != np.uint8, fletcher32=True)
-    ds = f.create_dataset(name, data=data, **kw) if fill else f.create_dataset(name, shape=data.shape, dtype=data.dtype, **kw)
+    kw = dict(
+        chunks=chunks,
+        maxshape=(None,) + data.shape[1:],
+        compression="gzip",
+        compression_opts=4,
+        shuffle=data.dtype != np.uint8,
+        fletcher32=True,
+    )
+    ds = (
+        f.create_dataset(name, data=data, **kw)
+        if fill
+        else f.create_dataset(name, shape=data.shape, dtype=data.dtype, **kw)
+    )
     for i, dim in enumerate(field.dims):
         ds.dims[i].label = dim
     return ds
@@ -759,7 +804,9 @@ class Dataset:
         n, c = len(self), self.chunk_len
         return [(a, min(a + c, n)) for a in range(0, n, c)]
 
-    def iter_chunks(self, split: str | None = None, fields: tuple[str, ...] = FIELDS) -> Iterator[dict[str, np.ndarray]]:
+    def iter_chunks(
+        self, split: str | None = None, fields: tuple[str, ...] = FIELDS
+    ) -> Iterator[dict[str, np.ndarray]]:
         """Chunk by chunk, optionally only the rows of ``split`` ('train', 'val' or 'test')."""
         code = None if split is None else split_code(split)
         need = tuple(fields) if code is None or "split" in fields else tuple(fields) + ("split",)
@@ -779,7 +826,9 @@ class Dataset:
 def check_manifest(uri: str, manifest: dict | None, where: str) -> dict:
     """Refuse a manifest this homogen cannot read, naming the file ``where`` and the fix."""
     if manifest is None:
-        raise StoreError(f"{redact(uri)} is not a homogen store (no manifest in {where}): generate it with `homogen generate`")
+        raise StoreError(
+            f"{redact(uri)} is not a homogen store (no manifest in {where}): generate it with `homogen generate`"
+        )
     schema = manifest.get("schema_version")
     if schema != SCHEMA_VERSION:
         old = " (the old layout: one group or file per shard)" if schema == 1 else ""
@@ -792,9 +841,15 @@ def check_manifest(uri: str, manifest: dict | None, where: str) -> dict:
         raise StoreError(
             f"{redact(uri)} is incomplete (generation did not finish): re-run the same generation to complete it"
         )
-    bad = [k for k, t in (("dataset_version", str), ("num_pairs", int), ("config", dict), ("shards", list)) if not isinstance(manifest.get(k), t)]
+    bad = [
+        k
+        for k, t in (("dataset_version", str), ("num_pairs", int), ("config", dict), ("shards", list))
+        if not isinstance(manifest.get(k), t)
+    ]
     if bad:
-        raise StoreError(f"the manifest in {where} of {redact(uri)} lacks or mistypes {bad}: it was edited; regenerate the store")
+        raise StoreError(
+            f"the manifest in {where} of {redact(uri)} lacks or mistypes {bad}: it was edited; regenerate the store"
+        )
     return manifest
 
 
@@ -820,7 +875,7 @@ def missing_chunks(uri: str, arrays: dict) -> dict[str, list[int]]:
     for name, arr in arrays.items():
         n, c = arr.shape[0], arr.chunks[0]
         base = f"{path}/{name}/"
-        present = {p[len(base):] for p in fs.find(base)} if n else set()
+        present = {p[len(base) :] for p in fs.find(base)} if n else set()
         gone = [k for k in range(-(-n // c)) if chunk_key(k, arr.ndim) not in present]
         if gone:
             out[name] = gone
@@ -848,7 +903,9 @@ def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
             root = zarr.open_group(uri, mode="r")
             arrays = {f: root[f] for f in FIELDS if f in root}
     except (ValueError, KeyError, FileNotFoundError) as exc:
-        raise StoreError(f"{redact(uri)}: the metadata of an array cannot be read ({exc}): regenerate the store") from exc
+        raise StoreError(
+            f"{redact(uri)}: the metadata of an array cannot be read ({exc}): regenerate the store"
+        ) from exc
     _check_arrays(uri, manifest, arrays, where)
     gone = missing_chunks(uri, arrays) if check_chunks else {}
     if gone:
@@ -866,13 +923,17 @@ def _open_hdf5(path: str) -> Dataset:
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise StoreError(f"{path} is not a readable HDF5 file ({exc}): it is truncated or not a store; regenerate it") from exc
+        raise StoreError(
+            f"{path} is not a readable HDF5 file ({exc}): it is truncated or not a store; regenerate it"
+        ) from exc
     try:
         raw = f.attrs.get(ATTR)
         try:
             manifest = json.loads(raw) if raw is not None else None
         except ValueError as exc:
-            raise StoreError(f"the manifest in {path} is not valid JSON ({exc}): it was edited; regenerate the store") from exc
+            raise StoreError(
+                f"the manifest in {path} is not valid JSON ({exc}): it was edited; regenerate the store"
+            ) from exc
         check_manifest(path, manifest, path)
         arrays = {name: f[name] for name in FIELDS if name in f}
         _check_arrays(path, manifest, arrays, path)

@@ -98,8 +98,15 @@ from homogen.stores import Dataset, missing_chunks, open_dataset
 from homogen.versions import check_sources, check_version
 
 __all__ = [  # the checks' parts live in their modules; these names are this module's interface
-    "MAX_EXAMPLES", "MIN_PAIRS_UNIFORMITY", "PER_PAIR_CHECKS", "UNIFORMITY_Z", "CheckResult", "ValidationReport",
-    "pixel_tolerance", "validate_dataset", "warp_a_by_h",
+    "MAX_EXAMPLES",
+    "MIN_PAIRS_UNIFORMITY",
+    "PER_PAIR_CHECKS",
+    "UNIFORMITY_Z",
+    "CheckResult",
+    "ValidationReport",
+    "pixel_tolerance",
+    "validate_dataset",
+    "warp_a_by_h",
 ]
 
 PER_PAIR_CHECKS = (
@@ -129,8 +136,14 @@ class _Tally:
         self.worst: float | None = None
         self.notes: dict[str, int] = {}
 
-    def add(self, ok: np.ndarray, where: "_Where", values: np.ndarray | None = None,
-            why: list[str] | None = None, counted: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        ok: np.ndarray,
+        where: "_Where",
+        values: np.ndarray | None = None,
+        why: list[str] | None = None,
+        counted: np.ndarray | None = None,
+    ) -> None:
         """Record ``ok`` (bool per pair of the block at ``where``); rows outside ``counted`` are not checked.
 
         ``values`` (the measured quantity) and ``why`` (a sentence) describe failures.
@@ -197,8 +210,11 @@ class Walk:
         self.cross_off = np.zeros((8, 8))
         self.readable: list[tuple[int, int]] = []
         self.damaged: list[dict] = []  # every damaged chunk: array, chunk, pairs, file, error
-        self.missing = {(f, k) for f, ks in missing_chunks(ds.uri, ds.arrays).items() for k in ks} \
-            if ds.manifest.get("format") == "zarr" else set()
+        self.missing = (
+            {(f, k) for f, ks in missing_chunks(ds.uri, ds.arrays).items() for k in ks}
+            if ds.manifest.get("format") == "zarr"
+            else set()
+        )
 
     def block(self, where: _Where, stop: int) -> None:
         """Read pairs ``where.start:stop`` and run every per-pair check on them."""
@@ -236,10 +252,15 @@ class Walk:
         tally.checked += n
         tally.failed += n
         for f, why in sorted(bad.items()):
-            self.damaged.append({
-                "array": f, "chunk": where.chunk, "pairs": f"[{where.start}, {stop})",
-                "file": self.ds.chunk_file(f, where.chunk), "error": why,
-            })
+            self.damaged.append(
+                {
+                    "array": f,
+                    "chunk": where.chunk,
+                    "pairs": f"[{where.start}, {stop})",
+                    "file": self.ds.chunk_file(f, where.chunk),
+                    "error": why,
+                }
+            )
         tally.examples = self.damaged[:MAX_EXAMPLES]
 
     def _check_schema(self, data: dict, where: _Where) -> bool:
@@ -256,7 +277,11 @@ class Walk:
     def _check_labels(self, d: dict, where: _Where) -> None:
         t = self.tallies
         off, hom, cor = d["offsets"], d["homography"], d["corners"]
-        finite = np.isfinite(off).all(1) & np.isfinite(hom).reshape(len(hom), -1).all(1) & np.isfinite(cor).reshape(len(cor), -1).all(1)
+        finite = (
+            np.isfinite(off).all(1)
+            & np.isfinite(hom).reshape(len(hom), -1).all(1)
+            & np.isfinite(cor).reshape(len(cor), -1).all(1)
+        )
         t["finite"].add(finite, where)
         h22 = np.abs(hom[:, 2, 2] - 1.0)
         t["homography_normalised"].add(h22 <= H22_TOL, where, values=hom[:, 2, 2])
@@ -287,16 +312,25 @@ class Walk:
             keep.append(comparable)
         errors_a, keep_a = np.asarray(errors, np.float64), np.asarray(keep, bool)
         if (~keep_a).any():
-            tally.note(f"pairs with fewer than {MIN_COMPARABLE_PX} comparable pixels (mostly clipped) not checked", int((~keep_a).sum()))
+            tally.note(
+                f"pairs with fewer than {MIN_COMPARABLE_PX} comparable pixels (mostly clipped) not checked",
+                int((~keep_a).sum()),
+            )
         tally.add(errors_a <= self.tol, where, values=errors_a, counted=keep_a)
 
     def _accumulate(self, d: dict, where: _Where) -> None:
         n = len(d["image_id"])
         self.indices.append(np.arange(where.start, where.start + n, dtype=np.int64))
         self.pair_hashes.append(np.array([_hash64(x.tobytes()) for x in d["pairs"]], np.uint64))
-        self.label_hashes.append(np.array(
-            [_hash64(i.tobytes() + c.tobytes() + o.tobytes()) for i, c, o in zip(d["image_id"], d["corners"], d["offsets"])],
-            np.uint64))
+        self.label_hashes.append(
+            np.array(
+                [
+                    _hash64(i.tobytes() + c.tobytes() + o.tobytes())
+                    for i, c, o in zip(d["image_id"], d["corners"], d["offsets"])
+                ],
+                np.uint64,
+            )
+        )
         self.image_splits.append(np.unique(np.stack([d["image_id"], d["split"].astype(np.int64)], 1), axis=0))
         self.image_ids.append(np.asarray(d["image_id"], np.int64))
         for name, code in SPLIT_CODES.items():
@@ -321,17 +355,27 @@ class Walk:
             "corners_in_image": "square patch with every perturbed corner inside the frame",
             "pixels_match_homography": (
                 f"mean |B - A(H q)| on the interior <= {self.tol:.3g} levels"
-                + ("" if self.level == "none" else f" (photometric '{self.level}': unclipped pixels, smoothed, brightness/contrast fitted)")
+                + (
+                    ""
+                    if self.level == "none"
+                    else f" (photometric '{self.level}': unclipped pixels, smoothed, brightness/contrast fitted)"
+                )
             ),
         }
         out = []
         for name in PER_PAIR_CHECKS:
             d = detail[name]
-            if t[name].worst is not None and name in ("homography_matches_offsets", "offsets_in_range", "pixels_match_homography"):
+            if t[name].worst is not None and name in (
+                "homography_matches_offsets",
+                "offsets_in_range",
+                "pixels_match_homography",
+            ):
                 d += f"; worst {t[name].worst:.3g}"
             if name == "readable" and t[name].failed:
                 d = f"{t[name].failed} pairs in {len(self.damaged)} damaged chunks: " + ", ".join(
-                    f"{e['array']} chunk {e['chunk']} (pairs {e['pairs']}, {e['file']}: {e['error']})" for e in self.damaged)
+                    f"{e['array']} chunk {e['chunk']} (pairs {e['pairs']}, {e['file']}: {e['error']})"
+                    for e in self.damaged
+                )
             out.append(t[name].result(d))
         return out
 

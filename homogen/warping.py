@@ -38,7 +38,9 @@ def cut_pair(
     return out
 
 
-def cut_pair_full_frame(image: np.ndarray, x: int, y: int, h_patch: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def cut_pair_full_frame(
+    image: np.ndarray, x: int, y: int, h_patch: np.ndarray, patch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The recipe as written (warp the whole frame by H_BA, crop): the reference for :func:`cut_pair`."""
     p = patch_size
     t = translation(x, y)

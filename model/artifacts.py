@@ -63,8 +63,13 @@ def error_histogram_png(
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.12, top=0.92)
     for k, v in vals.items():
         if v.size:
-            ax.hist(np.clip(v, 0, hi), bins=bins, histtype="step", linewidth=1.6 if k == NETWORK else 1.0,
-                    label=f"{method_label(k)} (mean {v.mean():.2f} px)")
+            ax.hist(
+                np.clip(v, 0, hi),
+                bins=bins,
+                histtype="step",
+                linewidth=1.6 if k == NETWORK else 1.0,
+                label=f"{method_label(k)} (mean {v.mean():.2f} px)",
+            )
     ax.set_xlabel("corner error (px)")
     ax.set_ylabel("corners")
     ax.set_title(title)
@@ -86,13 +91,19 @@ def write_evaluation(folder: str | os.PathLike, ds: Any, scores: Any, grid_pairs
     if NETWORK in scores.results:
         paths.append(test_pairs_png(ds, scores.results[NETWORK]["pred"], out / "test_pairs.png", n=grid_pairs))
     errs = {k: corner_errors(r["pred"], scores.offsets) for k, r in scores.results.items() if "pred" in r}
-    paths.append(error_histogram_png(errs, out / "corner_errors.png", title=f"test corner errors, dataset {ds.version}"))
+    paths.append(
+        error_histogram_png(errs, out / "corner_errors.png", title=f"test corner errors, dataset {ds.version}")
+    )
     from homogen.model.plots import write_plots  # per method: MACE histogram, A warped onto B (issue 12)
     from homogen.model.report import refinement_report
 
-    paths += write_plots(out / "methods", ds, scores.results, scores.pairs, split_indices(ds, "test", len(scores.pairs)))
+    paths += write_plots(
+        out / "methods", ds, scores.results, scores.pairs, split_indices(ds, "test", len(scores.pairs))
+    )
     gains = refinement_report(summary)
-    (out / "evaluation.md").write_text(format_table(summary) + "\n" + ("\nRefinement:\n" + "\n".join(gains) + "\n" if gains else ""))
+    (out / "evaluation.md").write_text(
+        format_table(summary) + "\n" + ("\nRefinement:\n" + "\n".join(gains) + "\n" if gains else "")
+    )
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
     (out / "dataset_manifest.json").write_text(redact(json.dumps(ds.manifest, indent=2, default=str)))
     return paths + [str(out / n) for n in ("evaluation.md", "evaluation.json", "dataset_manifest.json")]

@@ -35,8 +35,11 @@ def _methods(values: List[str], network: bool = False, model_option: bool = True
     if out == ["all"]:  # every registered method (and the network's refinement when there is a network)
         return [*METHODS, *([NETWORK_REFINE] if network else [])]
     if NETWORK_REFINE in out and not network:
-        todo = (f"give --model (e.g. --model {DEFAULT_MODEL})" if model_option else
-                f"score it after training with `homogen evaluate STORE --model runs:/RUN_ID --methods {NETWORK_REFINE}`")
+        todo = (
+            f"give --model (e.g. --model {DEFAULT_MODEL})"
+            if model_option
+            else f"score it after training with `homogen evaluate STORE --model runs:/RUN_ID --methods {NETWORK_REFINE}`"
+        )
         _fail(f"method {NETWORK_REFINE} refines a network's estimate, and there is no network: {todo}")
     bad = [m for m in out if m not in METHODS and not (network and m == NETWORK_REFINE)]
     if bad:
@@ -67,14 +70,19 @@ def _load(model: str, tracking_uri: Optional[str]):
 def evaluate(
     store: str = typer.Argument(..., help="dataset store (path or URL)"),
     more_stores: Optional[List[str]] = typer.Argument(
-        None, help="more stores of the same pairs at other photometric levels (generated with the same settings but "
-        "--photometric; others are refused): adds a per-noise-level table"
+        None,
+        help="more stores of the same pairs at other photometric levels (generated with the same settings but "
+        "--photometric; others are refused): adds a per-noise-level table",
     ),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="models:/homographynet@champion, runs:/RUN_ID, an MLflow model folder or a checkpoint .pt"
+        None,
+        "--model",
+        "-m",
+        help="models:/homographynet@champion, runs:/RUN_ID, an MLflow model folder or a checkpoint .pt",
     ),
     methods: List[str] = typer.Option(
-        ["identity,orb,sift,ecc"], "--methods",
+        ["identity,orb,sift,ecc"],
+        "--methods",
         help="comma-separated or repeated: identity, orb, sift, ecc, direct-mse, direct-ncc; METHOD+refine "
         "(e.g. sift+refine, network+refine with --model); 'all' for every one; or 'none'",
     ),
@@ -83,7 +91,9 @@ def evaluate(
     split: str = typer.Option("test", help="test | val | train | all"),
     batch_size: int = typer.Option(64, min=1, help="network batch size"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for OpenCV and torch (default: theirs)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store for models:/ and runs:/ URIs (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow store for models:/ and runs:/ URIs (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"
+    ),
 ) -> None:
     """MACE (mean, median, p95), failures and ms/pair of the baselines and a model on the same pairs."""
     from homogen.model.data import load_split
@@ -117,11 +127,20 @@ def evaluate(
     for k, one in enumerate([ds, *others]):
         if k:
             pairs, offsets = load_split(one, None if split == "all" else split, limit=limit)
-        results = evaluate_methods(pairs, offsets, methods=chosen, model=net, batch_size=batch_size, progress=True,
-                                   return_predictions=plots is not None)
+        results = evaluate_methods(
+            pairs,
+            offsets,
+            methods=chosen,
+            model=net,
+            batch_size=batch_size,
+            progress=True,
+            return_predictions=plots is not None,
+        )
         level = noise_level(one)
-        typer.echo(f"dataset {one.version}, {split} split, {len(pairs)} pairs (rho {one.rho}, P {one.patch_size}, "
-                   f"photometric noise {level})\n")
+        typer.echo(
+            f"dataset {one.version}, {split} split, {len(pairs)} pairs (rho {one.rho}, P {one.patch_size}, "
+            f"photometric noise {level})\n"
+        )
         typer.echo(format_table(results))
         gains = refinement_report(results)
         if gains:
@@ -147,8 +166,12 @@ def predict(
     image_a: str = typer.Argument(..., help="image A (the reference frame)"),
     image_b: str = typer.Argument(..., help="image B"),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="MLflow model URI or checkpoint .pt"),
-    overlay: Optional[str] = typer.Option(None, "--overlay", "-o", help="write B warped into A's frame, blended with A, to this PNG"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"),
+    overlay: Optional[str] = typer.Option(
+        None, "--overlay", "-o", help="write B warped into A's frame, blended with A, to this PNG"
+    ),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow store (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"
+    ),
 ) -> None:
     """Print the 3x3 homography H mapping B's pixels to A's (a ~ H b, input pixel coordinates).
 
@@ -179,7 +202,8 @@ def train(
     batch_size: int = typer.Option(64, min=1),
     lr: float = typer.Option(1e-3),
     loss: str = typer.Option(
-        "smooth_l1", help="smooth_l1 | mse (supervised, on the offsets) | photometric (unsupervised: A warped onto B, labels unread)"
+        "smooth_l1",
+        help="smooth_l1 | mse (supervised, on the offsets) | photometric (unsupervised: A warped onto B, labels unread)",
     ),
     width: float = typer.Option(1.0, help="channel multiplier (1.0 = the paper's network)"),
     max_samples: Optional[int] = typer.Option(None, min=1, help="stop after this many training samples"),
@@ -189,10 +213,16 @@ def train(
     seed: int = typer.Option(0, min=0),
     checkpoint_dir: Optional[str] = typer.Option(None, help="default work/checkpoints/<dataset version>"),
     resume: bool = typer.Option(False, help="continue from checkpoint_dir/last.pt"),
-    methods: List[str] = typer.Option(["identity,orb,sift,ecc"], "--methods", help="baselines logged beside the model, or 'none'"),
+    methods: List[str] = typer.Option(
+        ["identity,orb,sift,ecc"], "--methods", help="baselines logged beside the model, or 'none'"
+    ),
     track: bool = typer.Option(True, help="log to MLflow and register the model"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"),
-    experiment: Optional[str] = typer.Option(None, help="MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else homogen)"),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow store (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"
+    ),
+    experiment: Optional[str] = typer.Option(
+        None, help="MLflow experiment (default: MLFLOW_EXPERIMENT_NAME, else homogen)"
+    ),
     run_name: Optional[str] = typer.Option(None),
     limit: Optional[int] = typer.Option(None, min=1, help="score only the first N test pairs"),
 ) -> None:
@@ -210,8 +240,18 @@ def train(
     ds = _open(store)
     try:
         cfg = TrainConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, width=width, max_samples=max_samples, patience=patience,
-            device=device, num_workers=num_workers, seed=seed, checkpoint_dir=checkpoint_dir, resume=resume,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            loss=loss,
+            width=width,
+            max_samples=max_samples,
+            patience=patience,
+            device=device,
+            num_workers=num_workers,
+            seed=seed,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
             patch_size=ds.patch_size,  # the network takes the store's patches
         )
     except ValidationError as exc:
@@ -228,7 +268,9 @@ def train(
     stack = contextlib.ExitStack()
     try:  # fail before hours of training, not after
         run = stack.enter_context(
-            TrainingRun(ds, cfg, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, source="homogen train")
+            TrainingRun(
+                ds, cfg, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, source="homogen train"
+            )
         )
     except TrackingError as exc:
         _fail(f"{exc}; or pass --no-track")

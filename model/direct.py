@@ -30,7 +30,16 @@ from torch import Tensor
 from homogen.model.baselines import offsets_from_homography
 from homogen.model.network import offsets_to_homography, patch_corners
 
-__all__ = ["LOSSES", "align", "aligned_loss", "checked_offsets", "direct_alignment", "level_scaling", "pair_losses", "warp_a"]
+__all__ = [
+    "LOSSES",
+    "align",
+    "aligned_loss",
+    "checked_offsets",
+    "direct_alignment",
+    "level_scaling",
+    "pair_losses",
+    "warp_a",
+]
 
 Loss = Literal["mse", "ncc"]
 LOSSES: tuple[str, ...] = ("mse", "ncc")
@@ -74,7 +83,9 @@ def warp_a(a: Tensor, offsets: Tensor, patch_size: int, factor: int = 1) -> tupl
         s = level_scaling(factor, offsets.dtype, offsets.device)
         h_inv = s @ h_inv @ torch.linalg.inv(s)
     # One warp of (A, 1): kornia builds the sampling grid once for the image and its valid mask.
-    both = warp_perspective(torch.cat([a, torch.ones_like(a)], 1), h_inv, (a.shape[-2], a.shape[-1]), align_corners=True)
+    both = warp_perspective(
+        torch.cat([a, torch.ones_like(a)], 1), h_inv, (a.shape[-2], a.shape[-1]), align_corners=True
+    )
     warped = both[:, :1]
     valid = (both[:, 1:].detach() >= VALID).to(a.dtype)
     return warped, valid

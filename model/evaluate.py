@@ -334,6 +334,7 @@ def score_test(
             f"store {redact(str(ds.uri))} has no test pairs to evaluate on: generate it from more images "
             f"or with a larger test_fraction"
         )
-    results = evaluate_methods(pairs, offsets, methods=methods, model=model, batch_size=batch_size,
-                               progress=progress, return_predictions=True)
+    results = evaluate_methods(
+        pairs, offsets, methods=methods, model=model, batch_size=batch_size, progress=progress, return_predictions=True
+    )
     return TestScores(pairs, offsets, results)

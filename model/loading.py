@@ -41,7 +41,9 @@ def load_model(uri: str | os.PathLike, tracking_uri: str | None = None, map_loca
     if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
         uri = uri.rstrip("/") + "/model"
     if not uri.startswith(("models:/", "runs:/")) and "://" not in uri:
-        raise ValueError(f"no checkpoint file or model folder {uri!r}, and it is not an MLflow URI (models:/NAME@ALIAS, runs:/RUN_ID)")
+        raise ValueError(
+            f"no checkpoint file or model folder {uri!r}, and it is not an MLflow URI (models:/NAME@ALIAS, runs:/RUN_ID)"
+        )
     import mlflow.artifacts
 
     setup_tracking(tracking_uri, experiment=None)

@@ -27,7 +27,9 @@ def photometric_loss(offsets: Tensor, pairs: Tensor) -> Tensor:
         Scalar, in [0, 1] (intensities scaled to [0, 1]); differentiable in ``offsets``.
     """
     if pairs.ndim != 4 or pairs.shape[1] != 2 or offsets.shape != (len(pairs), 8):
-        raise ValueError(f"expected offsets (N, 8) and pairs (N, 2, P, P), got {tuple(offsets.shape)} and {tuple(pairs.shape)}")
+        raise ValueError(
+            f"expected offsets (N, 8) and pairs (N, 2, P, P), got {tuple(offsets.shape)} and {tuple(pairs.shape)}"
+        )
     x = pairs.to(torch.float32) / 255.0
     a, b = x[:, :1], x[:, 1:]
     warped, valid = warp_a(a, offsets.to(torch.float32), pairs.shape[-1])

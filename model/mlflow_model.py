@@ -114,7 +114,9 @@ def read_network_folder(folder: str | os.PathLike, map_location: str = "cpu"):
     folder = os.fspath(folder)
     archive = os.path.join(folder, MODEL_FILE)
     if not os.path.isfile(os.path.join(folder, "MLmodel")) or not os.path.isfile(archive):
-        raise ValueError(f"{folder} is not a HomographyNet MLflow model (no MLmodel or {MODEL_FILE}): log it with homogen")
+        raise ValueError(
+            f"{folder} is not a HomographyNet MLflow model (no MLmodel or {MODEL_FILE}): log it with homogen"
+        )
     meta = _metadata(folder)
     if "patch_size" not in meta or "width" not in meta:
         raise ValueError(f"{folder}/MLmodel has no patch_size/width metadata: it was not logged by homogen")
@@ -135,6 +137,8 @@ def read_network_folder(folder: str | os.PathLike, map_location: str = "cpu"):
     try:
         net.load_state_dict({k: v.detach().clone() for k, v in state.items()})
     except RuntimeError as exc:
-        raise ValueError(f"{archive} does not hold the weights of {net.__class__.__name__}(width={meta['width']}, "
-                         f"patch_size={meta['patch_size']}): {str(exc).splitlines()[0]}") from exc
+        raise ValueError(
+            f"{archive} does not hold the weights of {net.__class__.__name__}(width={meta['width']}, "
+            f"patch_size={meta['patch_size']}): {str(exc).splitlines()[0]}"
+        ) from exc
     return net.to(map_location).eval()

@@ -111,12 +111,15 @@ def dataset_input(ds: Any, split: str):
     from mlflow.types import Schema, TensorSpec
 
     p = int(ds.patch_size)
-    schema = Schema([
-        TensorSpec(np.dtype(np.uint8), (-1, 2, p, p), "pairs"),
-        TensorSpec(np.dtype(np.float32), (-1, 8), "offsets"),
-    ])
-    return MetaDataset(source=_source(redact(str(ds.uri))), name=f"homogen-{ds.version}/{split}",
-                       digest=str(ds.version), schema=schema)
+    schema = Schema(
+        [
+            TensorSpec(np.dtype(np.uint8), (-1, 2, p, p), "pairs"),
+            TensorSpec(np.dtype(np.float32), (-1, 8), "offsets"),
+        ]
+    )
+    return MetaDataset(
+        source=_source(redact(str(ds.uri))), name=f"homogen-{ds.version}/{split}", digest=str(ds.version), schema=schema
+    )
 
 
 @dataclass
@@ -202,23 +205,39 @@ class TrainingRun:
         }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # psutil/pynvml notices when there is no GPU
-            run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name, tags=tags,
-                                   log_system_metrics=self.system_metrics)
+            run = mlflow.start_run(
+                experiment_id=self.experiment_id,
+                run_name=self.run_name,
+                tags=tags,
+                log_system_metrics=self.system_metrics,
+            )
         self.run_id = run.info.run_id
         params = config_params(self.config) if self.config is not None else {}
-        params.update({"dataset.version": version, "dataset.rho": int(self.ds.rho),
-                       "dataset.patch_size": int(self.ds.patch_size), "dataset.num_pairs": len(self.ds)})
+        params.update(
+            {
+                "dataset.version": version,
+                "dataset.rho": int(self.ds.rho),
+                "dataset.patch_size": int(self.ds.patch_size),
+                "dataset.num_pairs": len(self.ds),
+            }
+        )
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self._client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
         self._datasets = {split: dataset_input(self.ds, split) for split in _CONTEXTS}
-        model = self._client.create_logged_model(self.experiment_id, name="model", source_run_id=self.run_id,
-                                                 params={k: str(v) for k, v in list(params.items())[:100]})
+        model = self._client.create_logged_model(
+            self.experiment_id,
+            name="model",
+            source_run_id=self.run_id,
+            params={k: str(v) for k, v in list(params.items())[:100]},
+        )
         self.model_id = model.model_id
         self._client.log_inputs(
             self.run_id,
-            datasets=[DatasetInput(d._to_mlflow_entity(), [InputTag("mlflow.data.context", _CONTEXTS[s])])
-                      for s, d in self._datasets.items()],
+            datasets=[
+                DatasetInput(d._to_mlflow_entity(), [InputTag("mlflow.data.context", _CONTEXTS[s])])
+                for s, d in self._datasets.items()
+            ],
             models=[LoggedModelInput(self.model_id)],
         )
         return self
@@ -230,7 +249,10 @@ class TrainingRun:
         status = "FINISHED" if exc_type is None else "FAILED"
         errors: list[Exception] = []
         try:
-            if self.model_id is not None and self._client.get_logged_model(self.model_id).status == LoggedModelStatus.PENDING:
+            if (
+                self.model_id is not None
+                and self._client.get_logged_model(self.model_id).status == LoggedModelStatus.PENDING
+            ):
                 self._client.finalize_logged_model(self.model_id, LoggedModelStatus.FAILED)  # never registered
         except Exception as err:  # noqa: BLE001 - collected, see below
             errors.append(err)
@@ -255,8 +277,15 @@ class TrainingRun:
         now = int(time.time() * 1000)
         ds = self._datasets.get(split) if split else None
         out = [
-            Metric(k, float(v), now, step, model_id=self.model_id if model else None,
-                   dataset_name=ds.name if ds else None, dataset_digest=ds.digest if ds else None)
+            Metric(
+                k,
+                float(v),
+                now,
+                step,
+                model_id=self.model_id if model else None,
+                dataset_name=ds.name if ds else None,
+                dataset_digest=ds.digest if ds else None,
+            )
             for k, v in values.items()
             if v is not None and math.isfinite(float(v))
         ]
@@ -275,7 +304,12 @@ class TrainingRun:
             self._metrics({k: v for k, v in values.items() if not k.startswith("val_")}, step)
             self._metrics({k: v for k, v in values.items() if k.startswith("val_")}, step, "val", model=True)
         except Exception as exc:  # noqa: BLE001 - hours of training outweigh one epoch's metrics
-            log.warning("could not log epoch %d to MLflow run %s: %s", step, self.run_id, redact(f"{type(exc).__name__}: {exc}")[:300])
+            log.warning(
+                "could not log epoch %d to MLflow run %s: %s",
+                step,
+                self.run_id,
+                redact(f"{type(exc).__name__}: {exc}")[:300],
+            )
 
     def log_test(self, scores: Any, grid_pairs: int = 8) -> None:
         """Log the test scores (the network's and every method's) and the ``evaluation/`` artifacts."""
@@ -285,8 +319,12 @@ class TrainingRun:
         self._metrics({"test_pairs": len(scores.pairs)}, 0)
         for name, r in scores.results.items():
             prefix = "test" if name == NETWORK else name
-            values = {f"{prefix}_mace": r["mean"], f"{prefix}_mace_median": r["median"],
-                      f"{prefix}_mace_p95": r["p95"], f"{prefix}_ms_per_pair": r["ms_per_pair"]}
+            values = {
+                f"{prefix}_mace": r["mean"],
+                f"{prefix}_mace_median": r["median"],
+                f"{prefix}_mace_p95": r["p95"],
+                f"{prefix}_ms_per_pair": r["ms_per_pair"],
+            }
             if name != NETWORK:
                 values[f"{prefix}_failures"] = r["failures"]
             # Step 0, not linked to the model here: logging the model links the run's step-0 metrics to it.
@@ -320,13 +358,25 @@ class TrainingRun:
         version = str(self.ds.version)
         p = int(self.ds.patch_size)
         test_mace = float(scores.results[NETWORK]["mean"])
-        metadata = {"patch_size": p, "width": float(getattr(model, "width", 1.0)), "rho": int(self.ds.rho),
-                    "dataset_version": version, "test_mace": test_mace}
+        metadata = {
+            "patch_size": p,
+            "width": float(getattr(model, "width", 1.0)),
+            "rho": int(self.ds.rho),
+            "dataset_version": version,
+            "test_mace": test_mace,
+        }
         info = log_network(model, scores.pairs[:2], metadata, model_id=self.model_id)
         loss = {"loss": self.config.loss} if getattr(self.config, "loss", None) else {}
         mv = mlflow.register_model(info.model_uri, self.model_name, tags={"dataset_version": version, **loss})
-        register_model_tags(self._client, self.model_name, str(mv.version), dataset_version=version,
-                            rho=int(self.ds.rho), patch_size=p, test_mace=test_mace)
+        register_model_tags(
+            self._client,
+            self.model_name,
+            str(mv.version),
+            dataset_version=version,
+            rho=int(self.ds.rho),
+            patch_size=p,
+            test_mace=test_mace,
+        )
 
         def score_champion(champ_version: str) -> float:
             champ = load_model(f"models:/{self.model_name}/{champ_version}", tracking_uri=self.tracking_uri)
@@ -335,7 +385,8 @@ class TrainingRun:
             pred, _ = predict_network(champ, scores.pairs, batch_size=batch_size)
             return float(pair_errors(pred, scores.offsets).mean())
 
-        champion, reason = promote_if_better(self._client, self.model_name, str(mv.version), version, test_mace,
-                                             score_champion=score_champion)
+        champion, reason = promote_if_better(
+            self._client, self.model_name, str(mv.version), version, test_mace, score_champion=score_champion
+        )
         self.set_tags({"model_version": mv.version, "champion": str(champion).lower()})
         return Registered(info.model_uri, str(mv.version), champion, reason)

@@ -119,8 +119,10 @@ def write_plots(
         if "pred" not in r:
             continue
         label = method_label(name)
-        title = (f"{label}: mean {r['mean']:.2f}, median {r['median']:.2f}, p95 {r['p95']:.2f} px; "
-                 f"failures {r['failures']}/{r['n']}")
+        title = (
+            f"{label}: mean {r['mean']:.2f}, median {r['median']:.2f}, p95 {r['p95']:.2f} px; "
+            f"failures {r['failures']}/{r['n']}"
+        )
         paths.append(error_histogram(r["errors"], out / f"errors_{_slug(name)}.png", title))
         if layout is None:
             continue

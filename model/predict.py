@@ -95,7 +95,9 @@ def predict_homography(model: Any, img_a: np.ndarray, img_b: np.ndarray) -> Pred
     s_a = resize_matrix((img_a.shape[1], img_a.shape[0]), (p, p))
     s_b = resize_matrix((img_b.shape[1], img_b.shape[0]), (p, p))
     h = np.linalg.inv(s_a) @ hp @ s_b
-    return Prediction(homography=h / h[2, 2], offsets=off.astype(np.float32), patch_homography=hp / hp[2, 2], patch_size=p)
+    return Prediction(
+        homography=h / h[2, 2], offsets=off.astype(np.float32), patch_homography=hp / hp[2, 2], patch_size=p
+    )
 
 
 def overlay(img_a: np.ndarray, img_b: np.ndarray, h: np.ndarray) -> np.ndarray:

@@ -33,8 +33,9 @@ MODEL_NAME = "homographynet"
 CHAMPION = "champion"
 
 
-def register_model_tags(client: Any, name: str, version: str, *, dataset_version: str, rho: int, patch_size: int,
-                        test_mace: float) -> None:
+def register_model_tags(
+    client: Any, name: str, version: str, *, dataset_version: str, rho: int, patch_size: int, test_mace: float
+) -> None:
     """Tag a registered version with its dataset and test score (see the module docstring)."""
     tags = {
         "dataset_version": dataset_version,
@@ -90,7 +91,9 @@ def promote_if_better(
                 reason = f"kept v{champ.version}: it has no test MACE on dataset {dataset_version}"
         elif test_mace < champ_mace:
             decision = True
-            reason = f"test MACE {test_mace:.4f} < champion v{champ.version}'s {champ_mace:.4f} on dataset {dataset_version}"
+            reason = (
+                f"test MACE {test_mace:.4f} < champion v{champ.version}'s {champ_mace:.4f} on dataset {dataset_version}"
+            )
         else:
             decision = False
             reason = f"test MACE {test_mace:.4f} >= champion v{champ.version}'s {champ_mace:.4f} on dataset {dataset_version}"

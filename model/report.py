@@ -63,8 +63,11 @@ def check_same_pairs(first: Any, other: Any, split: str | None = "test", limit: 
             f"--photometric, or evaluate the stores one at a time"
         )
 
-    recipe = [k for k in sorted(set(first.sampling) | set(other.sampling)) if k != "photometric"
-              and first.sampling.get(k) != other.sampling.get(k)]
+    recipe = [
+        k
+        for k in sorted(set(first.sampling) | set(other.sampling))
+        if k != "photometric" and first.sampling.get(k) != other.sampling.get(k)
+    ]
     if recipe:
         refuse("sampling " + ", ".join(f"{k} {first.sampling.get(k)} vs {other.sampling.get(k)}" for k in recipe))
     ga, gb = _pair_geometry(first, split, limit), _pair_geometry(other, split, limit)

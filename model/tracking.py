@@ -136,7 +136,11 @@ def setup_tracking(uri: str | None = None, experiment: str | None = "", timeout_
             exp_id = None
             if name:
                 exp = client.get_experiment_by_name(name)
-                exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location(uri))
+                exp_id = (
+                    exp.experiment_id
+                    if exp
+                    else client.create_experiment(name, artifact_location=artifact_location(uri))
+                )
     except Exception as exc:  # noqa: BLE001 - any failure here means "unreachable"; say which store
         # The URI has no credentials any more, but an HTTP library's message may quote a URL: redact.
         raise TrackingError(

@@ -265,7 +265,12 @@ def _rng_state() -> dict[str, Any]:
     keys, pos, has_gauss, gauss = np.random.get_state()[1:]
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -466,8 +471,12 @@ def train(
         train_loader.dataset.set_epoch(epoch)
         budget = None if cfg.max_samples is None else cfg.max_samples - state.samples_seen
         total = n_train if budget is None else min(n_train, budget)
-        with tqdm(total=total, unit="sample", desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False) as bar:
-            stats = train_one_epoch(step_model, criterion, optimizer, train_loader, device, scaler, budget=budget, bar=bar, **amp_kw)
+        with tqdm(
+            total=total, unit="sample", desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False
+        ) as bar:
+            stats = train_one_epoch(
+                step_model, criterion, optimizer, train_loader, device, scaler, budget=budget, bar=bar, **amp_kw
+            )
         val = evaluate(step_model, val_loader, device, **amp_kw)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()

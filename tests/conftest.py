@@ -17,7 +17,6 @@ from homogen.generate import generate
 from helpers import SAMPLE, SAMPLE_ANNOTATIONS
 
 
-
 @pytest.fixture(scope="session")
 def sample_photos() -> list[Path]:
     """The 32 bundled COCO photographs, by file name (= by image id)."""
@@ -52,9 +51,7 @@ def rgb_photo(sample_photos) -> np.ndarray:
 def small_store(tmp_path_factory) -> tuple[Path, dict]:
     """8 bundled images, 4 pairs each, in 3 shards (3, 3, 2 images), chunks of 5 pairs: (path, manifest)."""
     out = tmp_path_factory.mktemp("small") / "small.zarr"
-    cfg = GenerateConfig(
-        source=SourceConfig(max_images=8), output=str(out), shard_size=3, chunk_size=5
-    )
+    cfg = GenerateConfig(source=SourceConfig(max_images=8), output=str(out), shard_size=3, chunk_size=5)
     return out, generate(cfg, progress=False)
 
 

@@ -105,11 +105,17 @@ def start_generation(config: dict, cwd: Path, hook: dict | None = None) -> subpr
     """Start :data:`DRIVER` in ``cwd`` on ``config`` (a GenerateConfig as a dict) with ``hook``."""
     return subprocess.Popen(
         [sys.executable, "-c", DRIVER, json.dumps({"config": config, "hook": hook})],
-        cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=cwd,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
-def run_generation(config: dict, cwd: Path, hook: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_generation(
+    config: dict, cwd: Path, hook: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """:func:`start_generation` and wait for it."""
     proc = start_generation(config, cwd, hook)
     out, err = proc.communicate(timeout=timeout)
@@ -120,7 +126,11 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Comp
     """``homogen ARGS`` (the real command line) in a child process."""
     return subprocess.run(
         [sys.executable, "-c", "from homogen.cli import main; main()", *args],
-        cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -153,7 +163,11 @@ def tree_digest(output: Path) -> dict[str, str]:
 
 def folder_digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder``, by path relative to it (two stores' shards compare equal)."""
-    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.rglob("*")) if f.is_file()}
+    return {
+        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file()
+    }
 
 
 def leftovers(output: Path) -> list[str]:

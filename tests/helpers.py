@@ -26,7 +26,9 @@ def recipe_pairs(n: int, rho: float, patch: int = 128, seed: int = 0) -> tuple[n
     pairs = np.empty((n, 2, patch, patch), np.uint8)
     offsets = rng.uniform(-rho, rho, size=(n, 8)).astype(np.float32)
     for i in range(n):
-        img = cv2.resize(cv2.imread(str(PHOTOS[i % len(PHOTOS)]), cv2.IMREAD_GRAYSCALE), (320, 240), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(
+            cv2.imread(str(PHOTOS[i % len(PHOTOS)]), cv2.IMREAD_GRAYSCALE), (320, 240), interpolation=cv2.INTER_AREA
+        )
         m = int(np.ceil(rho))
         x, y = int(rng.integers(m, 320 - patch - m + 1)), int(rng.integers(m, 240 - patch - m + 1))
         c = np.float32([[x, y], [x + patch, y], [x + patch, y + patch], [x, y + patch]])

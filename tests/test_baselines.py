@@ -127,7 +127,9 @@ def test_evaluate_methods_on_generated_store(tmp_path):
     from homogen.generate import generate
 
     out = tmp_path / "ds.zarr"
-    generate(GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=8)))
+    generate(
+        GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=8))
+    )
     pairs, offsets = load_split(str(out), None)
     assert pairs.shape == (32, 2, P, P) and pairs.dtype == np.uint8
     few, few_off = load_split(str(out), None, limit=5)

@@ -25,8 +25,12 @@ def store(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"data-{request.param}") / name
     generate(
         GenerateConfig(
-            output=str(out), format=fmt, chunk_size=8, shard_size=4,
-            sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=0.3),
+            output=str(out),
+            format=fmt,
+            chunk_size=8,
+            shard_size=4,
+            sampling=SamplingConfig(pairs_per_image=4),
+            source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=0.3),
         )
     )
     ds = open_dataset(str(out))
@@ -180,7 +184,9 @@ def test_check_compatible_names_both_values_and_the_fix(store, monkeypatch):
     with pytest.raises(IncompatibleStoreError, match=r"patch_size 128.*patch_size 64.*patch_size=128"):
         check_compatible(store, 64)
     monkeypatch.setitem(store.manifest, "schema_version", 99)
-    with pytest.raises(IncompatibleStoreError, match=rf"schema_version 99.*schema_version {SCHEMA_VERSION}.*regenerate"):
+    with pytest.raises(
+        IncompatibleStoreError, match=rf"schema_version 99.*schema_version {SCHEMA_VERSION}.*regenerate"
+    ):
         check_compatible(store, 128)
 
 

@@ -101,6 +101,16 @@ def test_served_deployments_refuse_credentials_in_url_parameters():
         ):
             with pytest.raises(SchemaError, match="does not match"):
                 validate(params, params_schema, raise_on_error=True)
-        for url in ("s3://bucket/coco", "/data/user@host/coco", "sqlite:///work/mlflow.db", "http://mlflow:5000", "C:\\data\\coco"):
+        for url in (
+            "s3://bucket/coco",
+            "/data/user@host/coco",
+            "sqlite:///work/mlflow.db",
+            "http://mlflow:5000",
+            "C:\\data\\coco",
+        ):
             assert redact(url) == url  # the schema and the flow's own check agree: what the scrubber keeps is accepted
-            validate({"source": url, "config": {"generate": {"output": url}, "tracking": {"uri": url}}}, params_schema, raise_on_error=True)
+            validate(
+                {"source": url, "config": {"generate": {"output": url}, "tracking": {"uri": url}}},
+                params_schema,
+                raise_on_error=True,
+            )

@@ -31,20 +31,22 @@ def flow_calls(monkeypatch):
 
 def test_python_m_takes_config_as_inline_json_and_flat_shortcuts_win_over_it(flow_calls):
     gat.main(['config={"train": {"epochs": 3}, "generate": {"sampling": {"rho": 16}}}', "epochs=5"])
-    (args, flat), = flow_calls
+    ((args, flat),) = flow_calls
     cfg = args[0]
     assert isinstance(cfg, PipelineConfig) and cfg.generate.sampling.rho == 16 and cfg.train.epochs == 3
     assert flat == {"epochs": 5}
     final = apply_overrides(cfg, **flat)
     assert final.train.epochs == 5 and final.generate.sampling.rho == 16
-    assert final.generate.sampling.pairs_per_image == PipelineConfig().generate.sampling.pairs_per_image  # the rest kept
+    assert (
+        final.generate.sampling.pairs_per_image == PipelineConfig().generate.sampling.pairs_per_image
+    )  # the rest kept
 
 
 def test_python_m_takes_config_as_a_json_file_like_homogen_run(flow_calls, tmp_path):
     path = tmp_path / "pipeline.json"
     path.write_text(json.dumps({"generate": {"sampling": {"pairs_per_image": 4}}}))
     gat.main([f"config={path}"])
-    (args, _), = flow_calls
+    ((args, _),) = flow_calls
     assert args[0].generate.sampling.pairs_per_image == 4
 
 
@@ -96,8 +98,10 @@ def test_homogen_run_and_python_m_refuse_a_malformed_config_with_the_same_words(
     ("args", "said"),
     [
         (["generate", "--rho", "100"], "error: invalid parameters: rho=100 exceeds"),
-        (["run", "--config", '{"generate": {"sampling": {"patch_size": 64, "rho": 16}}}'],
-         "error: --config: invalid parameters: generate.sampling.patch_size=64 but train.patch_size=128"),
+        (
+            ["run", "--config", '{"generate": {"sampling": {"patch_size": 64, "rho": 16}}}'],
+            "error: --config: invalid parameters: generate.sampling.patch_size=64 but train.patch_size=128",
+        ),
     ],
 )
 def test_a_refused_parameter_is_described_with_one_invalid_parameters_prefix(tmp_path, flow_calls, args, said):
@@ -113,7 +117,9 @@ def test_python_m_describes_a_whole_config_error_with_one_prefix(flow_calls, cap
     with pytest.raises(SystemExit):
         gat.main(['config={"generate": {"sampling": {"patch_size": 64, "rho": 16}}}'])
     message = capsys.readouterr().err
-    assert message.startswith("error: config: invalid parameters: generate.sampling.patch_size=64 but train.patch_size=128")
+    assert message.startswith(
+        "error: config: invalid parameters: generate.sampling.patch_size=64 but train.patch_size=128"
+    )
 
 
 # Run in a fresh interpreter: records the variable at the moment Prefect is first imported, then stops
@@ -164,7 +170,9 @@ def test_python_m_turns_telemetry_off_but_importing_the_flow_module_does_not():
     entry = "import runpy; runpy.run_module('homogen.flows.generate_and_train', run_name='__main__')"
     out = _run(AT_PREFECT_IMPORT.format(var=ANALYTICS, argv=["x", "rho=24"], entry=entry), None)
     assert out.strip() == "at prefect import: false"
-    out = _run(AT_PREFECT_IMPORT.format(var=ANALYTICS, argv=["x"], entry="import homogen.flows.generate_and_train"), None)
+    out = _run(
+        AT_PREFECT_IMPORT.format(var=ANALYTICS, argv=["x"], entry="import homogen.flows.generate_and_train"), None
+    )
     assert out.strip() == "at prefect import: None"  # deployments and tests import it: Prefect's own default there
 
 

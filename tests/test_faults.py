@@ -36,7 +36,9 @@ def config(output: str, **kw) -> GenerateConfig:
     return GenerateConfig(
         source=SourceConfig(max_images=12),
         sampling=SamplingConfig(pairs_per_image=2),
-        output=output, shard_size=4, **kw,
+        output=output,
+        shard_size=4,
+        **kw,
     )
 
 
@@ -133,7 +135,9 @@ def test_disk_full_while_writing_a_shard_is_a_clear_error_and_a_rerun_completes(
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_disk_full_on_a_small_filesystem(fmt, tmp_path, monkeypatch, clean_runs):
     """A real full disk (tmpfs; a write budget where mounting is not allowed): the same promise."""
-    clean_size_kib = sum(p.stat().st_size for root in [clean_runs[fmt].parent] for p in root.rglob("*") if p.is_file()) // 1024
+    clean_size_kib = (
+        sum(p.stat().st_size for root in [clean_runs[fmt].parent] for p in root.rglob("*") if p.is_file()) // 1024
+    )
     with small_disk(tmp_path / "disk", size_kib=clean_size_kib // 2, monkeypatch=monkeypatch) as disk:
         output = disk.path / FORMATS[fmt]
         cfg = config(str(output))
@@ -163,13 +167,16 @@ def test_second_generation_into_the_same_output_is_refused_and_the_first_complet
     output = tmp_path / name
     holding, release = tmp_path / "holding", tmp_path / "release"
     first = start_generation(
-        config(name).model_dump(mode="json"), tmp_path,
+        config(name).model_dump(mode="json"),
+        tmp_path,
         hook={"kind": "hold", "shard": 1, "holding": str(holding), "release": str(release)},
     )
     try:
         wait_for(holding, first)  # the first run holds the output, shard 0 written
         # the same run again, and a different dataset with --overwrite: both refused at once
-        same = run_cli(["generate", "-o", name, "--max-images", "12", "--shard-size", "4", "--pairs-per-image", "2"], tmp_path)
+        same = run_cli(
+            ["generate", "-o", name, "--max-images", "12", "--shard-size", "4", "--pairs-per-image", "2"], tmp_path
+        )
         other = run_cli(["generate", "-o", name, "--max-images", "12", "--seed", "7", "--overwrite"], tmp_path)
         for second in (same, other):
             assert second.returncode == 2, second.stderr
@@ -192,8 +199,11 @@ def p128_store(tmp_path_factory):
     """16 pairs (P = 128) with train, val and test pairs."""
     out = tmp_path_factory.mktemp("p128") / "ds.zarr"
     generate(
-        GenerateConfig(source=SourceConfig(max_images=8, test_fraction=0.3, val_fraction=0.3), sampling=SamplingConfig(pairs_per_image=2),
-                       output=str(out)),
+        GenerateConfig(
+            source=SourceConfig(max_images=8, test_fraction=0.3, val_fraction=0.3),
+            sampling=SamplingConfig(pairs_per_image=2),
+            output=str(out),
+        ),
         progress=False,
     )
     return out
@@ -210,8 +220,22 @@ def train_cli():
 
 
 def train_args(store, checkpoints, tracking_uri) -> list[str]:
-    return ["train", str(store), "--epochs", "1", "--width", "0.125", "--batch-size", "8", "--methods", "none",
-            "--checkpoint-dir", str(checkpoints), "--tracking-uri", tracking_uri]
+    return [
+        "train",
+        str(store),
+        "--epochs",
+        "1",
+        "--width",
+        "0.125",
+        "--batch-size",
+        "8",
+        "--methods",
+        "none",
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--tracking-uri",
+        tracking_uri,
+    ]
 
 
 @pytest.mark.slow
@@ -315,8 +339,10 @@ def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_data
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
     shards = 8
     cfg = GenerateConfig(
-        source=SourceConfig(max_images=shards), sampling=SamplingConfig(pairs_per_image=128),
-        output=str(tmp_path / "flow.zarr"), shard_size=1,  # 8 shards (~0.2 s of work each) on 2 workers
+        source=SourceConfig(max_images=shards),
+        sampling=SamplingConfig(pairs_per_image=128),
+        output=str(tmp_path / "flow.zarr"),
+        shard_size=1,  # 8 shards (~0.2 s of work each) on 2 workers
     )
     # the flows' own LocalCluster (worker processes), started here
     # so that the test knows its workers
@@ -341,7 +367,10 @@ def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_data
     assert_same_arrays(arrays(tmp_path / "flow.zarr"), arrays(clean))
     for f in FIELDS:  # every array's metadata and chunk files, bit for bit
         assert folder_digest(tmp_path / "flow.zarr" / f) == folder_digest(clean / f) != {}
-    flow_manifest, clean_manifest = open_dataset(str(tmp_path / "flow.zarr")).manifest, open_dataset(str(clean)).manifest
+    flow_manifest, clean_manifest = (
+        open_dataset(str(tmp_path / "flow.zarr")).manifest,
+        open_dataset(str(clean)).manifest,
+    )
     for m in (flow_manifest, clean_manifest):
         m["config"].pop("output")
     assert flow_manifest == clean_manifest
@@ -379,11 +408,20 @@ def test_flow_process_killed_mid_run_then_the_flow_rerun_gives_the_clean_dataset
 
     monkeypatch.setenv("HOMOGEN_WORKDIR", str(tmp_path))
     shards = 8
-    cfg = GenerateConfig(source=SourceConfig(max_images=shards), sampling=SamplingConfig(pairs_per_image=128),
-                         output=str(tmp_path / "flow.zarr"), shard_size=1)  # 8 shards, ~0.2 s of work each
+    cfg = GenerateConfig(
+        source=SourceConfig(max_images=shards),
+        sampling=SamplingConfig(pairs_per_image=128),
+        output=str(tmp_path / "flow.zarr"),
+        shard_size=1,
+    )  # 8 shards, ~0.2 s of work each
     env = {**child_env(), "PREFECT_API_URL": str(get_client(sync_client=True).api_url)}
-    proc = subprocess.Popen([sys.executable, "-c", FLOW_DRIVER, cfg.model_dump_json()], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FLOW_DRIVER, cfg.model_dump_json()],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     writer = open_writer(cfg.output)
     deadline = time.monotonic() + 180
     while sum(writer.shard_info(i) is not None for i in range(shards)) < 2:
@@ -413,11 +451,16 @@ def test_flow_process_killed_mid_run_then_the_flow_rerun_gives_the_clean_dataset
     for f in FIELDS:  # every array's metadata and chunk files, bit for bit
         assert folder_digest(tmp_path / "flow.zarr" / f) == folder_digest(clean / f) != {}
     ours, theirs = open_dataset(cfg.output).manifest, open_dataset(str(clean)).manifest
-    assert {**ours, "config": {**ours["config"], "output": None}} == {**theirs, "config": {**theirs["config"], "output": None}}
+    assert {**ours, "config": {**ours["config"], "output": None}} == {
+        **theirs,
+        "config": {**theirs["config"], "output": None},
+    }
 
 
 @pytest.mark.slow
-def test_train_flow_with_an_unreachable_tracking_store_fails_before_training_naming_the_uri(tmp_path, prefect_api, p128_store):
+def test_train_flow_with_an_unreachable_tracking_store_fails_before_training_naming_the_uri(
+    tmp_path, prefect_api, p128_store
+):
     """The train-model flow opens its MLflow run before training: with the store unreachable the
     run fails at once with an error naming the store (credentials stripped), nothing trained."""
     import socket

@@ -137,7 +137,9 @@ def test_a_failed_shard_attempt_is_logged_retried_and_the_dataset_equals_the_lib
         manifest = run_tasks(cfg)
     assert attempts == {0: 1, 1: 3, 2: 1}
     retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
-    assert len(retries) == 2 and retries[0].startswith("shard 1 attempt 1 failed (OSError: injected I/O error in shard 1")
+    assert len(retries) == 2 and retries[0].startswith(
+        "shard 1 attempt 1 failed (OSError: injected I/O error in shard 1"
+    )
     reference = generate(small_config(str(tmp_path / "direct.zarr")), progress=False)
     assert manifest["dataset_version"] == reference["dataset_version"]
     for f, want in arrays(str(tmp_path / "direct.zarr")).items():
@@ -285,7 +287,9 @@ def test_a_cluster_without_workers_fails_naming_the_scheduler_instead_of_waiting
     p = list_shards.fn(cfg)
     prepare_store.fn(p)
     with local_cluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
-        with pytest.raises(RuntimeError, match=f"no Dask worker joined the scheduler {cluster.scheduler_address} in 0.5 s"):
+        with pytest.raises(
+            RuntimeError, match=f"no Dask worker joined the scheduler {cluster.scheduler_address} in 0.5 s"
+        ):
             generate_shards.fn(p, cluster.scheduler_address)
 
 
@@ -319,8 +323,15 @@ def test_train_evaluate_register_tasks(tmp_path, monkeypatch):
     tcfg = TrainConfig(epochs=1, width=0.125, batch_size=16, checkpoint_dir=str(tmp_path / "ckpt"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    with TrainingRun(open_dataset(cfg.output), tcfg, tracking_uri=uri, experiment="test-flows", model_name="hn-test",
-                     tags={"origin": "unit"}, system_metrics=False) as run:
+    with TrainingRun(
+        open_dataset(cfg.output),
+        tcfg,
+        tracking_uri=uri,
+        experiment="test-flows",
+        model_name="hn-test",
+        tags={"origin": "unit"},
+        system_metrics=False,
+    ) as run:
         result = train_task.fn(cfg.output, tcfg, on_epoch=run.log_epoch)
         assert result.dataset_version == manifest["dataset_version"] and len(result.history) == 1
         assert result.best_checkpoint is not None and Path(result.best_checkpoint).is_file()

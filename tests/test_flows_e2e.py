@@ -14,7 +14,12 @@ import base64
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
 from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 from prefect.testing.utilities import prefect_test_harness
 
@@ -70,11 +75,13 @@ def child_runs(client, parent_id) -> list:
     """Flow runs whose parent task run belongs to ``parent_id`` (the subflows), and task runs of ``parent_id``."""
     tasks = client.read_task_runs(
         task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[parent_id])),
-        sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200,
+        sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        limit=200,
     )
     subflows = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])),
-        sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=200,
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        limit=200,
     )
     return subflows, tasks
 
@@ -102,14 +109,18 @@ def test_generate_and_train_end_to_end(prefect_api, workdir):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    config = PipelineConfig.model_validate({
-        "generate": small(str(workdir / "datasets" / "e2e.zarr"), max_images=16, pairs=8, shard_size=4).model_dump(),
-        "validate_regenerate": 2,
-        "train": {"epochs": 1, "width": 0.125, "batch_size": 16},
-        "evaluate": {"methods": ["identity"], "limit": 16},
-        "tracking": {"uri": uri, "experiment": "e2e"},
-        "dask": {"n_workers": 2, "dashboard_address": None},
-    })
+    config = PipelineConfig.model_validate(
+        {
+            "generate": small(
+                str(workdir / "datasets" / "e2e.zarr"), max_images=16, pairs=8, shard_size=4
+            ).model_dump(),
+            "validate_regenerate": 2,
+            "train": {"epochs": 1, "width": 0.125, "batch_size": 16},
+            "evaluate": {"methods": ["identity"], "limit": 16},
+            "tracking": {"uri": uri, "experiment": "e2e"},
+            "dask": {"n_workers": 2, "dashboard_address": None},
+        }
+    )
     state = generate_and_train(config, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
@@ -125,12 +136,19 @@ def test_generate_and_train_end_to_end(prefect_api, workdir):
         assert parent.name == f"generate-and-train rho=32 v={version} epochs=1"
         subflows, _ = child_runs(client, parent.id)
         names = sorted(r.name for r in subflows)
-        assert names == sorted([f"generate rho=32 v={version}", f"validate v={version}", f"train v={version} epochs=1 width=0.125"])
+        assert names == sorted(
+            [f"generate rho=32 v={version}", f"validate v={version}", f"train v={version} epochs=1 width=0.125"]
+        )
         assert all(r.state.is_completed() for r in subflows)
         gen = next(r for r in subflows if r.name.startswith("generate"))
         _, gen_tasks = child_runs(client, gen.id)
         # the recipe's steps as Prefect tasks; the 4 shards are Dask tasks under generate-shards
-        assert [t.name.rsplit("-", 1)[0] for t in gen_tasks] == ["list-shards", "prepare-store", "generate-shards", "commit-dataset"]
+        assert [t.name.rsplit("-", 1)[0] for t in gen_tasks] == [
+            "list-shards",
+            "prepare-store",
+            "generate-shards",
+            "commit-dataset",
+        ]
         assert all(t.state.is_completed() for t in gen_tasks)
 
         # what people see: the progress reached 100 %, the report lists every check and passed
@@ -153,7 +171,9 @@ def test_generate_and_train_end_to_end(prefect_api, workdir):
     mlflow = MlflowClient(tracking_uri=uri, registry_uri=uri)
     mv = mlflow.get_model_version(result["model_name"], result["model_version"])
     assert mv.tags["dataset_version"] == version
-    assert str(mlflow.get_model_version_by_alias(result["model_name"], "champion").version) == str(result["model_version"])
+    assert str(mlflow.get_model_version_by_alias(result["model_name"], "champion").version) == str(
+        result["model_version"]
+    )
 
 
 # ------------------------------------------------------------------------------------ faults

@@ -43,8 +43,12 @@ def test_same_dataset_whatever_the_shard_size_and_format(tmp_path, reference, sh
 
 @pytest.mark.parametrize("level", ["none", "hard"])
 def test_any_pair_regenerates_from_seed_image_id_and_pair_index(tmp_path, level):
-    cfg = GenerateConfig(output=str(tmp_path / "ds.zarr"), source=SourceConfig(max_images=6), shard_size=4,
-                         sampling=SamplingConfig(seed=11, photometric=level))
+    cfg = GenerateConfig(
+        output=str(tmp_path / "ds.zarr"),
+        source=SourceConfig(max_images=6),
+        shard_size=4,
+        sampling=SamplingConfig(seed=11, photometric=level),
+    )
     generate(cfg, progress=False)
     data = read_store(cfg.output)
     s = cfg.sampling

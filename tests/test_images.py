@@ -51,8 +51,9 @@ def test_a_640x480_jpeg_decodes_straight_to_320x240(sample_photos):
     reduced = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2)
     assert np.array_equal(decode_gray(data, 320, 240), reduced)
     # and it is the recipe's frame: full decode + area resize, to within JPEG's DCT-scaling rounding
-    full = cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE), (320, 240),
-                      interpolation=cv2.INTER_AREA)
+    full = cv2.resize(
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE), (320, 240), interpolation=cv2.INTER_AREA
+    )
     assert np.abs(reduced.astype(np.int16) - full).mean() < 1.0
 
 
@@ -84,8 +85,11 @@ def test_generation_quarantines_every_bad_image_and_goes_on(tmp_path, sample_pho
         image_id = 900000 + n
         (src / f"{image_id}{BAD_SUFFIX[kind]}").write_bytes(bad_image_bytes(kind, jpeg_bytes, rgb_photo))
         bad_ids[image_id] = kind
-    cfg = GenerateConfig(source=SourceConfig(root=str(src), kind="folder", test_fraction=0.0),
-                         output=str(tmp_path / "out.zarr"), shard_size=4)
+    cfg = GenerateConfig(
+        source=SourceConfig(root=str(src), kind="folder", test_fraction=0.0),
+        output=str(tmp_path / "out.zarr"),
+        shard_size=4,
+    )
     manifest = generate(cfg, progress=False)
 
     reasons = {q["image_id"]: q["reason"] for q in manifest["quarantine"]}
@@ -104,8 +108,9 @@ def test_missing_images_named_by_annotations_are_quarantined(tmp_path, sample_ph
 
     absent = {"id": 999999, "file_name": "000000999999.jpg", "width": 640, "height": 480}
     root = make_coco(tmp_path / "coco", "train2017", sample_photos[:4], sample_coco, extra_images=[absent])
-    manifest = generate(GenerateConfig(source=SourceConfig(root=str(root)), output=str(tmp_path / "o.zarr")),
-                        progress=False)
+    manifest = generate(
+        GenerateConfig(source=SourceConfig(root=str(root)), output=str(tmp_path / "o.zarr")), progress=False
+    )
     assert [(q["image_id"], q["reason"]) for q in manifest["quarantine"]] == [
         (999999, "missing file: the source lists it but it does not exist")
     ]
@@ -258,8 +263,10 @@ def test_generation_quarantines_damaged_jpegs_with_libjpegs_reason(tmp_path, sam
     for p, kind in zip(sample_photos[4:8], ["1 KB overwritten", "4 KB zeroed", "8 KB cut", "8 KB cut"]):
         (src / p.name).write_bytes(_damage(p.read_bytes(), kind, rng))
         damaged[int(p.stem)] = kind
-    manifest = generate(GenerateConfig(source=SourceConfig(root=str(src), kind="folder"),
-                                       output=str(tmp_path / "o.zarr")), progress=False)
+    manifest = generate(
+        GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=str(tmp_path / "o.zarr")),
+        progress=False,
+    )
     reasons = {q["image_id"]: q["reason"] for q in manifest["quarantine"]}
     assert set(reasons) == set(damaged)
     assert all(r.startswith("corrupt JPEG data (") for r in reasons.values()), reasons
@@ -279,8 +286,9 @@ def test_damage_cannot_hide_behind_regeneration(tmp_path, sample_photos):
     damaged = sample_photos[3]
     (src / damaged.name).write_bytes(_damage(damaged.read_bytes(), "8 KB cut", np.random.default_rng(5)))
     out = tmp_path / "o.zarr"
-    manifest = generate(GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=str(out)),
-                        progress=False)
+    manifest = generate(
+        GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=str(out)), progress=False
+    )
     assert [q["image_id"] for q in manifest["quarantine"]] == [int(damaged.stem)]
     assert int(damaged.stem) not in set(read_store(out)["image_id"].tolist())
     report = validate_dataset(str(out), regenerate=12, progress=False)
@@ -326,7 +334,9 @@ def test_a_source_whose_every_image_is_quarantined_is_an_error_not_an_empty_data
     for p in sample_photos[:3]:
         (src / p.name).write_bytes(_damage(p.read_bytes(), "8 KB cut", rng))
     out = tmp_path / "o.zarr"
-    with pytest.raises(StoreError, match=r"no usable images: all 3 images of the source were quarantined \(first: .*corrupt JPEG data"):
+    with pytest.raises(
+        StoreError, match=r"no usable images: all 3 images of the source were quarantined \(first: .*corrupt JPEG data"
+    ):
         generate(GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=str(out)), progress=False)
     with pytest.raises(StoreError):  # nothing a reader or `validate` could take for a dataset
         read_store(out)

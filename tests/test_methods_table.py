@@ -45,8 +45,11 @@ def noisy_stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("levels")
     out = {}
     for level in ("none", "hard"):
-        cfg = GenerateConfig(output=str(root / f"{level}.zarr"), source=SourceConfig(max_images=3),
-                             sampling=SamplingConfig(rho=16, pairs_per_image=1, photometric=level))
+        cfg = GenerateConfig(
+            output=str(root / f"{level}.zarr"),
+            source=SourceConfig(max_images=3),
+            sampling=SamplingConfig(rho=16, pairs_per_image=1, photometric=level),
+        )
         generate(cfg, progress=False)
         out[level] = str(root / f"{level}.zarr")
     return out
@@ -54,10 +57,22 @@ def noisy_stores(tmp_path_factory):
 
 def test_evaluate_command_shows_every_method_per_noise_level_and_writes_pictures(noisy_stores, tmp_path):
     plots = tmp_path / "plots"
-    r = CliRunner().invoke(app, [
-        "evaluate", noisy_stores["none"], noisy_stores["hard"], "--split", "all", "--threads", "1",
-        "--methods", "identity,direct-ncc,direct-ncc+refine", "--plots", str(plots),
-    ])
+    r = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            noisy_stores["none"],
+            noisy_stores["hard"],
+            "--split",
+            "all",
+            "--threads",
+            "1",
+            "--methods",
+            "identity,direct-ncc,direct-ncc+refine",
+            "--plots",
+            str(plots),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "photometric noise none" in r.output and "photometric noise hard" in r.output
     levels = r.output.split("by noise level:")[1].strip().splitlines()
@@ -66,8 +81,9 @@ def test_evaluate_command_shows_every_method_per_noise_level_and_writes_pictures
     assert "refinement:" in r.output and "ms/pair" in r.output
     for folder in plots.iterdir():
         names = sorted(p.name for p in folder.iterdir())
-        assert names == sorted(f"{kind}_{m}.png" for kind in ("errors", "overlay")
-                               for m in ("identity", "direct-ncc", "direct-ncc_refine"))
+        assert names == sorted(
+            f"{kind}_{m}.png" for kind in ("errors", "overlay") for m in ("identity", "direct-ncc", "direct-ncc_refine")
+        )
         assert all((folder / n).stat().st_size > 1000 for n in names)
     assert len(list(plots.iterdir())) == 2
 
@@ -83,7 +99,9 @@ def test_methods_all_scores_every_registered_method(noisy_stores, monkeypatch):
     import homogen.model.evaluate as ev
 
     seen = {}
-    monkeypatch.setattr(ev, "evaluate_methods", lambda pairs, offsets, methods, **kw: seen.setdefault("m", list(methods)) and {})
+    monkeypatch.setattr(
+        ev, "evaluate_methods", lambda pairs, offsets, methods, **kw: seen.setdefault("m", list(methods)) and {}
+    )
     r = CliRunner().invoke(app, ["evaluate", noisy_stores["none"], "--split", "all", "--methods", "all"])
     assert r.exit_code == 0, r.output
     assert seen["m"] == list(METHODS)
@@ -117,13 +135,17 @@ def test_an_unsupervised_run_is_logged_and_registered_with_its_loss(tmp_path):
     from homogen.model.train import train
     from homogen.stores import open_dataset
 
-    cfg = GenerateConfig(output=str(tmp_path / "ds.zarr"), chunk_size=16,
-                         sampling=SamplingConfig(pairs_per_image=4, patch_size=32, rho=8),
-                         source=SourceConfig(max_images=12, test_fraction=0.25, val_fraction=0.25))
+    cfg = GenerateConfig(
+        output=str(tmp_path / "ds.zarr"),
+        chunk_size=16,
+        sampling=SamplingConfig(pairs_per_image=4, patch_size=32, rho=8),
+        source=SourceConfig(max_images=12, test_fraction=0.25, val_fraction=0.25),
+    )
     generate(cfg, progress=False)
     ds = open_dataset(cfg.output)
-    tc = TrainConfig(loss="photometric", epochs=1, width=0.125, patch_size=32, batch_size=16,
-                     checkpoint_dir=str(tmp_path / "ck"))
+    tc = TrainConfig(
+        loss="photometric", epochs=1, width=0.125, patch_size=32, batch_size=16, checkpoint_dir=str(tmp_path / "ck")
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with TrainingRun(ds, tc, tracking_uri=uri, model_name="hn-photometric", system_metrics=False) as run:
         result = train(ds, tc, progress=False, on_epoch=run.log_epoch)

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def real_pairs(tmp_path_factory):
     """16 pairs (P=128, rho=32) cut from 4 bundled COCO photographs."""
     out = tmp_path_factory.mktemp("network") / "ds.zarr"
-    generate(GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=4)))
+    generate(
+        GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=4))
+    )
     return open_dataset(str(out)).read(0, 16)
 
 

@@ -25,7 +25,9 @@ from homogen.validate import validate_dataset
 
 
 @st.composite
-def valid_sampling(draw, max_patch: int = 160, max_rho: int = 48, max_margin: int = 200, fold_free: bool = False) -> dict:
+def valid_sampling(
+    draw, max_patch: int = 160, max_rho: int = 48, max_margin: int = 200, fold_free: bool = False
+) -> dict:
     """Any parameters the config accepts: P >= 8, rho >= 0, P + 2 rho <= min(W, H).
 
     ``fold_free``: only 1 <= rho <= P/4, where every perturbed quadrilateral is convex and pairs of
@@ -102,8 +104,12 @@ def test_out_of_bounds_fields_are_refused_naming_the_parameter(case):
 
 
 CLI_FLAGS = {
-    "patch_size": "--patch-size", "rho": "--rho", "image_width": "--image-width",
-    "image_height": "--image-height", "pairs_per_image": "--pairs-per-image", "seed": "--seed",
+    "patch_size": "--patch-size",
+    "rho": "--rho",
+    "image_width": "--image-width",
+    "image_height": "--image-height",
+    "pairs_per_image": "--pairs-per-image",
+    "seed": "--seed",
 }
 
 
@@ -139,8 +145,11 @@ def test_random_valid_parameters_make_a_dataset_that_passes_validation(params, p
     with tempfile.TemporaryDirectory() as tmp:
         manifest = generate(
             GenerateConfig(
-                source=SourceConfig(max_images=3), sampling=cfg_sampling,
-                output=str(Path(tmp) / f"ds.{store}"), shard_size=2, chunk_size=5,
+                source=SourceConfig(max_images=3),
+                sampling=cfg_sampling,
+                output=str(Path(tmp) / f"ds.{store}"),
+                shard_size=2,
+                chunk_size=5,
             ),
             progress=False,
         )

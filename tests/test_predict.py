@@ -96,7 +96,9 @@ def test_load_model_reads_a_trainer_checkpoint_and_refuses_anything_else_naming_
 
     net = oracle_net(OFF)
     x = torch.randint(0, 255, (2, 2, P, P), dtype=torch.uint8)
-    ckpt = save_checkpoint(tmp_path / "best.pt", {"format": 1, "model": net.state_dict(), "width": 0.125, "patch_size": P})
+    ckpt = save_checkpoint(
+        tmp_path / "best.pt", {"format": 1, "model": net.state_dict(), "width": 0.125, "patch_size": P}
+    )
     loaded = load_model(str(ckpt))
     assert isinstance(loaded, HomographyNet) and not loaded.training and loaded.patch_size == P
     torch.testing.assert_close(loaded(x), net(x))
@@ -134,9 +136,21 @@ def test_cli_predict_prints_h_and_writes_overlay(cli, pair, tmp_path):
     big_b = cv2.resize(b, (256, 256), interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(tmp_path / "a.png"), a)
     cv2.imwrite(str(tmp_path / "b.png"), big_b)
-    ckpt = save_checkpoint(tmp_path / "m.pt", {"format": 1, "model": oracle_net(OFF).state_dict(), "width": 0.125, "patch_size": P})
-    res = CliRunner().invoke(cli, ["predict", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", str(ckpt),
-                                   "--overlay", str(tmp_path / "o.png")])
+    ckpt = save_checkpoint(
+        tmp_path / "m.pt", {"format": 1, "model": oracle_net(OFF).state_dict(), "width": 0.125, "patch_size": P}
+    )
+    res = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(tmp_path / "a.png"),
+            str(tmp_path / "b.png"),
+            "--model",
+            str(ckpt),
+            "--overlay",
+            str(tmp_path / "o.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     i = next(k for k, line in enumerate(lines) if line.startswith("H (maps B pixels to A pixels"))
@@ -146,7 +160,9 @@ def test_cli_predict_prints_h_and_writes_overlay(cli, pair, tmp_path):
     o = cv2.imread(str(tmp_path / "o.png"))
     assert o is not None and o.shape == (P, P, 3)
 
-    missing = CliRunner().invoke(cli, ["predict", str(tmp_path / "nope.png"), str(tmp_path / "b.png"), "--model", str(ckpt)])
+    missing = CliRunner().invoke(
+        cli, ["predict", str(tmp_path / "nope.png"), str(tmp_path / "b.png"), "--model", str(ckpt)]
+    )
     assert missing.exit_code == 2 and "no image file" in missing.output
 
 
@@ -156,9 +172,15 @@ def test_cli_evaluate_table(cli, tmp_path):
     from homogen.model.train import save_checkpoint
 
     out = tmp_path / "ds.zarr"
-    generate(GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=8)))
-    ckpt = save_checkpoint(tmp_path / "m.pt", {"format": 1, "model": oracle_net(np.zeros(8)).state_dict(), "width": 0.125, "patch_size": P})
-    res = CliRunner().invoke(cli, ["evaluate", str(out), "--model", str(ckpt), "--methods", "identity,sift", "--limit", "6"])
+    generate(
+        GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=4), source=SourceConfig(max_images=8))
+    )
+    ckpt = save_checkpoint(
+        tmp_path / "m.pt", {"format": 1, "model": oracle_net(np.zeros(8)).state_dict(), "width": 0.125, "patch_size": P}
+    )
+    res = CliRunner().invoke(
+        cli, ["evaluate", str(out), "--model", str(ckpt), "--methods", "identity,sift", "--limit", "6"]
+    )
     assert res.exit_code == 0, res.output
     rows = [line for line in res.output.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method |") and len(rows) == 4
@@ -179,14 +201,18 @@ def test_cli_predict_refuses_a_damaged_jpeg_in_one_line_naming_the_file_and_the_
     bad = data[:mid] if damage == "truncated" else data[:mid] + bytes(range(256)) * 8 + data[mid + 2048 :]
     (tmp_path / "damaged.jpg").write_bytes(bad)
     (tmp_path / "good.jpg").write_bytes(data)
-    ckpt = save_checkpoint(tmp_path / "m.pt", {"format": 1, "model": oracle_net(OFF).state_dict(), "width": 0.125, "patch_size": P})
+    ckpt = save_checkpoint(
+        tmp_path / "m.pt", {"format": 1, "model": oracle_net(OFF).state_dict(), "width": 0.125, "patch_size": P}
+    )
     for args in (["damaged.jpg", "good.jpg"], ["good.jpg", "damaged.jpg"]):
         res = CliRunner().invoke(cli, ["predict", *(str(tmp_path / a) for a in args), "--model", str(ckpt)])
         assert res.exit_code == 2, res.output
         lines = [line for line in res.output.splitlines() if line.strip()]
         assert len(lines) == 1 and str(tmp_path / "damaged.jpg") in lines[0] and reason in lines[0], res.output
         assert "H (maps" not in res.output
-    ok = CliRunner().invoke(cli, ["predict", str(tmp_path / "good.jpg"), str(tmp_path / "good.jpg"), "--model", str(ckpt)])
+    ok = CliRunner().invoke(
+        cli, ["predict", str(tmp_path / "good.jpg"), str(tmp_path / "good.jpg"), "--model", str(ckpt)]
+    )
     assert ok.exit_code == 0 and "A 640x" in ok.output, ok.output  # the undamaged photograph, at its own size
 
 
@@ -195,7 +221,9 @@ def test_cli_evaluate_network_refine_without_a_model_says_it_needs_model(cli, tm
     from homogen.generate import generate
 
     out = tmp_path / "ds.zarr"
-    generate(GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=2), source=SourceConfig(max_images=4)))
+    generate(
+        GenerateConfig(output=str(out), sampling=SamplingConfig(pairs_per_image=2), source=SourceConfig(max_images=4))
+    )
     res = CliRunner().invoke(cli, ["evaluate", str(out), "--methods", "sift,network+refine"])
     assert res.exit_code == 2
     assert "network+refine" in res.output and "--model" in res.output and "unknown method" not in res.output
@@ -212,14 +240,20 @@ def level_stores(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("levels")
     out = {}
-    for name, photometric, images, seed in (("none", "none", 8, 0), ("hard", "hard", 8, 0),
-                                            ("more-images", "hard", 16, 0), ("other-seed", "hard", 8, 1)):
+    for name, photometric, images, seed in (
+        ("none", "none", 8, 0),
+        ("hard", "hard", 8, 0),
+        ("more-images", "hard", 16, 0),
+        ("other-seed", "hard", 8, 1),
+    ):
         out[name] = root / f"{name}.zarr"
-        generate(GenerateConfig(
-            output=str(out[name]),
-            sampling=SamplingConfig(pairs_per_image=2, patch_size=32, rho=8, photometric=photometric, seed=seed),
-            source=SourceConfig(max_images=images, test_fraction=0.5),
-        ))
+        generate(
+            GenerateConfig(
+                output=str(out[name]),
+                sampling=SamplingConfig(pairs_per_image=2, patch_size=32, rho=8, photometric=photometric, seed=seed),
+                source=SourceConfig(max_images=images, test_fraction=0.5),
+            )
+        )
     return out
 
 
@@ -227,14 +261,20 @@ def test_cli_evaluate_compares_noise_levels_only_on_the_same_pairs(cli, level_st
     import re
 
     for other, why in (("more-images", r"\(\d+ vs \d+ test pairs\)"), ("other-seed", r"\(sampling seed 0 vs 1\)")):
-        res = CliRunner().invoke(cli, ["evaluate", str(level_stores["none"]), str(level_stores[other]), "--methods", "identity"])
+        res = CliRunner().invoke(
+            cli, ["evaluate", str(level_stores["none"]), str(level_stores[other]), "--methods", "identity"]
+        )
         assert res.exit_code == 2, res.output
         out = res.output
         assert len(out.strip().splitlines()) == 1, out
         assert "do not hold the same test pairs" in out and re.search(why, out) and "--photometric" in out, out
         assert str(level_stores[other]) in out
         assert "| method |" not in out  # refused before anything was evaluated
-    same = CliRunner().invoke(cli, ["evaluate", str(level_stores["none"]), str(level_stores["hard"]), "--methods", "identity"])
+    same = CliRunner().invoke(
+        cli, ["evaluate", str(level_stores["none"]), str(level_stores["hard"]), "--methods", "identity"]
+    )
     assert same.exit_code == 0, same.output
-    rows = [line for line in same.output.split("by noise level:")[1].splitlines() if line.startswith(("| none", "| hard"))]
+    rows = [
+        line for line in same.output.split("by noise level:")[1].splitlines() if line.startswith(("| none", "| hard"))
+    ]
     assert len(rows) == 2 and rows[0].split("|")[3] == rows[1].split("|")[3]  # identity's MACE: the same offsets

@@ -22,7 +22,9 @@ def test_credentials_queries_and_fragments_leave_every_url_in_a_text(text, expec
     assert redact(text) == expected
 
 
-@pytest.mark.parametrize("text", ["/data/user@host/ds.zarr", "C:\\data\\coco", "sqlite:////data/mlflow.db", "no url here"])
+@pytest.mark.parametrize(
+    "text", ["/data/user@host/ds.zarr", "C:\\data\\coco", "sqlite:////data/mlflow.db", "no url here"]
+)
 def test_paths_and_plain_text_come_back_unchanged(text):
     assert redact(text) == text
 

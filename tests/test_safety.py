@@ -77,8 +77,11 @@ def http_store(http_root):
     """A small finished store (P=32, 8 images, train and test pairs) served over HTTP; its URL with credentials."""
     folder, url = http_root
     generate(
-        GenerateConfig(source=SourceConfig(max_images=8, test_fraction=0.3, val_fraction=0.3), output=str(folder / "ds.zarr"),
-                       sampling=SamplingConfig(patch_size=32, rho=8, pairs_per_image=4)),
+        GenerateConfig(
+            source=SourceConfig(max_images=8, test_fraction=0.3, val_fraction=0.3),
+            output=str(folder / "ds.zarr"),
+            sampling=SamplingConfig(patch_size=32, rho=8, pairs_per_image=4),
+        ),
         progress=False,
     )
     return f"{url}/ds.zarr"
@@ -97,7 +100,9 @@ def secret_env(monkeypatch):
 def test_no_credential_from_the_source_url_or_environment_reaches_the_store(name, tmp_path, http_coco, secret_env):
     output = tmp_path / name
     manifest = generate(
-        GenerateConfig(source=SourceConfig(root=http_coco), sampling=SamplingConfig(pairs_per_image=1), output=str(output)),
+        GenerateConfig(
+            source=SourceConfig(root=http_coco), sampling=SamplingConfig(pairs_per_image=1), output=str(output)
+        ),
         progress=False,
     )
     # the credentials URL really was used: 3 images made pairs, the corrupt one was quarantined
@@ -245,14 +250,19 @@ def test_resuming_from_a_malicious_checkpoint_is_refused_without_running_it(tmp_
 
     store = tmp_path / "ds.zarr"
     generate(
-        GenerateConfig(source=SourceConfig(max_images=4), output=str(store),
-                       sampling=SamplingConfig(patch_size=32, rho=8, pairs_per_image=4)),
+        GenerateConfig(
+            source=SourceConfig(max_images=4),
+            output=str(store),
+            sampling=SamplingConfig(patch_size=32, rho=8, pairs_per_image=4),
+        ),
         progress=False,
     )
     marker = tmp_path / "pwned"
     (tmp_path / "ck").mkdir()
     malicious_checkpoint(tmp_path / "ck" / "last.pt", marker)
-    cfg = TrainConfig(epochs=1, width=0.125, patch_size=32, batch_size=8, checkpoint_dir=str(tmp_path / "ck"), resume=True)
+    cfg = TrainConfig(
+        epochs=1, width=0.125, patch_size=32, batch_size=8, checkpoint_dir=str(tmp_path / "ck"), resume=True
+    )
     with pytest.raises(CheckpointError, match="last.pt"):
         train(store, cfg, progress=False)
     assert not marker.exists()
@@ -299,8 +309,12 @@ def test_mlflow_model_folder_with_pickled_code_is_refused(tmp_path):
 
     folder = tmp_path / "model"
     mlflow.pytorch.save_model(
-        net, str(folder), serialization_format="pt2", input_example=np.zeros((2, 2, 32, 32), np.uint8),
-        metadata={"patch_size": 32, "width": 0.125}, pip_requirements=["torch"],
+        net,
+        str(folder),
+        serialization_format="pt2",
+        input_example=np.zeros((2, 2, 32, 32), np.uint8),
+        metadata={"patch_size": 32, "width": 0.125},
+        pip_requirements=["torch"],
     )
     assert isinstance(load_model(str(folder)), HomographyNet)  # the genuine folder loads
     archive = next(folder.rglob("model.pt2"))
@@ -379,7 +393,12 @@ def test_server_commands_in_the_docs_bind_loopback():
     """Every command of the README, docs, flows and deployments that starts a server either names
     --host 127.0.0.1 (or localhost) or leaves the loopback default."""
     repo = Path(__file__).resolve().parents[1]
-    files = [repo / "README.md", *(repo / "docs").glob("*.md"), *(repo / "deployments").glob("*.py"), *(repo / "flows").glob("*.py")]
+    files = [
+        repo / "README.md",
+        *(repo / "docs").glob("*.md"),
+        *(repo / "deployments").glob("*.py"),
+        *(repo / "flows").glob("*.py"),
+    ]
     found = []
     for f in files:
         for m in SERVER_COMMANDS.finditer(f.read_text()):

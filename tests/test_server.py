@@ -42,7 +42,9 @@ def wait_for(what: str, check, timeout: float, procs=()) -> object:
     while time.monotonic() < deadline:
         for name, proc, log in procs:
             if proc.poll() is not None:
-                pytest.fail(f"{name} exited with {proc.returncode} while waiting for {what}:\n{log.read_text()[-3000:]}")
+                pytest.fail(
+                    f"{name} exited with {proc.returncode} while waiting for {what}:\n{log.read_text()[-3000:]}"
+                )
         try:
             found = check()
         except httpx.HTTPError:
@@ -72,9 +74,7 @@ class Server:
         self.root = root
         self.url = f"http://127.0.0.1:{port}/api"
         self.db = root / "home" / "prefect.db"
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HOMOGEN_", "MLFLOW_"))
-        } | {
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HOMOGEN_", "MLFLOW_"))} | {
             "PREFECT_HOME": str(root / "home"),
             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{self.db}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -93,7 +93,9 @@ class Server:
             [*PREFECT, *args], env=self.client_env(), cwd=self.root, capture_output=True, text=True, timeout=timeout
         )
         if check and out.returncode != 0:
-            pytest.fail(f"`prefect {' '.join(args)}` exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            pytest.fail(
+                f"`prefect {' '.join(args)}` exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+            )
         return out
 
     def api(self, method: str, path: str, body: dict | None = None):
@@ -118,7 +120,11 @@ def server(tmp_path_factory):
     server_log, serve_log = root / "server.log", root / "serve.log"
     server_proc = subprocess.Popen(
         [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port],
-        env=srv.env, cwd=root, stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=srv.env,
+        cwd=root,
+        stdout=server_log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     procs = [("prefect server start", server_proc, server_log)]
     serve_proc = None
@@ -127,11 +133,17 @@ def server(tmp_path_factory):
         serve_proc = subprocess.Popen(
             [sys.executable, "-m", "homogen.deployments.serve"],
             # polls for runs every second, not every 10 s: the test's deployment run starts sooner
-            env=srv.client_env() | {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}, cwd=root, stdout=serve_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            env=srv.client_env() | {"PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+            cwd=root,
+            stdout=serve_log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         procs.append(("python -m homogen.deployments.serve", serve_proc, serve_log))
         srv.procs = procs
-        wait_for("both deployments to be registered", lambda: len(srv.api("POST", "deployments/filter", {})) == 2, 90, procs)
+        wait_for(
+            "both deployments to be registered", lambda: len(srv.api("POST", "deployments/filter", {})) == 2, 90, procs
+        )
         yield srv
     finally:
         if serve_proc is not None:
@@ -148,8 +160,11 @@ def test_the_scheduler_creates_the_weekly_regenerate_runs_each_with_its_rho(serv
     regenerate = server.deployment("generate-and-train/regenerate")
     runs = wait_for(
         "the scheduler to insert the regenerate runs",
-        lambda: [r for r in server.flow_runs(deployment_id={"any_": [regenerate["id"]]}) if r["state_type"] == "SCHEDULED"],
-        60, server.procs,
+        lambda: [
+            r for r in server.flow_runs(deployment_id={"any_": [regenerate["id"]]}) if r["state_type"] == "SCHEDULED"
+        ],
+        60,
+        server.procs,
     )
     by_rho: dict[int, list] = {}
     for run in runs:
@@ -167,8 +182,16 @@ def test_the_scheduler_creates_the_weekly_regenerate_runs_each_with_its_rho(serv
 
 def test_a_run_with_an_impossible_device_fails_and_the_cli_says_why(server):
     started = server.cli(
-        "deployment", "run", "generate-and-train/local", "--param", "device=tpu", "--watch", "--watch-interval", "1",
-        check=False, timeout=180,
+        "deployment",
+        "run",
+        "generate-and-train/local",
+        "--param",
+        "device=tpu",
+        "--watch",
+        "--watch-interval",
+        "1",
+        check=False,
+        timeout=180,
     )
     run = server.flow_runs(deployment_id={"any_": [server.deployment("generate-and-train/local")["id"]]})[0]
     assert run["state_type"] == "FAILED", started.stdout + started.stderr
@@ -186,7 +209,11 @@ def test_credentials_in_url_parameters_are_refused_before_anything_is_stored(ser
     local = server.deployment("generate-and-train/local")
     before = len(server.flow_runs())
     refused = server.cli(
-        "deployment", "run", "generate-and-train/local", "--param", f"source=https://reader:{SECRET}@images.example.com/coco",
+        "deployment",
+        "run",
+        "generate-and-train/local",
+        "--param",
+        f"source=https://reader:{SECRET}@images.example.com/coco",
         check=False,
     )
     assert refused.returncode != 0 and "does not match" in refused.stdout + refused.stderr  # the server's schema check
@@ -224,7 +251,9 @@ def test_storage_credentials_come_from_a_secret_block_into_this_process_and_its_
     assert fsspec.filesystem("memory", skip_instance_cache=True).storage_options["token"] == token
     with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
         with Client(cluster) as client:  # a worker process started afterwards has them too
-            seen = client.submit(lambda: fsspec.filesystem("memory", skip_instance_cache=True).storage_options.get("token"))
+            seen = client.submit(
+                lambda: fsspec.filesystem("memory", skip_instance_cache=True).storage_options.get("token")
+            )
             assert seen.result() == token
     # what the run's parameters carry is the block's name; the server keeps the value encrypted
     assert PipelineConfig(storage_secret="homogen-storage").model_dump()["storage_secret"] == "homogen-storage"
@@ -250,18 +279,38 @@ def external_cluster(tmp_path_factory, server):
     """
     root = tmp_path_factory.mktemp("dask-cluster")
     address = f"tcp://127.0.0.1:{free_port()}"
-    env = {k: v for k, v in server.env.items() if not k.startswith("PREFECT_")} | {"PREFECT_HOME": str(root / "prefect-home")}
+    env = {k: v for k, v in server.env.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(root / "prefect-home")
+    }
     logs = [root / "scheduler.log", root / "worker-0.log", root / "worker-1.log"]
     procs = [
         subprocess.Popen(
             [*dask_command("scheduler"), "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"],
-            env=env, cwd=root, stdout=logs[0].open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            cwd=root,
+            stdout=logs[0].open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     ]
     procs += [
         subprocess.Popen(
-            [*dask_command("worker"), address, "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--name", f"w{i}"],
-            env=env, cwd=root, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                *dask_command("worker"),
+                address,
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--name",
+                f"w{i}",
+            ],
+            env=env,
+            cwd=root,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         for i, log in enumerate(logs[1:])
     ]
@@ -290,8 +339,11 @@ def test_the_flow_on_an_external_dask_cluster_makes_the_local_cluster_dataset_an
 
     address, root, logs = external_cluster
     config = GenerateConfig(
-        source=SourceConfig(max_images=12, test_fraction=0.25), sampling=SamplingConfig(pairs_per_image=2),
-        shard_size=3, chunk_size=8, output=str(tmp_path / "external.zarr"),
+        source=SourceConfig(max_images=12, test_fraction=0.25),
+        sampling=SamplingConfig(pairs_per_image=2),
+        shard_size=3,
+        chunk_size=8,
+        output=str(tmp_path / "external.zarr"),
     )
     with temporary_settings({PREFECT_API_URL: server.url}):
         external = generate_dataset(config, DaskConfig(address=address))

@@ -112,8 +112,10 @@ def test_files_sharing_a_stem_or_a_number_get_distinct_stable_ids(tmp_path, samp
     records = list_images(SourceConfig(root=str(tmp_path), kind="folder"))
     by_path = {str(Path(r.path).relative_to(tmp_path).as_posix()): r.image_id for r in records}
     assert sorted(by_path) == sorted(files) and len(set(by_path.values())) == len(files)
-    again = {str(Path(r.path).relative_to(tmp_path).as_posix()): r.image_id for r in list_images(
-        SourceConfig(root=str(tmp_path), kind="folder"))}
+    again = {
+        str(Path(r.path).relative_to(tmp_path).as_posix()): r.image_id
+        for r in list_images(SourceConfig(root=str(tmp_path), kind="folder"))
+    }
     assert again == by_path
 
 
@@ -150,9 +152,14 @@ def _write_annotations(root, data) -> Path:
 @pytest.mark.parametrize(
     "entries, fragment",
     [
-        ([{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}], "images[1]: id 1 is also the id of entry 0"),
-        ([{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "a.jpg"}],
-         "images[1]: file_name 'a.jpg' is also the file of entry 0"),
+        (
+            [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}],
+            "images[1]: id 1 is also the id of entry 0",
+        ),
+        (
+            [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "a.jpg"}],
+            "images[1]: file_name 'a.jpg' is also the file of entry 0",
+        ),
         ([{"id": "abc", "file_name": "a.jpg"}], "images[0]: id 'abc' is not an integer"),
         ([{"id": float("nan"), "file_name": "a.jpg"}], "images[0]: id nan is not an integer"),
         ([{"id": 1.5, "file_name": "a.jpg"}], "images[0]: id 1.5 is not an integer"),
@@ -173,8 +180,10 @@ def test_bad_coco_image_entries_are_refused_by_index_and_reason_before_any_outpu
     ann = _write_annotations(tmp_path / "coco", {"images": entries + good})
     out = tmp_path / "out.zarr"
     with pytest.raises(SourceError) as err:
-        generate(GenerateConfig(source=SourceConfig(root=str(tmp_path / "coco"), kind="coco"), output=str(out)),
-                 progress=False)
+        generate(
+            GenerateConfig(source=SourceConfig(root=str(tmp_path / "coco"), kind="coco"), output=str(out)),
+            progress=False,
+        )
     assert fragment in str(err.value) and str(ann) in str(err.value)
     assert "1 unusable image entries" in str(err.value)
     assert not out.exists()
@@ -207,7 +216,10 @@ def test_two_categories_with_one_name_are_both_selected_by_that_name(tmp_path, s
 
 def test_a_category_filter_that_matches_no_image_is_an_error(tmp_path, sample_photos, sample_coco):
     root = make_coco(tmp_path / "coco", "train2017", sample_photos[:2], sample_coco)
-    present = {a["category_id"] for a in json.loads((root / "annotations" / "instances_train2017.json").read_text())["annotations"]}
+    present = {
+        a["category_id"]
+        for a in json.loads((root / "annotations" / "instances_train2017.json").read_text())["annotations"]
+    }
     absent = next(c["name"] for c in sample_coco["categories"] if c["id"] not in present)
     with pytest.raises(SourceError, match=rf"no image of .* has the categories \['{absent}'\]"):
         list_images(SourceConfig(root=str(root), categories=(absent,)))
@@ -223,11 +235,13 @@ def test_annotations_listing_no_images_are_an_error(tmp_path):
     "content, fragment",
     [
         ("", "is not valid JSON"),
-        ("{\"images\": [", "is not valid JSON"),
+        ('{"images": [', "is not valid JSON"),
         ("[1, 2, 3]", "has no 'images' list"),
-        ("{\"annotations\": []}", "has no 'images' list"),
-        ("{\"images\": [{\"id\": 1, \"file_name\": \"a.jpg\"}], \"annotations\": [{\"id\": 1}]}",
-         "is malformed: missing field 'image_id'"),
+        ('{"annotations": []}', "has no 'images' list"),
+        (
+            '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 1}]}',
+            "is malformed: missing field 'image_id'",
+        ),
     ],
 )
 def test_malformed_annotations_raise_a_source_error_naming_the_file(tmp_path, content, fragment):

@@ -116,7 +116,9 @@ def test_manifest_records_what_made_the_dataset(both_formats):
     assert m["config"] == cfg.model_dump(mode="json")
     assert m["source"]["digest"] == plan(cfg).digest and m["source"]["images"] == 8
     assert [(s["index"], s["name"], s["images"], s["pairs"]) for s in m["shards"]] == [
-        (0, "shard-00000", 3, 12), (1, "shard-00001", 3, 12), (2, "shard-00002", 2, 8)
+        (0, "shard-00000", 3, 12),
+        (1, "shard-00001", 3, 12),
+        (2, "shard-00002", 2, 8),
     ]
     split = ds[:]["split"]
     assert m["splits"] == {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
@@ -148,8 +150,9 @@ def test_a_shard_whose_images_are_all_bad_is_empty_and_readable(tmp_path, sample
         (src / f"{100 + n}.jpg").write_bytes(bad_image_bytes(kind, jpeg, rgb_photo))
     shutil.copyfile(sample_photos[2], src / "000000000200.jpg")  # shard 2
     out = str(tmp_path / ("o.zarr" if fmt == "zarr" else "o.h5"))
-    m = generate(GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=out, shard_size=2),
-                 progress=False)
+    m = generate(
+        GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=out, shard_size=2), progress=False
+    )
     assert [s["pairs"] for s in m["shards"]] == [8, 0, 4]
     assert len(m["quarantine"]) == 2 and m["num_images"] == 3
     ds = open_dataset(out)
@@ -191,7 +194,9 @@ def test_another_dataset_version_is_refused_unless_overwrite(tmp_path, suffix):
     generate(first, progress=False)
     before = tree(out)
     other = first.model_copy(update={"sampling": SamplingConfig(rho=16)})
-    with pytest.raises(StoreConflict, match=rf"holds dataset version {plan(first).version}.*{plan(other).version}.*overwrite"):
+    with pytest.raises(
+        StoreConflict, match=rf"holds dataset version {plan(first).version}.*{plan(other).version}.*overwrite"
+    ):
         generate(other, progress=False)
     assert tree(out) == before  # nothing lost, nothing touched
     assert not os.path.exists(out + ".lock")
@@ -242,7 +247,6 @@ def test_a_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
     assert m["num_pairs"] == 8 and not os.path.exists(out + ".lock")
 
 
-
 # ------------------------------------------------------------------ schema 2: plain readers
 
 
@@ -273,14 +277,16 @@ def test_readme_plain_readers_open_the_store_without_homogen(both_formats, tmp_p
     for block in blocks:
         key = next(k for k in EPILOGUES if k in block)
         out = tmp_path / "out.npz"
-        script = "\n".join([
-            "import numpy as np",
-            f"path, path_h5, OUT = {both_formats['zarr']!r}, {both_formats['hdf5']!r}, {str(out)!r}",
-            block,
-            EPILOGUES[key],
-            "import sys",
-            "assert not [m for m in sys.modules if m.split('.')[0] == 'homogen'], 'homogen was imported'",
-        ])
+        script = "\n".join(
+            [
+                "import numpy as np",
+                f"path, path_h5, OUT = {both_formats['zarr']!r}, {both_formats['hdf5']!r}, {str(out)!r}",
+                block,
+                EPILOGUES[key],
+                "import sys",
+                "assert not [m for m in sys.modules if m.split('.')[0] == 'homogen'], 'homogen was imported'",
+            ]
+        )
         res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert res.returncode == 0, (key, res.stderr[-2000:])
         got = np.load(out)
@@ -293,7 +299,9 @@ def test_readme_plain_readers_open_the_store_without_homogen(both_formats, tmp_p
         elif key == "da.from_zarr":
             assert np.array_equal(got["offsets"], ref["offsets"])
         elif key == "h5py.File":
-            assert np.array_equal(got["pairs"], ref["pairs"][:64]) and np.array_equal(got["offsets"], ref["offsets"][:64])
+            assert np.array_equal(got["pairs"], ref["pairs"][:64]) and np.array_equal(
+                got["offsets"], ref["offsets"][:64]
+            )
         else:  # every train pair exactly once, in chunk-shuffled order
             train = ref["offsets"][ref["split"] == 0]
             assert int(got["n"]) == len(train)
@@ -351,7 +359,9 @@ def test_a_flipped_bit_in_any_array_is_a_read_error_naming_the_array_and_chunk(b
             ds.read(0, len(ds), (f.name,))
         other = (k + 1) % 7  # the other chunks of the same array still read, with the clean values
         if other < 7 and other != k:
-            assert np.array_equal(ds.read(5 * other, 5 * other + 5, (f.name,))[f.name], clean[f.name][5 * other : 5 * other + 5])
+            assert np.array_equal(
+                ds.read(5 * other, 5 * other + 5, (f.name,))[f.name], clean[f.name][5 * other : 5 * other + 5]
+            )
     report = validate_dataset(store, progress=False)
     damaged = {(e["array"], e["chunk"]) for e in report.check("readable").examples}
     assert report.check("readable").passed is False
@@ -368,7 +378,7 @@ def test_a_truncated_zarr_json_is_an_error_naming_the_file(both_formats, tmp_pat
     store = tmp_path / "ds.zarr"
     shutil.copytree(both_formats["zarr"], store)
     meta = store / "zarr.json"
-    meta.write_bytes(meta.read_bytes()[: 200])
+    meta.write_bytes(meta.read_bytes()[:200])
     with pytest.raises(StoreError, match=r"ds\.zarr/zarr\.json is not valid JSON .*truncated"):
         open_dataset(str(store))
     arr_meta = store / "offsets" / "zarr.json"
@@ -386,7 +396,9 @@ def test_a_deleted_chunk_is_an_error_naming_the_file(both_formats, tmp_path):
     with pytest.raises(DamagedChunk, match=r"lacks 1 chunk file\(s\) \(.*ds\.zarr/homography/c/3/0/0\)"):
         open_dataset(str(store))
     shutil.rmtree(store / "image_id")  # a whole array: its metadata lives on in the consolidated copy
-    with pytest.raises(DamagedChunk, match=r"lacks 8 chunk file\(s\) \(.*homography/c/3/0/0, .*ds\.zarr/image_id/c/0, "):
+    with pytest.raises(
+        DamagedChunk, match=r"lacks 8 chunk file\(s\) \(.*homography/c/3/0/0, .*ds\.zarr/image_id/c/0, "
+    ):
         open_dataset(str(store))
 
 
@@ -404,7 +416,10 @@ def test_a_hand_edited_manifest_is_an_error_naming_the_file(both_formats, tmp_pa
         with h5py.File(store, "r+") as f:
             f.attrs["homogen"] = json.dumps(edited)
         where = r"ds\.h5"
-    with pytest.raises(StoreError, match=rf"array pairs is uint8\(32, 2, 128, 128\), the manifest \({'.*' + where}\) says uint8\(33, 2, 128, 128\)"):
+    with pytest.raises(
+        StoreError,
+        match=rf"array pairs is uint8\(32, 2, 128, 128\), the manifest \({'.*' + where}\) says uint8\(33, 2, 128, 128\)",
+    ):
         open_dataset(store)
     edited = {k: v for k, v in manifest.items() if k != "shards"}
     if fmt == "zarr":
@@ -423,10 +438,19 @@ def test_a_hand_edited_manifest_is_an_error_naming_the_file(both_formats, tmp_pa
 
 def make_schema1_store(path: Path) -> None:
     """A store as homogen schema 1 wrote it: one group per shard, arrays nowhere at the root."""
-    root = zarr.create_group(str(path), attributes={"homogen": {
-        "schema_version": 1, "dataset_version": "0123456789ab", "state": "complete", "format": "zarr",
-        "shards": [{"index": 0, "name": "shard-00000", "pairs": 4}], "num_pairs": 4,
-    }})
+    root = zarr.create_group(
+        str(path),
+        attributes={
+            "homogen": {
+                "schema_version": 1,
+                "dataset_version": "0123456789ab",
+                "state": "complete",
+                "format": "zarr",
+                "shards": [{"index": 0, "name": "shard-00000", "pairs": 4}],
+                "num_pairs": 4,
+            }
+        },
+    )
     g = root.create_group("shards").create_group("shard-00000")
     g.create_array("pairs", shape=(4, 2, 128, 128), dtype="uint8")[...] = 7
 
@@ -441,7 +465,9 @@ def test_an_old_layout_store_is_named_with_the_fix_by_info_validate_and_train(tm
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-        assert "schema-1 homogen store (the old layout" in lines[0] and "regenerate it with `homogen generate`" in lines[0]
+        assert (
+            "schema-1 homogen store (the old layout" in lines[0] and "regenerate it with `homogen generate`" in lines[0]
+        )
     assert tree(old) == before  # nothing generated is lost
     with pytest.raises(StoreConflict, match=r"holds a schema-1 store \(an older layout\).*--overwrite"):
         generate(GenerateConfig(output=str(old), source=SourceConfig(max_images=2)), progress=False)
@@ -476,9 +502,13 @@ def test_a_partly_generated_store_rerun_with_another_shard_or_chunk_size_is_refu
         generate(cfg, progress=False)
     monkeypatch.setattr(ZarrWriter, "write_shard", real)
     before = tree(out)
-    with pytest.raises(StoreConflict, match=r"with shard_size 4, and this run asks for shard_size 8: re-run with shard_size=4"):
+    with pytest.raises(
+        StoreConflict, match=r"with shard_size 4, and this run asks for shard_size 8: re-run with shard_size=4"
+    ):
         generate(cfg.model_copy(update={"shard_size": 8}), progress=False)
-    with pytest.raises(StoreConflict, match=r"with chunk_size 8, and this run asks for chunk_size 16: re-run with chunk_size=8"):
+    with pytest.raises(
+        StoreConflict, match=r"with chunk_size 8, and this run asks for chunk_size 16: re-run with chunk_size=8"
+    ):
         generate(cfg.model_copy(update={"chunk_size": 16}), progress=False)
     assert tree(out) == before and not os.path.exists(out + ".lock")
     m = generate(cfg, progress=False)  # the same sizes finish it
@@ -493,7 +523,9 @@ def both_small(tmp_path) -> str:
 
 
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
-def test_the_arrays_do_not_depend_on_shard_size_chunk_size_or_a_quarantined_image(tmp_path, sample_photos, rgb_photo, suffix):
+def test_the_arrays_do_not_depend_on_shard_size_chunk_size_or_a_quarantined_image(
+    tmp_path, sample_photos, rgb_photo, suffix
+):
     """Shards whose rows line up with the chunks (copied as stored bytes) or not (re-encoded),
     with and without a quarantined image: the same rows."""
     src = tmp_path / "src"
@@ -576,7 +608,14 @@ elif step == "after-manifest":
 generate(GenerateConfig.model_validate(args["config"]), progress=False)
 """
 
-KILL_STEPS = ["after-lock", "root-without-manifest", "between-shards", "mid-assemble", "before-manifest", "after-manifest"]
+KILL_STEPS = [
+    "after-lock",
+    "root-without-manifest",
+    "between-shards",
+    "mid-assemble",
+    "before-manifest",
+    "after-manifest",
+]
 
 
 @pytest.fixture(scope="module")
@@ -584,7 +623,10 @@ def clean_reference(tmp_path_factory) -> dict[str, dict]:
     d = tmp_path_factory.mktemp("ref")
     out = {}
     for fmt, name in (("zarr", "ds.zarr"), ("hdf5", "ds.h5")):
-        generate(GenerateConfig(output=str(d / name), source=SourceConfig(max_images=6), shard_size=2, chunk_size=4), progress=False)
+        generate(
+            GenerateConfig(output=str(d / name), source=SourceConfig(max_images=6), shard_size=2, chunk_size=4),
+            progress=False,
+        )
         out[fmt] = open_dataset(str(d / name))[:]
     return out
 
@@ -598,8 +640,18 @@ def test_a_process_killed_at_any_write_step_is_finished_by_a_rerun(tmp_path, cle
     no debris."""
     out = tmp_path / ("ds.zarr" if fmt == "zarr" else "ds.h5")
     cfg = GenerateConfig(output=str(out), source=SourceConfig(max_images=6), shard_size=2, chunk_size=4)
-    res = subprocess.run([sys.executable, "-c", KILLER, json.dumps({"step": step, "format": fmt, "config": cfg.model_dump(mode="json")})],
-                         capture_output=True, text=True, env=child_env(), timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLER,
+            json.dumps({"step": step, "format": fmt, "config": cfg.model_dump(mode="json")}),
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
+    )
     assert res.returncode == 9, res.stderr[-2000:]
     if step != "after-manifest":
         with pytest.raises(StoreError):
@@ -619,12 +671,19 @@ def read_only_folder(path: Path, monkeypatch):
     """A folder on a read-only file system: a real read-only tmpfs where mounting is allowed,
     otherwise file creation under it fails with EROFS as such a mount would."""
     path.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         real_open = os.open
 
         def ro_open(file, flags, *a, **kw):
-            if os.path.abspath(os.fspath(file)).startswith(str(path)) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            if os.path.abspath(os.fspath(file)).startswith(str(path)) and flags & (
+                os.O_CREAT | os.O_WRONLY | os.O_RDWR
+            ):
                 raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(file))
             return real_open(file, flags, *a, **kw)
 
@@ -636,13 +695,30 @@ def read_only_folder(path: Path, monkeypatch):
             subprocess.run(["umount", str(path)], check=False)
 
 
-@pytest.mark.parametrize("make_output, message", [
-    (lambda tmp: "/proc/homogen/ds.zarr", r"output /proc/homogen/ds\.zarr is inside a pseudo file system: choose a folder on a disk"),
-    (lambda tmp: "file://relative/ds.zarr", r"output file://relative/ds\.zarr is a file:// URL without an absolute path: write file:///abs/path"),
-    (lambda tmp: str(tmp / "a-file" / "ds.zarr"), r"output .*a-file/ds\.zarr cannot be created: .*a-file is a file, not a folder"),
-    (lambda tmp: str(tmp / "ro" / "sub" / "ds.h5"), r"output .*ro/sub/ds\.h5 cannot be written in .*/ro: it is read-only: choose a writable folder"),
-])
-def test_an_output_that_cannot_be_written_is_refused_in_one_line_before_anything_exists(tmp_path, monkeypatch, make_output, message):
+@pytest.mark.parametrize(
+    "make_output, message",
+    [
+        (
+            lambda tmp: "/proc/homogen/ds.zarr",
+            r"output /proc/homogen/ds\.zarr is inside a pseudo file system: choose a folder on a disk",
+        ),
+        (
+            lambda tmp: "file://relative/ds.zarr",
+            r"output file://relative/ds\.zarr is a file:// URL without an absolute path: write file:///abs/path",
+        ),
+        (
+            lambda tmp: str(tmp / "a-file" / "ds.zarr"),
+            r"output .*a-file/ds\.zarr cannot be created: .*a-file is a file, not a folder",
+        ),
+        (
+            lambda tmp: str(tmp / "ro" / "sub" / "ds.h5"),
+            r"output .*ro/sub/ds\.h5 cannot be written in .*/ro: it is read-only: choose a writable folder",
+        ),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_in_one_line_before_anything_exists(
+    tmp_path, monkeypatch, make_output, message
+):
     monkeypatch.chdir(tmp_path)  # a relative path that slipped through would land here, not in the checkout
     (tmp_path / "a-file").write_text("not a folder")
     with read_only_folder(tmp_path / "ro", monkeypatch):
@@ -655,7 +731,7 @@ def test_an_output_that_cannot_be_written_is_refused_in_one_line_before_anything
         assert not os.listdir(tmp_path / "ro")
 
 
-@pytest.mark.parametrize("content", [b"", b"{\"pid\": 12", b"\x00\xff garbage"])
+@pytest.mark.parametrize("content", [b"", b'{"pid": 12', b"\x00\xff garbage"])
 def test_an_empty_or_unreadable_lock_is_stale_and_taken_over(tmp_path, content):
     out = str(tmp_path / "ds.zarr")
     Path(out + ".lock").write_bytes(content)  # left by a crash or a full disk

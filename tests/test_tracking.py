@@ -60,11 +60,14 @@ def make_store(path, seed: int = 0):
     from homogen.generate import generate
     from homogen.stores import open_dataset
 
-    generate(GenerateConfig(
-        output=str(path), chunk_size=16,
-        sampling=SamplingConfig(pairs_per_image=4, patch_size=32, rho=8, seed=seed),
-        source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=0.25),
-    ))
+    generate(
+        GenerateConfig(
+            output=str(path),
+            chunk_size=16,
+            sampling=SamplingConfig(pairs_per_image=4, patch_size=32, rho=8, seed=seed),
+            source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=0.25),
+        )
+    )
     return open_dataset(str(path))
 
 
@@ -158,15 +161,20 @@ def test_metrics_reach_the_tracking_store_while_training_runs(env, tmp_path):
     assert r.info.status == "FINISHED"
     assert r.info.start_time / 1000 <= t0 + 0.5 and r.info.end_time / 1000 >= t1 - 0.5  # the run spans training
     assert {"train_loss", "val_mace", "val_mace_median", "val_mace_p95", "lr", "samples_per_s"} <= r.data.metrics.keys()
-    assert [m.value for m in sorted(observer.get_metric_history(run.run_id, "val_mace"), key=lambda m: m.step)] == \
-        pytest.approx([h["val_mace"] for h in result.history])
+    assert [
+        m.value for m in sorted(observer.get_metric_history(run.run_id, "val_mace"), key=lambda m: m.step)
+    ] == pytest.approx([h["val_mace"] for h in result.history])
     assert r.data.tags["mlflow.source.name"] == "homogen test"  # this project, not the hosting process
     # The datasets: train, val, test splits of this version, each with its context.
-    inputs = {i.dataset.name: ({t.key: t.value for t in i.tags}["mlflow.data.context"], i.dataset.digest)
-              for i in r.inputs.dataset_inputs}
-    assert inputs == {f"homogen-{ds.version}/train": ("training", ds.version),
-                      f"homogen-{ds.version}/val": ("validation", ds.version),
-                      f"homogen-{ds.version}/test": ("evaluation", ds.version)}
+    inputs = {
+        i.dataset.name: ({t.key: t.value for t in i.tags}["mlflow.data.context"], i.dataset.digest)
+        for i in r.inputs.dataset_inputs
+    }
+    assert inputs == {
+        f"homogen-{ds.version}/train": ("training", ds.version),
+        f"homogen-{ds.version}/val": ("validation", ds.version),
+        f"homogen-{ds.version}/test": ("evaluation", ds.version),
+    }
     # The validation metrics are linked to the val dataset and to the run's model.
     (model_input,) = r.inputs.model_inputs
     val = [m for m in observer.get_logged_model(model_input.model_id).metrics if m.key == "val_mace"]
@@ -219,8 +227,9 @@ def test_a_tracked_run_holds_test_scores_artifacts_and_a_registered_portable_mod
     # The evaluation files: the grid is homogen.render's (true quadrilaterals green, predicted red).
     arts = {a.path for a in client.list_artifacts(run.run_id, "evaluation")}
     assert {"evaluation/test_pairs.png", "evaluation/corner_errors.png", "evaluation/evaluation.md"} <= arts
-    local = mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="evaluation",
-                                                tracking_uri=env["uri"], dst_path=str(tmp_path / "dl"))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run.run_id, artifact_path="evaluation", tracking_uri=env["uri"], dst_path=str(tmp_path / "dl")
+    )
     grid = cv2.imread(f"{local}/test_pairs.png")
     green = (grid[..., 0] == 0) & (grid[..., 1] == 255) & (grid[..., 2] == 0)
     red = (grid[..., 0] == 0) & (grid[..., 1] == 0) & (grid[..., 2] == 255)
@@ -230,7 +239,8 @@ def test_a_tracked_run_holds_test_scores_artifacts_and_a_registered_portable_mod
     mv = client.get_model_version(name, "1")
     assert mv.run_id == run.run_id
     assert mv.tags["dataset_version"] == ds.version and float(mv.tags[f"test_mace.{ds.version}"]) == pytest.approx(
-        r.data.metrics["test_mace"], rel=1e-5)
+        r.data.metrics["test_mace"], rel=1e-5
+    )
     folder = mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path / "m"))
     spec = yaml.safe_load(open(os.path.join(folder, "MLmodel")))
     assert spec["metadata"]["patch_size"] == 32 and spec["metadata"]["width"] == 0.125
@@ -278,8 +288,14 @@ def test_the_champion_loads_with_mlflow_pyfunc_in_a_process_that_cannot_import_h
         np.save({str(tmp_path / "out.npy")!r}, out)
         assert not [m for m in sys.modules if m.split(".")[0] in ("homogen", "model", "flows")]
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = np.load(tmp_path / "out.npy")
     assert out.shape == (5, 8) and out.dtype == np.float32
@@ -297,8 +313,9 @@ def test_a_tampered_model_archive_with_pickled_weights_is_refused_by_homogens_lo
 
     ds = env["ds"][0]
     register_const(const_net(1.0), ds, env["uri"], "hn-tamper")
-    folder = mlflow.artifacts.download_artifacts("models:/hn-tamper/1", dst_path=str(tmp_path / "m"),
-                                                 tracking_uri=env["uri"])
+    folder = mlflow.artifacts.download_artifacts(
+        "models:/hn-tamper/1", dst_path=str(tmp_path / "m"), tracking_uri=env["uri"]
+    )
     assert isinstance(load_model(folder), HomographyNet)  # the genuine folder loads
     archive = os.path.join(folder, "data", "model.pt2")
     with zipfile.ZipFile(archive) as z:
@@ -423,8 +440,12 @@ def test_no_credential_of_the_tracking_uri_appears_in_mlflows_output(env, tmp_pa
     """``homogen train --tracking-uri http://user:password@host``: MLflow prints run links; none holds the password."""
     from mlflow.tracking import MlflowClient
 
-    server = subprocess.Popen([sys.executable, "-c", SERVER, f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "art")],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, f"sqlite:///{tmp_path / 'server.db'}", str(tmp_path / "art")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         port = int(server.stdout.readline())
         deadline = time.time() + 180  # the server creates its tables on the first request: wait for it
@@ -438,17 +459,37 @@ def test_no_credential_of_the_tracking_uri_appears_in_mlflows_output(env, tmp_pa
                 time.sleep(1)
         env_vars = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         proc = subprocess.run(
-            ["homogen", "train", str(env["ds"][0].uri), "--epochs", "1", "--width", "0.125", "--batch-size", "16",
-             "--methods", "identity", "--checkpoint-dir", str(tmp_path / "ck"), "--device", "cpu",
-             "--tracking-uri", f"http://alice:hunter2@127.0.0.1:{port}"],
-            capture_output=True, text=True, timeout=500, env={**env_vars, "HOMOGEN_WORKDIR": str(tmp_path / "wd")},
+            [
+                "homogen",
+                "train",
+                str(env["ds"][0].uri),
+                "--epochs",
+                "1",
+                "--width",
+                "0.125",
+                "--batch-size",
+                "16",
+                "--methods",
+                "identity",
+                "--checkpoint-dir",
+                str(tmp_path / "ck"),
+                "--device",
+                "cpu",
+                "--tracking-uri",
+                f"http://alice:hunter2@127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=500,
+            env={**env_vars, "HOMOGEN_WORKDIR": str(tmp_path / "wd")},
         )
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, output[-3000:]
         assert "View run" in output and f"http://127.0.0.1:{port}/" in output  # MLflow did print its links
         assert "hunter2" not in output and "alice" not in output
         runs = MlflowClient(f"http://127.0.0.1:{port}").search_runs(
-            [MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
+            [MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id]
+        )
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         assert "hunter2" not in str(runs[0].data.tags) + str(runs[0].data.params)
     finally:

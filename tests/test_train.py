@@ -33,7 +33,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _make_store(path, val_fraction: float = 0.25) -> object:
     generate(
         GenerateConfig(
-            output=str(path), chunk_size=16, shard_size=4,
+            output=str(path),
+            chunk_size=16,
+            shard_size=4,
             sampling=SamplingConfig(pairs_per_image=8, patch_size=32, rho=8),
             source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=val_fraction),
         )
@@ -101,12 +103,16 @@ def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(which, sto
     assert load_checkpoint(part / "last.pt")["epoch"] == 1
     epochs_run = []
     resumed = train(
-        ds.uri, TrainConfig(epochs=3, checkpoint_dir=str(part), resume=True, **FAST),
-        progress=False, on_epoch=lambda r: epochs_run.append(r["epoch"]),
+        ds.uri,
+        TrainConfig(epochs=3, checkpoint_dir=str(part), resume=True, **FAST),
+        progress=False,
+        on_epoch=lambda r: epochs_run.append(r["epoch"]),
     )
     assert epochs_run == [2, 3]  # continued after epoch 1, did not start over
     assert resumed.samples_seen == full.samples_seen
-    assert resumed.history == [{**h, "samples_per_s": r["samples_per_s"]} for h, r in zip(full.history, resumed.history)]
+    assert resumed.history == [
+        {**h, "samples_per_s": r["samples_per_s"]} for h, r in zip(full.history, resumed.history)
+    ]
     assert same_weights(weights(part / "last.pt"), weights(full.last_checkpoint))
     assert same_weights(resumed.model.state_dict(), full.model.state_dict())
 
@@ -164,8 +170,19 @@ def _mlflow_runs(uri: str) -> list:
 def test_homogen_train_refuses_a_store_without_val_pairs_before_opening_an_mlflow_run(tmp_path):
     ds = _make_store(tmp_path / "noval.zarr", val_fraction=0.0)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    res = _cli_train([ds.uri, "--tracking-uri", uri, "--checkpoint-dir", str(tmp_path / "ck"), "--width", "0.125",
-                      "--methods", "none"])
+    res = _cli_train(
+        [
+            ds.uri,
+            "--tracking-uri",
+            uri,
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+            "--width",
+            "0.125",
+            "--methods",
+            "none",
+        ]
+    )
     assert res.exit_code == 2, res.output
     assert "no val pairs" in res.output and "--val-fraction" in res.output and "more images" in res.output
     assert "installed homogen" not in res.output  # the schema is current: the store just has no val images
@@ -173,12 +190,26 @@ def test_homogen_train_refuses_a_store_without_val_pairs_before_opening_an_mlflo
     assert not (tmp_path / "ck").exists()
 
 
-def test_homogen_train_resume_with_a_checkpoint_of_another_width_is_refused_before_opening_an_mlflow_run(store, tmp_path):
+def test_homogen_train_resume_with_a_checkpoint_of_another_width_is_refused_before_opening_an_mlflow_run(
+    store, tmp_path
+):
     ck = tmp_path / "ck"
     train(store, TrainConfig(epochs=1, checkpoint_dir=str(ck), **FAST), progress=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    res = _cli_train([store.uri, "--tracking-uri", uri, "--checkpoint-dir", str(ck), "--resume", "--width", "0.25",
-                      "--methods", "none"])
+    res = _cli_train(
+        [
+            store.uri,
+            "--tracking-uri",
+            uri,
+            "--checkpoint-dir",
+            str(ck),
+            "--resume",
+            "--width",
+            "0.25",
+            "--methods",
+            "none",
+        ]
+    )
     assert res.exit_code == 2, res.output
     assert "width=0.125" in res.output and "width=0.25" in res.output
     assert _mlflow_runs(uri) == []
@@ -190,8 +221,12 @@ def test_a_training_run_refuses_a_store_without_val_pairs_before_mlflow_holds_a_
     ds = _make_store(tmp_path / "noval.zarr", val_fraction=0.0)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(NoValidationSplitError, match="no val pairs"):
-        with TrainingRun(ds, TrainConfig(epochs=1, checkpoint_dir=str(tmp_path / "ck"), **FAST), tracking_uri=uri,
-                         system_metrics=False):
+        with TrainingRun(
+            ds,
+            TrainConfig(epochs=1, checkpoint_dir=str(tmp_path / "ck"), **FAST),
+            tracking_uri=uri,
+            system_metrics=False,
+        ):
             train(ds, TrainConfig(epochs=1, checkpoint_dir=str(tmp_path / "ck"), **FAST), progress=False)
     assert _mlflow_runs(uri) == []
 
@@ -219,7 +254,9 @@ def test_checkpoint_of_another_dataset_or_width_is_refused(store, tmp_path):
     ck = tmp_path / "ck"
     train(store, TrainConfig(epochs=1, checkpoint_dir=str(ck), **FAST), progress=False)
     with pytest.raises(CheckpointError, match=r"width=0.125.*width=0.25"):
-        train(store, TrainConfig(epochs=2, checkpoint_dir=str(ck), resume=True, **{**FAST, "width": 0.25}), progress=False)
+        train(
+            store, TrainConfig(epochs=2, checkpoint_dir=str(ck), resume=True, **{**FAST, "width": 0.25}), progress=False
+        )
     payload = load_checkpoint(ck / "last.pt")
     save_checkpoint(ck / "last.pt", {**payload, "dataset_version": "0123456789ab"})
     with pytest.raises(CheckpointError, match=rf"0123456789ab.*{store.version}"):
@@ -269,7 +306,11 @@ def test_early_stopping_and_step_decay(store, tmp_path, monkeypatch):
 
 def test_mse_loss_trains_and_same_seed_repeats(store, tmp_path):
     runs = [
-        train(store, TrainConfig(epochs=1, loss="mse", max_samples=32, checkpoint_dir=str(tmp_path / str(i)), **FAST), progress=False)
+        train(
+            store,
+            TrainConfig(epochs=1, loss="mse", max_samples=32, checkpoint_dir=str(tmp_path / str(i)), **FAST),
+            progress=False,
+        )
         for i in range(2)
     ]
     assert np.isfinite(runs[0].history[0]["train_loss"])

@@ -28,7 +28,10 @@ CHUNK = 8  # chunks [0, 8), [8, 16), [16, 24) of every array
 def make_store(path: str, photometric: str = "none", source: SourceConfig = SOURCE, ppi: int = PPI) -> str:
     generate(
         GenerateConfig(
-            output=path, source=source, shard_size=SHARD_SIZE, chunk_size=CHUNK,
+            output=path,
+            source=source,
+            shard_size=SHARD_SIZE,
+            chunk_size=CHUNK,
             sampling=SamplingConfig(pairs_per_image=ppi, photometric=photometric),
         ),
         progress=False,
@@ -104,7 +107,9 @@ def test_unrequested_or_meaningless_checks_are_reported_not_applicable(tmp_path)
 def test_zero_perturbation_store_has_no_false_duplicates(tmp_path):
     """rho = 0: every pair of an image has zero offsets, but pairs at other positions are distinct."""
     path = str(tmp_path / "rho0.zarr")
-    generate(GenerateConfig(output=path, source=SourceConfig(max_images=3), sampling=SamplingConfig(rho=0)), progress=False)
+    generate(
+        GenerateConfig(output=path, source=SourceConfig(max_images=3), sampling=SamplingConfig(rho=0)), progress=False
+    )
     report = run(path)
     assert report.check("no_duplicates").passed, report.check("no_duplicates").detail
     assert report.passed
@@ -235,7 +240,11 @@ def test_damaged_chunk_is_named_and_the_rest_still_checked(clean, tmp_path, fmt)
     report = run(store)
     check = report.check("readable")
     assert check.passed is False and check.failed == 8
-    assert {k: check.examples[0][k] for k in ("array", "chunk", "pairs")} == {"array": "pairs", "chunk": 2, "pairs": "[16, 24)"}
+    assert {k: check.examples[0][k] for k in ("array", "chunk", "pairs")} == {
+        "array": "pairs",
+        "chunk": 2,
+        "pairs": "[16, 24)",
+    }
     assert "pairs chunk 2 (pairs [16, 24)" in check.detail
     assert report.check("homography_matches_offsets").checked == 16  # other chunks were still checked
     assert report.check("pixels_match_homography").passed is True
@@ -279,5 +288,9 @@ def test_chunk_missing_from_storage_is_named(clean, tmp_path):
     os.remove(f"{store}/pairs/c/0/0/0/0")  # zarr would read it back as zeros
     check = run(store).check("readable")
     assert check.passed is False and check.failed == 8
-    assert {k: check.examples[0][k] for k in ("array", "chunk", "pairs")} == {"array": "pairs", "chunk": 0, "pairs": "[0, 8)"}
+    assert {k: check.examples[0][k] for k in ("array", "chunk", "pairs")} == {
+        "array": "pairs",
+        "chunk": 0,
+        "pairs": "[0, 8)",
+    }
     assert "missing" in check.examples[0]["error"] and check.examples[0]["file"].endswith("/pairs/c/0/0/0/0")
