@@ -16,6 +16,11 @@ from homogen.redaction import redact
         ("http://[::1]:5000/x?token=zzz", "http://[::1]:5000/x"),
         ("failed for http://a:b@h:1/x and gs://k:v@bkt/y", "failed for http://h:1/x and gs://bkt/y"),
         ("sqlite:////data/mlflow.db?mode=ro", "sqlite:////data/mlflow.db"),
+        ("s3://AKIAKEY:s3cr3t@bucket/coco", "s3://bucket/coco"),
+        ("https://user:pw@example.org:8443/data/coco?X-Amz-Signature=abc", "https://example.org:8443/data/coco"),
+        ("gs://bucket/coco", "gs://bucket/coco"),
+        ("/data/coco", "/data/coco"),
+        ("C:\\data\\coco", "C:\\data\\coco"),
     ],
 )
 def test_credentials_queries_and_fragments_leave_every_url_in_a_text(text, expected):

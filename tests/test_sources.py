@@ -18,7 +18,6 @@ from homogen.sources import (
     hashed_split,
     list_images,
     make_shards,
-    redact,
 )
 
 from helpers import SAMPLE, make_coco, read_store
@@ -271,20 +270,6 @@ def test_shards_are_fixed_runs_in_stable_order():
     assert make_shards(list_images(SourceConfig()), 10) == shards
     with pytest.raises(ValueError, match="shard_size must be >= 1"):
         make_shards(records, 0)
-
-
-@pytest.mark.parametrize(
-    "url, expected",
-    [
-        ("s3://AKIAKEY:s3cr3t@bucket/coco", "s3://bucket/coco"),
-        ("https://user:pw@example.org:8443/data/coco?X-Amz-Signature=abc", "https://example.org:8443/data/coco"),
-        ("gs://bucket/coco", "gs://bucket/coco"),
-        ("/data/coco", "/data/coco"),
-        ("C:\\data\\coco", "C:\\data\\coco"),
-    ],
-)
-def test_redact_removes_credentials_and_query(url, expected):
-    assert redact(url) == expected
 
 
 def test_annotations_written_by_this_suite_are_real_coco(tmp_path, sample_photos, sample_coco):
