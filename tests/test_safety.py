@@ -248,10 +248,10 @@ def test_checkpoint_loaders_refuse_pickled_code(tmp_path):
 def test_resuming_from_a_malicious_checkpoint_is_refused_without_running_it(tmp_path):
     from homogen.model.train import CheckpointError, TrainConfig, train
 
-    store = tmp_path / "ds.zarr"
+    store = tmp_path / "ds.zarr"  # with val pairs: a store without them is refused before the checkpoint is read
     generate(
         GenerateConfig(
-            source=SourceConfig(max_images=4),
+            source=SourceConfig(max_images=8, test_fraction=0.3, val_fraction=0.3),
             output=str(store),
             sampling=SamplingConfig(patch_size=32, rho=8, pairs_per_image=4),
         ),
