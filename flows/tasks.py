@@ -31,7 +31,7 @@ from homogen.flows.shards import shard_results
 from homogen.flows.ui import artifact_key, run_logger, with_progress
 from homogen.generate import Plan, ShardResult, plan
 from homogen.schema import LABEL_NAMES
-from homogen.stores import StoreWriter, is_local, local_path, open_dataset, open_writer
+from homogen.stores import Dataset, StoreWriter, is_local, local_path, open_dataset, open_writer
 
 
 def absolute_output(p: Plan) -> Plan:
@@ -106,19 +106,25 @@ def commit_dataset(p: Plan, results: list[ShardResult]) -> dict:
     return writer_for(p).commit(p, results)
 
 
+def as_dataset(store: str | Dataset) -> Dataset:
+    """``store`` opened (a path or URL), or as is when already open: the report opens the store once."""
+    return store if isinstance(store, Dataset) else open_dataset(store)
+
+
 SAMPLE_GRID_COLUMNS = 2
 """Pairs a row in the UI's sample grid: 848 px wide, shown at its own size in the Prefect UI's artifact
 pane (about 850 px in a 1400 px window); 4 a row (1,684 px) were shrunk to half, captions unreadable."""
 
 
-def sample_grid_png(uri: str, n: int = 8) -> bytes:
-    """PNG bytes of the library's sample grid of ``n`` pairs spread over a finished store, :data:`SAMPLE_GRID_COLUMNS` a row."""
+def sample_grid_png(store: str | Dataset, n: int = 8) -> bytes:
+    """PNG bytes of the library's sample grid of ``n`` pairs spread over a finished store (path, URL or opened), :data:`SAMPLE_GRID_COLUMNS` a row."""
     from homogen.render import sample_grid
 
-    grid = sample_grid(open_dataset(uri), n=n, cols=SAMPLE_GRID_COLUMNS)
+    ds = as_dataset(store)
+    grid = sample_grid(ds, n=n, cols=SAMPLE_GRID_COLUMNS)
     ok, buf = cv2.imencode(".png", grid, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
-        raise RuntimeError(f"could not encode the sample grid of {uri} as PNG")
+        raise RuntimeError(f"could not encode the sample grid of {ds.uri} as PNG")
     return np.asarray(buf).tobytes()
 
 
@@ -135,9 +141,9 @@ def validate_task(uri: str, regenerate: int = 0, source_root: str | None = None)
     return validate_dataset(uri, regenerate=regenerate, source_root=source_root, progress=False)
 
 
-def label_statistics(uri: str) -> list[dict]:
-    """Per label column (dx_TL ... dy_BL): mean, std, min, max of the offsets of a finished store, pixels."""
-    ds = open_dataset(uri)
+def label_statistics(store: str | Dataset) -> list[dict]:
+    """Per label column (dx_TL ... dy_BL): mean, std, min, max of the offsets of a finished store (path, URL or opened), pixels."""
+    ds = as_dataset(store)
     blocks = [b["offsets"] for b in ds.iter_chunks(fields=("offsets",))]
     off = np.concatenate(blocks).astype(np.float64) if blocks else np.zeros((0, 8))
     names = LABEL_NAMES

@@ -40,8 +40,8 @@ class ValidationFailed(RuntimeError):
 def publish_report(uri: str, report) -> str:
     """Attach the dataset report and the sample grid (markdown artifacts) to this run; returns the report."""
     ds = open_dataset(uri)
-    grid = data_url(sample_grid_png(uri, n=8)) if len(ds) else None
-    markdown = dataset_report_markdown(ds.manifest, checks_markdown(report), label_statistics(uri), grid)
+    grid = data_url(sample_grid_png(ds, n=8)) if len(ds) else None
+    markdown = dataset_report_markdown(ds.manifest, checks_markdown(report), label_statistics(ds), grid)
     verdict = "passed" if report.passed else "FAILED: " + ", ".join(report.failed_checks)
     create_markdown_artifact(
         markdown,
