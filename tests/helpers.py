@@ -127,7 +127,7 @@ def read_store(path) -> dict[str, np.ndarray]:
 
 def assert_same_arrays(a: dict, b: dict) -> None:
     for f in FIELDS:
-        assert a[f].dtype == b[f].dtype, f
+        assert a[f].dtype == b[f].dtype and a[f].shape == b[f].shape, f
         assert np.array_equal(a[f], b[f]), f"field {f} differs"
 
 

@@ -6,7 +6,6 @@ import cv2
 import numpy as np
 import pytest
 
-import homogen
 from homogen.model.baselines import (
     BASELINES,
     ecc,
@@ -20,7 +19,8 @@ from homogen.model.evaluate import evaluate_methods, format_table
 from homogen.model.metrics import mace
 from homogen.sampling import patch_homography
 
-PHOTOS = sorted((Path(homogen.__file__).parent / "data" / "coco-sample" / "train2017").glob("*.jpg"))
+from helpers import PHOTOS
+
 P = 128
 
 

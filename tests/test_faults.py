@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 
-import numpy as np
 import pytest
 
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
@@ -27,6 +26,7 @@ from faultlib import (
     tree_digest,
     wait_for,
 )
+from helpers import assert_same_arrays, read_store
 
 FORMATS = {"zarr": "data.zarr", "hdf5": "data.h5"}
 
@@ -40,17 +40,6 @@ def config(output: str, **kw) -> GenerateConfig:
         shard_size=4,
         **kw,
     )
-
-
-def arrays(output) -> dict[str, np.ndarray]:
-    ds = open_dataset(str(output))
-    return ds.read(0, len(ds))
-
-
-def assert_same_arrays(a: dict, b: dict) -> None:
-    for name in FIELDS:
-        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
-        assert np.array_equal(a[name], b[name]), f"field {name} differs"
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +83,7 @@ def test_process_killed_mid_shard_then_rerun_gives_the_clean_bytes(fmt, tmp_path
     assert not (tmp_path / f"{name}.lock").exists()
     # every file (arrays, chunk layout, manifest) is byte-for-byte the clean run's
     assert tree_digest(output) == tree_digest(clean_runs[fmt])
-    assert_same_arrays(arrays(output), arrays(clean_runs[fmt]))
+    assert_same_arrays(read_store(output), read_store(clean_runs[fmt]))
 
 
 # ------------------------------------------------------------------------------------ disk full
@@ -128,7 +117,7 @@ def test_disk_full_while_writing_a_shard_is_a_clear_error_and_a_rerun_completes(
 
     manifest = generate(cfg, progress=False)
     assert manifest["num_pairs"] == 24 and manifest["quarantine"] == []
-    assert_same_arrays(arrays(output), arrays(clean_runs[fmt]))
+    assert_same_arrays(read_store(output), read_store(clean_runs[fmt]))
 
 
 @pytest.mark.slow
@@ -155,7 +144,7 @@ def test_disk_full_on_a_small_filesystem(fmt, tmp_path, monkeypatch, clean_runs)
         manifest = generate(cfg, progress=False)
         assert manifest["num_pairs"] == 24
         assert {i: writer.shard_info(i) for i in done} == before  # kept, not rewritten
-        assert_same_arrays(arrays(output), arrays(clean_runs[fmt]))
+        assert_same_arrays(read_store(output), read_store(clean_runs[fmt]))
 
 
 # -------------------------------------------------------------------------- two runs, one output
@@ -364,7 +353,7 @@ def test_a_dask_worker_killed_during_generation_the_flow_completes_the_same_data
 
     clean = tmp_path / "clean.zarr"
     generate(cfg.model_copy(update={"output": str(clean)}), progress=False)
-    assert_same_arrays(arrays(tmp_path / "flow.zarr"), arrays(clean))
+    assert_same_arrays(read_store(tmp_path / "flow.zarr"), read_store(clean))
     for f in FIELDS:  # every array's metadata and chunk files, bit for bit
         assert folder_digest(tmp_path / "flow.zarr" / f) == folder_digest(clean / f) != {}
     flow_manifest, clean_manifest = (
@@ -447,7 +436,7 @@ def test_flow_process_killed_mid_run_then_the_flow_rerun_gives_the_clean_dataset
 
     clean = tmp_path / "clean.zarr"
     generate(cfg.model_copy(update={"output": str(clean)}), progress=False)
-    assert_same_arrays(arrays(cfg.output), arrays(clean))
+    assert_same_arrays(read_store(cfg.output), read_store(clean))
     for f in FIELDS:  # every array's metadata and chunk files, bit for bit
         assert folder_digest(tmp_path / "flow.zarr" / f) == folder_digest(clean / f) != {}
     ours, theirs = open_dataset(cfg.output).manifest, open_dataset(str(clean)).manifest

@@ -29,6 +29,8 @@ from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceCo
 from homogen.generate import generate, plan
 from homogen.stores import FIELDS, open_dataset
 
+from helpers import read_store
+
 
 def small_config(output: str, root: str = SAMPLE_ROOT, kind: str = "auto") -> GenerateConfig:
     """8 bundled images, 2 pairs each, 3 images per shard (3 shards)."""
@@ -51,11 +53,6 @@ def run_tasks(cfg: GenerateConfig) -> dict:
         p = list_shards.fn(cfg)
         prepare_store.fn(p)
         return commit_dataset.fn(p, generate_shards.fn(p, scheduler))
-
-
-def arrays(uri: str) -> dict:
-    ds = open_dataset(uri)
-    return {f: ds[:][f] for f in FIELDS}
 
 
 # ------------------------------------------------------------------------------------ generation
@@ -81,7 +78,7 @@ def test_shard_tasks_make_the_same_dataset_as_the_library_in_one_process(tmp_pat
     reference = generate(small_config(str(tmp_path / "direct.zarr")), progress=False)
     assert manifest["dataset_version"] == reference["dataset_version"]
     assert manifest["num_pairs"] == reference["num_pairs"] == 16
-    got, want = arrays(str(tmp_path / "flow.zarr")), arrays(str(tmp_path / "direct.zarr"))
+    got, want = read_store(str(tmp_path / "flow.zarr")), read_store(str(tmp_path / "direct.zarr"))
     for f in FIELDS:
         np.testing.assert_array_equal(got[f], want[f], err_msg=f)
 
@@ -89,11 +86,11 @@ def test_shard_tasks_make_the_same_dataset_as_the_library_in_one_process(tmp_pat
 def test_a_complete_shard_is_skipped_and_left_unchanged(tmp_path):
     cfg = small_config(str(tmp_path / "ds.zarr"))
     run_tasks(cfg)
-    before = arrays(cfg.output)
+    before = read_store(cfg.output)
     p = list_shards.fn(cfg)
     again = write_shard(p.output, cfg.store_format(), cfg.chunk_size, p.shards[1], cfg.sampling)
     assert again.skipped and again.pairs == 2 * len(p.shards[1].records)
-    after = arrays(cfg.output)
+    after = read_store(cfg.output)
     for f in FIELDS:
         np.testing.assert_array_equal(after[f], before[f])
 
@@ -142,8 +139,8 @@ def test_a_failed_shard_attempt_is_logged_retried_and_the_dataset_equals_the_lib
     )
     reference = generate(small_config(str(tmp_path / "direct.zarr")), progress=False)
     assert manifest["dataset_version"] == reference["dataset_version"]
-    for f, want in arrays(str(tmp_path / "direct.zarr")).items():
-        np.testing.assert_array_equal(arrays(cfg.output)[f], want, err_msg=f)
+    for f, want in read_store(str(tmp_path / "direct.zarr")).items():
+        np.testing.assert_array_equal(read_store(cfg.output)[f], want, err_msg=f)
 
 
 def test_a_shard_failing_every_attempt_raises_its_error_and_keeps_the_other_shards(tmp_path, monkeypatch):

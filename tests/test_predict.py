@@ -1,7 +1,5 @@
 """Prediction on two real images: H direction and coordinates, checkpoints, the CLI commands."""
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -9,7 +7,6 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-import homogen
 from homogen.sampling import patch_homography
 from homogen.model.cli import register
 from homogen.model.network import HomographyNet
@@ -17,7 +14,9 @@ from homogen.model.predict import overlay, predict_homography, resize_matrix
 from homogen.model.loading import load_model
 from homogen.model.train import CheckpointError
 
-PHOTO = sorted((Path(homogen.__file__).parent / "data" / "coco-sample" / "train2017").glob("*.jpg"))[5]
+from helpers import PHOTOS
+
+PHOTO = PHOTOS[5]
 P = 128
 OFF = np.array([-20, 12, 25, -7, 14, 22, -9, -26], np.float32)
 
