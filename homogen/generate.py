@@ -119,8 +119,8 @@ class Plan:
         the table itself (``files``: image_id, name, split, digest columns; homogen.versions)."""
         return {
             "root": redact(self.config.source.root),
-            "images": self.num_images,
             "digest": self.digest,
+            "images": self.num_images,
             "files": self.sources.to_manifest(),
         }
 
@@ -159,9 +159,8 @@ def run_generation(config: GenerateConfig, progress: bool = True) -> Generation:
     p = plan(config, progress=progress)
     writer = open_writer(p.output, config.store_format(), config.chunk_size)
     with writer.lock():
-        writer.prepare(p, overwrite=config.overwrite)
-        header = writer.read_header()
-        if header is not None and header.get("state") == "complete" and header.get("dataset_version") == p.version:
+        header = writer.prepare(p, overwrite=config.overwrite)
+        if header.get("state") == "complete":  # prepare returns only a header of p.version
             return Generation(writer.commit(p), already_complete=True)
         results = [
             generate_shard(writer, shard, config.sampling)

@@ -56,10 +56,10 @@ if TYPE_CHECKING:
     from homogen.generate import Plan, ShardResult
 
 ATTR = "homogen"
+"""Root attribute holding the manifest."""
 
 _HEADER_CACHE: dict = {}
 """The last header :meth:`StoreWriter.shard_info` parsed, with the identity of its file."""
-"""Root attribute holding the manifest."""
 
 __all__ = [
     "ATTR",
@@ -119,8 +119,11 @@ class StoreWriter:
         """Hold the output for one generation (:func:`homogen.outputs.output_lock`)."""
         return output_lock(self.url, wait_s)
 
-    def prepare(self, plan: "Plan", overwrite: bool = False) -> None:
+    def prepare(self, plan: "Plan", overwrite: bool = False) -> dict:
         """Create the output for ``plan``'s version, or resume it; refuse one that holds anything else.
+
+        Returns:
+            the header now at the output (the one resumed, or the one just written).
 
         Raises:
             StoreConflict: another version, an old-layout store, or data that is not a store;
@@ -135,7 +138,7 @@ class StoreWriter:
             and header.get("dataset_version") == plan.version
         ):
             self._check_resumable(header, plan)
-            return
+            return header
         if header is not None or self.exists_nonempty():
             if not overwrite:
                 if header is None:
@@ -150,13 +153,15 @@ class StoreWriter:
                 )
             self.remove()
         existed = self.exists_nonempty()
+        header = _header(plan, "generating", self)
         try:
-            self.write_header(_header(plan, "generating", self))
+            self.write_header(header)
         except OSError as exc:
             if not existed:
                 self.remove()  # a full disk at start leaves nothing behind
             fix = "free space" if "disk is full" in _reason(exc) else "fix the output"
             raise StoreError(f"could not create {redact(self.url)} ({_reason(exc)}): {fix}, then re-run") from exc
+        return header
 
     def _check_resumable(self, header: dict, plan: "Plan") -> None:
         if header.get("state") == "complete":
@@ -291,7 +296,7 @@ def _header(plan: "Plan", state: str, writer: StoreWriter) -> dict:
     cfg = plan.config.model_dump(mode="json")
     cfg["source"]["root"] = redact(cfg["source"]["root"])
     cfg["output"] = redact(plan.output)
-    header = {
+    return {
         "schema_version": SCHEMA_VERSION,
         "generator_version": GENERATOR_VERSION,
         "dataset_version": plan.version,
@@ -302,12 +307,8 @@ def _header(plan: "Plan", state: str, writer: StoreWriter) -> dict:
         "fields": {f.name: list(f.dims) for f in SCHEMA},
         "split_codes": dict(SPLIT_CODES),
         "config": cfg,
-        "source": {"root": redact(plan.config.source.root), "digest": plan.digest, "images": plan.num_images},
+        "source": plan.manifest_sources(),
     }
-    extra = getattr(plan, "manifest_sources", None)  # what Plan records about the sources (digests)
-    if callable(extra):
-        header["source"].update(extra())
-    return header
 
 
 def _split_counts(arrays: dict[str, np.ndarray]) -> dict[str, int]:
