@@ -52,6 +52,7 @@ import simplejpeg  # noqa: E402
 
 cv2.setNumThreads(1)
 
+from machine import cpu_model  # noqa: E402  # bench/machine.py (the script folder is on sys.path)
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig  # noqa: E402
 from homogen.generate import generate, shard_arrays  # noqa: E402
 from homogen.images import load_gray, read_bytes, reduction_factor  # noqa: E402
@@ -280,13 +281,7 @@ def memory(pair_counts: list[int], tmp: Path) -> list[dict]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs (pinned to 1), Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs (pinned to 1), Python {platform.python_version()}"
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ import cv2  # noqa: E402
 import psutil  # noqa: E402
 from prefect import flow  # noqa: E402
 
+from machine import cpu_model  # noqa: E402  # bench/machine.py (the script folder is on sys.path)
 from homogen.flows.cluster import DaskConfig, local_cluster  # noqa: E402
 from homogen.flows.generate import generate_dataset  # noqa: E402
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig  # noqa: E402
@@ -122,15 +123,9 @@ def warm_up() -> None:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return f"{cpu}, {cores} cores, {platform.python_implementation()} {platform.python_version()}, load average {load}"
+    return f"{cpu_model()}, {cores} cores, {platform.python_implementation()} {platform.python_version()}, load average {load}"
 
 
 def main() -> None:
