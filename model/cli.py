@@ -233,7 +233,7 @@ def train(
     from homogen.model.evaluate import NETWORK, format_table, score_test
     from homogen.model.mlflow_run import TrainingRun
     from homogen.model.tracking import TrackingError, setup_tracking
-    from homogen.model.train import TrainConfig, preflight, train as run_train
+    from homogen.model.train import TrainConfig, train as run_train
     from homogen.redaction import redact
 
     chosen = _methods(methods, model_option=False)
@@ -256,17 +256,13 @@ def train(
         )
     except ValidationError as exc:
         _fail(f"invalid parameters: {exc}")
-    try:  # every refusal that needs no training, before an MLflow run is opened (none is left FAILED)
-        preflight(ds, cfg)
-    except (ValueError, RuntimeError) as exc:  # IncompatibleStoreError, NoValidationSplitError, CheckpointError
-        _fail(redact(str(exc)))
-    if not track:
+    if not track:  # train() refuses what needs no training (train.preflight) before it trains; _train says so
         result = _train(run_train, ds, cfg, None)
         scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
         typer.echo(format_table(scores.summary()))
         return
     stack = contextlib.ExitStack()
-    try:  # fail before hours of training, not after
+    try:  # fail before hours of training, not after; TrainingRun runs train.preflight before it opens a run
         run = stack.enter_context(
             TrainingRun(
                 ds, cfg, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, source="homogen train"
@@ -274,6 +270,8 @@ def train(
         )
     except TrackingError as exc:
         _fail(f"{exc}; or pass --no-track")
+    except (ValueError, RuntimeError) as exc:  # IncompatibleStoreError, NoValidationSplitError, CheckpointError
+        _fail(redact(str(exc)))
     with stack:  # the run closes when this block ends: FINISHED, or FAILED on any exception (typer.Exit included)
         result = _train(run_train, ds, cfg, run.log_epoch)
         ckpt = result.best_checkpoint or result.last_checkpoint
