@@ -25,25 +25,10 @@ def run(config: Optional[str] = None, **flat: Any) -> None:
 
     Every value is checked before the flow starts (a refused value never reaches Prefect).
     """
-    from pydantic import ValidationError
-
-    from homogen.flows.config import (
-        InvalidParameters,
-        PipelineConfig,
-        apply_overrides,
-        check_before_work,
-        describe_errors,
-        load_config,
-    )
+    from homogen.flows.config import InvalidParameters, checked_config, load_config
 
     try:
-        cfg = PipelineConfig.model_validate(load_config(config))
-    except InvalidParameters as exc:
-        _fail(str(exc))
-    except ValidationError as exc:
-        _fail(f"--config: {describe_errors(exc)}")
-    try:
-        check_before_work(apply_overrides(cfg, **flat))
+        cfg = checked_config(load_config(config), "--config", **flat)
     except InvalidParameters as exc:
         _fail(str(exc))
     from homogen.flows.generate_and_train import generate_and_train

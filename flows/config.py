@@ -234,6 +234,24 @@ def apply_overrides(config: PipelineConfig, **flat: Any) -> PipelineConfig:
         raise InvalidParameters(describe_errors(exc, given)) from exc
 
 
+def checked_config(data: dict, name: str, **flat: Any) -> PipelineConfig:
+    """What an entry point checks before it starts the flow (a refused value never reaches Prefect).
+
+    ``data`` (the ``name`` argument, from :func:`load_config`) as a config, checked with the flat
+    shortcuts ``flat`` laid over it (:func:`apply_overrides`, :func:`check_before_work`). Returns
+    the config without ``flat``: the flow takes them as parameters of their own.
+
+    Raises:
+        InvalidParameters: the config's error prefixed with ``name``, or that of a shortcut or of this machine.
+    """
+    try:
+        cfg = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidParameters(f"{name}: {describe_errors(exc)}") from exc
+    check_before_work(apply_overrides(cfg, **flat))
+    return cfg
+
+
 def load_config(text: str | None, name: str = "--config") -> dict:
     """A config given on a command line (``--config`` / ``config=``): inline JSON or a JSON file's path; {} when empty.
 

@@ -35,7 +35,6 @@ if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
-from pydantic import ValidationError
 
 from homogen.flows.config import (
     FLAT_OVERRIDES,
@@ -43,7 +42,7 @@ from homogen.flows.config import (
     PipelineConfig,
     apply_overrides,
     check_before_work,
-    describe_errors,
+    checked_config,
     flat_parameters,
     load_config,
 )
@@ -159,9 +158,8 @@ def generate_and_train(config: PipelineConfig = PipelineConfig(), **flat: Any) -
         log.info("training as deployment %s", cfg.train_deployment)
         model = train_remotely(cfg.train_deployment, dataset["uri"], cfg)
     else:
-        from homogen.flows.train import (
-            train_model,
-        )  # torch: imported here, not by the Dask workers that re-import this module
+        # torch: imported here, not by the Dask workers that re-import this module
+        from homogen.flows.train import train_model
 
         model = train_model(dataset["uri"], cfg.train, cfg.evaluate, cfg.tracking)
     log.info("dataset %s -> %s version %s", dataset["version"], model["model_name"], model["model_version"])
@@ -251,11 +249,7 @@ def main(args: list[str]) -> None:
         return
     try:
         config, flat = parse_args(args)
-        try:
-            cfg = PipelineConfig.model_validate(config)
-        except ValidationError as exc:
-            raise InvalidParameters(f"config: {describe_errors(exc)}") from exc
-        check_before_work(apply_overrides(cfg, **flat))
+        cfg = checked_config(config, "config", **flat)
     except InvalidParameters as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
