@@ -22,10 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Sequence
 
 import fsspec
 
+from homogen.check_report import CheckResult
 from homogen.config import GenerateConfig
 from homogen.digests import HASH_NAME, DigestError, changed_files, digest_files
 from homogen.redaction import redact
@@ -33,7 +35,6 @@ from homogen.schema import SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from homogen.sources import ImageRecord
-    from homogen.validate import CheckResult
 
 GENERATOR_VERSION = "1.1"
 """Bump when the pixels or labels produced for a given config change.
@@ -66,9 +67,9 @@ class SourceTable:
     def __len__(self) -> int:
         return len(self.image_id)
 
-    @property
+    @cached_property
     def list_digest(self) -> str:
-        """SHA-256 (64 hex) of the whole table: equal tables, equal digests."""
+        """SHA-256 (64 hex) of the whole table: equal tables, equal digests (computed once per table)."""
         h = hashlib.sha256(f"{self.hash}\n".encode())
         for row in zip(self.image_id, self.name, self.split, self.digest):
             h.update("{}\t{}\t{}\t{}\n".format(*(("-" if v is None else v) for v in row)).encode())
@@ -155,8 +156,11 @@ def manifest_version(manifest: dict) -> str:
     Raises:
         ValueError, KeyError: the manifest lacks what the version is made of (names it).
     """
+    return _manifest_version(manifest, SourceTable.from_manifest(manifest["source"]["files"]))
+
+
+def _manifest_version(manifest: dict, table: SourceTable) -> str:
     source = manifest["config"]["source"]
-    table = SourceTable.from_manifest(manifest["source"]["files"])
     split = {k: source[k] for k in SPLIT_PARAMETERS}
     return _version(
         manifest["config"]["sampling"],
@@ -167,15 +171,13 @@ def manifest_version(manifest: dict) -> str:
     )
 
 
-def check_version(manifest: dict) -> "CheckResult":
+def check_version(manifest: dict) -> CheckResult:
     """``version_matches_content``: the manifest's ``dataset_version`` and ``source.digest`` are
     those its config, source table and generator/schema versions make (a hand edit fails)."""
-    from homogen.validate import CheckResult  # validate imports this module's importers
-
     name = "version_matches_content"
     try:
         table = SourceTable.from_manifest(manifest["source"]["files"])
-        recomputed = manifest_version(manifest)
+        recomputed = _manifest_version(manifest, table)
     except (KeyError, ValueError, TypeError) as exc:
         what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
         detail = (
@@ -206,14 +208,10 @@ def check_version(manifest: dict) -> "CheckResult":
     return CheckResult(name, True, checked=1, failed=0, detail=detail)
 
 
-def check_sources(
-    manifest: dict, requested: bool, root: str | None = None, threads: int | None = None
-) -> "CheckResult":
+def check_sources(manifest: dict, requested: bool, root: str | None = None, threads: int | None = None) -> CheckResult:
     """``sources_unchanged``: re-hash every source image under ``root`` (default: the manifest's
     source root) and name each one whose bytes differ from the recorded digest (n/a unless
     ``requested``: it reads every image)."""
-    from homogen.validate import CheckResult  # validate imports this module's importers
-
     name = "sources_unchanged"
     if not requested:
         return CheckResult(name, None, 0, 0, "not requested (--sources re-hashes the source images)")
@@ -224,11 +222,12 @@ def check_sources(
     if table.hash != HASH_NAME:
         return CheckResult(name, None, 0, 0, f"digests were made with {table.hash}, this homogen makes {HASH_NAME}")
     root = root or manifest["source"]["root"]
+    paths = table.paths(root)
     try:
-        changes = changed_files(table.paths(root), table.digest, threads)
+        changes = changed_files(paths, table.digest, threads)
     except DigestError as exc:
         return CheckResult(name, False, 0, 0, str(exc))
-    by_path = {p: (i, n) for p, i, n in zip(table.paths(root), table.image_id, table.name)}
+    by_path = {p: (i, n) for p, i, n in zip(paths, table.image_id, table.name)}
     examples = [{"image_id": by_path[p][0], "name": by_path[p][1], "now": what} for p, what in changes]
     if not changes:
         return CheckResult(name, True, len(table), 0, f"{len(table)} images under {redact(root)} hash as recorded")
