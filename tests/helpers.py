@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -138,3 +139,11 @@ def manifest_without_location(m: dict) -> dict:
     m["config"].pop("format", None)
     m.pop("format", None)
     return m
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server on a test folder that does not print the errors of clients hanging up
+    early (partial reads, dropped transfers): expected in these tests."""
+
+    def handle_error(self, request, client_address) -> None:
+        pass

@@ -14,7 +14,7 @@ import struct
 import threading
 import tracemalloc
 import zlib
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,8 @@ from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceCo
 from homogen.generate import generate
 from homogen.sources import SourceError, list_images
 from homogen.stores import open_dataset
+
+from helpers import QuietHTTPServer
 
 URL_SECRET = "pa55-In-URL-7f3a"
 ENV_SECRET = "env-T0ken-91c2"
@@ -40,16 +42,11 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address) -> None:
-        pass  # clients probing with partial reads close early: not our concern here
-
-
 @pytest.fixture(scope="module")
 def http_root(tmp_path_factory):
     """A folder served over HTTP on 127.0.0.1: (folder, its URL with ``alice:<URL_SECRET>@`` in it)."""
     root = tmp_path_factory.mktemp("http")
-    server = _QuietServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    server = QuietHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield root, f"http://alice:{URL_SECRET}@127.0.0.1:{server.server_port}"

@@ -7,7 +7,7 @@ import functools
 import json
 import shutil
 import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 
 import pytest
 import xxhash
@@ -21,7 +21,7 @@ from homogen.stores import StoreConflict, open_dataset, open_writer
 from homogen.validate import validate_dataset
 from homogen.versions import check_version, manifest_version
 
-from helpers import SAMPLE
+from helpers import SAMPLE, QuietHTTPServer
 
 N_IMAGES = 8  # the first 8 bundled photographs by id: quick stores
 
@@ -165,16 +165,11 @@ class _Dropping(SimpleHTTPRequestHandler):
         pass
 
 
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        pass  # the client hanging up on a dropped transfer is expected
-
-
 @pytest.fixture
 def http_coco(coco_copy):
     """The COCO copy served over HTTP on 127.0.0.1; ``drop(name)`` makes that file's transfer fail."""
     handler = type("Handler", (_Dropping,), {"dropped": ()})
-    server = _QuietServer(("127.0.0.1", 0), functools.partial(handler, directory=str(coco_copy)))
+    server = QuietHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(coco_copy)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
 
