@@ -19,6 +19,7 @@ import fsspec
 
 from homogen.config import SourceConfig
 from homogen.redaction import redact
+from homogen.schema import shard_name
 from homogen.splits import hashed_split, training_split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -46,7 +47,7 @@ class Shard:
 
     @property
     def name(self) -> str:
-        return f"shard-{self.index:05d}"
+        return shard_name(self.index)
 
 
 def _stable_hash(text: str) -> int:
