@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from homogen.flows.cluster import DASK_ADDRESS_ENV, DaskConfig  # noqa: F401  (re-exported)
+from homogen.flows.cluster import DaskConfig
 from homogen.flows.generate import QUICK_GENERATE  # noqa: F401  (re-exported)
 from homogen.config import GenerateConfig
 from homogen.model.config import TrainConfig
