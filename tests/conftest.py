@@ -14,13 +14,13 @@ import pytest
 from homogen.config import GenerateConfig, SourceConfig
 from homogen.generate import generate
 
-from helpers import SAMPLE, SAMPLE_ANNOTATIONS
+from helpers import PHOTOS, SAMPLE_ANNOTATIONS
 
 
 @pytest.fixture(scope="session")
 def sample_photos() -> list[Path]:
     """The 32 bundled COCO photographs, by file name (= by image id)."""
-    photos = sorted((SAMPLE / "train2017").glob("*.jpg"))
+    photos = list(PHOTOS)
     assert len(photos) == 32
     return photos
 

@@ -29,7 +29,7 @@ from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceCo
 from homogen.generate import generate, plan
 from homogen.stores import FIELDS, open_dataset
 
-from helpers import read_store
+from helpers import PHOTOS, read_store
 
 
 def small_config(output: str, root: str = SAMPLE_ROOT, kind: str = "auto") -> GenerateConfig:
@@ -165,7 +165,7 @@ def folder_with_a_bad_image(tmp_path) -> Path:
     """6 bundled photographs plus one truncated JPEG, as a plain folder."""
     root = tmp_path / "images"
     root.mkdir()
-    for src in sorted(Path(SAMPLE_ROOT, "train2017").glob("*.jpg"))[:6]:
+    for src in PHOTOS[:6]:
         shutil.copy(src, root / src.name)
     good = sorted(root.glob("*.jpg"))[0].read_bytes()
     (root / "999999999999.jpg").write_bytes(good[: len(good) // 3])

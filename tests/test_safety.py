@@ -24,7 +24,7 @@ from homogen.generate import generate
 from homogen.sources import SourceError, list_images
 from homogen.stores import open_dataset
 
-from helpers import QuietHTTPServer
+from helpers import PHOTOS, QuietHTTPServer
 
 URL_SECRET = "pa55-In-URL-7f3a"
 ENV_SECRET = "env-T0ken-91c2"
@@ -275,8 +275,7 @@ def test_cli_predict_refuses_a_malicious_checkpoint(tmp_path):
     register(app)
     marker = tmp_path / "pwned"
     evil = malicious_checkpoint(tmp_path / "evil.pt", marker)
-    photos = sorted((Path(SAMPLE_ROOT) / "train2017").glob("*.jpg"))
-    result = CliRunner().invoke(app, ["predict", str(photos[0]), str(photos[1]), "--model", str(evil)])
+    result = CliRunner().invoke(app, ["predict", str(PHOTOS[0]), str(PHOTOS[1]), "--model", str(evil)])
     assert result.exit_code == 2 and "cannot load model" in result.output
     assert not marker.exists()
 
