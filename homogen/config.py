@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from homogen.schema import SCHEMA
+
 SAMPLE_ROOT = str(Path(__file__).parent / "data" / "coco-sample")
 """The bundled demo images: 32 COCO train2017 photographs in the COCO layout."""
 
@@ -29,8 +31,6 @@ one shard, and its compressed copy, at a time."""
 
 def pair_bytes(patch_size: int) -> int:
     """Bytes of one pair in the store schema (both patches and every label)."""
-    from homogen.schema import SCHEMA
-
     return sum(f.dtype.itemsize * math.prod(f.row_shape(patch_size)) for f in SCHEMA)
 
 
