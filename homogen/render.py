@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 
 from homogen.sampling import patch_corners
-from homogen.stores import SPLIT_NAMES, Dataset
+from homogen.schema import SPLIT_NAMES
+from homogen.stores import Dataset
 
 GREEN = (0, 255, 0)
 RED = (0, 0, 255)

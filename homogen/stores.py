@@ -49,7 +49,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from homogen.outputs import StoreError, StoreLocked, check_writable, is_local, local_path, output_lock
 from homogen.redaction import redact
-from homogen.schema import BY_NAME, FIELDS, SCHEMA, SCHEMA_VERSION, SPLIT_CODES, SPLIT_NAMES, shard_name, split_code  # noqa: F401
+from homogen.schema import BY_NAME, FIELDS, SCHEMA, SCHEMA_VERSION, SPLIT_CODES, shard_name, split_code
 from homogen.versions import GENERATOR_VERSION
 
 if TYPE_CHECKING:
