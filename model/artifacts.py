@@ -37,11 +37,17 @@ def split_indices(ds: Any, split: str, n: int | None = None) -> np.ndarray:
     return idx if n is None else idx[:n]
 
 
-def test_pairs_png(ds: Any, predicted: np.ndarray, path: str | os.PathLike, n: int = 8) -> str:
-    """The first ``n`` test pairs of ``ds`` with predicted offsets ``predicted`` ((>=n, 8), store order) drawn in red."""
+def test_pairs_png(
+    ds: Any, predicted: np.ndarray, path: str | os.PathLike, n: int = 8, indices: np.ndarray | None = None
+) -> str:
+    """The first ``n`` test pairs of ``ds`` with predicted offsets ``predicted`` ((>=n, 8), store order) drawn in red.
+
+    ``indices``: the store indices of the test pairs, when the caller has them (:func:`split_indices`).
+    """
     from homogen.render import sample_grid, save_png
 
-    idx = split_indices(ds, "test", min(n, len(predicted)))  # a run scored on fewer pairs shows those
+    n = min(n, len(predicted))  # a run scored on fewer pairs shows those
+    idx = split_indices(ds, "test", n) if indices is None else np.asarray(indices)[:n]
     return save_png(sample_grid(ds, indices=idx, predicted_offsets=np.asarray(predicted)[: len(idx)]), os.fspath(path))
 
 
@@ -88,8 +94,10 @@ def write_evaluation(folder: str | os.PathLike, ds: Any, scores: Any, grid_pairs
     out.mkdir(parents=True, exist_ok=True)
     summary = scores.summary()
     paths = []
+    idx = split_indices(ds, "test", len(scores.pairs))  # the scored pairs' store indices, read once
     if NETWORK in scores.results:
-        paths.append(test_pairs_png(ds, scores.results[NETWORK]["pred"], out / "test_pairs.png", n=grid_pairs))
+        pred = scores.results[NETWORK]["pred"]
+        paths.append(test_pairs_png(ds, pred, out / "test_pairs.png", n=grid_pairs, indices=idx))
     errs = {k: corner_errors(r["pred"], scores.offsets) for k, r in scores.results.items() if "pred" in r}
     paths.append(
         error_histogram_png(errs, out / "corner_errors.png", title=f"test corner errors, dataset {ds.version}")
@@ -97,9 +105,7 @@ def write_evaluation(folder: str | os.PathLike, ds: Any, scores: Any, grid_pairs
     from homogen.model.plots import write_plots  # per method: MACE histogram, A warped onto B (issue 12)
     from homogen.model.report import refinement_report
 
-    paths += write_plots(
-        out / "methods", ds, scores.results, scores.pairs, split_indices(ds, "test", len(scores.pairs))
-    )
+    paths += write_plots(out / "methods", ds, scores.results, scores.pairs, idx)
     gains = refinement_report(summary)
     (out / "evaluation.md").write_text(
         format_table(summary) + "\n" + ("\nRefinement:\n" + "\n".join(gains) + "\n" if gains else "")
