@@ -9,11 +9,11 @@ pixels q of B whose ``H q`` falls inside A). Only the pairs are read: the labels
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from homogen.model.direct import warp_a
 
-__all__ = ["PhotometricLoss", "photometric_criterion", "photometric_loss"]
+__all__ = ["photometric_criterion", "photometric_loss"]
 
 
 def photometric_loss(offsets: Tensor, pairs: Tensor) -> Tensor:
@@ -41,10 +41,3 @@ def photometric_criterion(pred: Tensor, offsets: Tensor, pairs: Tensor) -> Tenso
     """The training criterion ``TrainConfig(loss="photometric")``: :func:`photometric_loss` of
     ``pred`` :math:`(B, 8)` on ``pairs`` :math:`(B, 2, P, P)`; ``offsets`` (the labels) are not read."""
     return photometric_loss(pred, pairs)
-
-
-class PhotometricLoss(nn.Module):
-    """:func:`photometric_loss` as a module: ``loss(pred (B, 8), pairs (B, 2, P, P)) -> scalar``."""
-
-    def forward(self, pred: Tensor, pairs: Tensor) -> Tensor:
-        return photometric_loss(pred, pairs)
