@@ -896,7 +896,7 @@ def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
     uri = str(uri).rstrip("/")
     uri = local_path(uri) if is_local(uri) else uri
     if detect_format(uri) == "hdf5":
-        return _open_hdf5(local_path(uri))  # one file: no chunk can go missing alone
+        return _open_hdf5(uri)  # one file: no chunk can go missing alone
     where = f"{redact(uri)}/zarr.json"
     manifest = check_manifest(uri, read_zarr_manifest(uri), where)
     try:

@@ -285,15 +285,14 @@ class Walk:
         t["finite"].add(finite, where)
         h22 = np.abs(hom[:, 2, 2] - 1.0)
         t["homography_normalised"].add(h22 <= H22_TOL, where, values=hom[:, 2, 2])
-        ok = finite
         gap = np.full(len(off), np.inf)
-        if ok.any():
-            gap[ok] = reprojection_gap(hom[ok], off[ok], self.p)
+        if finite.any():
+            gap[finite] = reprojection_gap(hom[finite], off[finite], self.p)
         t["homography_matches_offsets"].add(gap < REPROJECTION_TOL_PX, where, values=gap)
         worst = np.where(finite, np.abs(off).max(1), np.inf)
         t["offsets_in_range"].add(worst <= self.rho, where, values=worst)
         convex = np.zeros(len(off), bool)
-        convex[ok] = quads_convex(off[ok], self.p)
+        convex[finite] = quads_convex(off[finite], self.p)
         t["quad_convex"].add(convex, where)
         problems = corner_problems(cor, off, self.sampling)
         t["corners_in_image"].add(np.array([not s for s in problems]), where, why=problems)
