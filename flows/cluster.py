@@ -23,6 +23,16 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLO
 """Thread-pool sizes of the numerical libraries, set to ``threads_per_worker`` in LocalCluster worker
 processes (OpenCV and Blosc would otherwise start a thread per core in every worker)."""
 
+WORKER_MALLOC_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+"""Dask config for LocalCluster worker processes: glibc's own malloc thresholds, not Dask's.
+
+Dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` in their workers, which also freezes glibc's
+mmap threshold at 128 KiB: every larger buffer (a decoded photograph, a shard's arrays) becomes a
+fresh ``mmap``, zero-filled page by page on first touch, and is unmapped when freed. Generation's
+shards then take 10-15 % more CPU and wall time (twice the page faults; docs/BENCHMARKS.md, *Scaling*). A shard's
+arrays are bounded by the config (:data:`homogen.config.MAX_SHARD_BYTES`), so the unreturned free
+memory that trimming fights stays small."""
+
 DASK_ADDRESS_ENV = "HOMOGEN_DASK_ADDRESS"
 """Environment variable with a Dask scheduler address (``tcp://host:8786``) to use instead of a LocalCluster."""
 
@@ -64,7 +74,9 @@ def local_cluster(**kwargs) -> LocalCluster:
     """A LocalCluster of this machine whose sockets listen on loopback only.
 
     Worker processes get :data:`THREAD_ENV` set to their thread count, so that ``n`` workers of
-    one thread use ``n`` cores, not ``n`` times the cores.
+    one thread use ``n`` cores, not ``n`` times the cores, and glibc's malloc thresholds
+    (:data:`WORKER_MALLOC_CONFIG`; workers added later by ``scale`` need it held, as
+    :func:`dask_scheduler` does).
     """
     if kwargs.get("processes", True):
         env = dict(kwargs.pop("env", None) or {})
@@ -77,7 +89,8 @@ def local_cluster(**kwargs) -> LocalCluster:
     if kwargs.get("dashboard_address") is None:
         # the scheduler serves HTTP even without a dashboard, on ':8787' (all interfaces in threads mode)
         kwargs["dashboard_address"] = "127.0.0.1:0"
-    return LocalCluster(**kwargs)
+    with dask.config.set(WORKER_MALLOC_CONFIG):
+        return LocalCluster(**kwargs)
 
 
 def cluster_kwargs(cfg: DaskConfig) -> dict:
@@ -123,6 +136,6 @@ def dask_scheduler(cfg: DaskConfig) -> Iterator[str]:
         return
     kwargs = cluster_kwargs(cfg)
     n_workers = kwargs.pop("n_workers")
-    with worker_start_method(), local_cluster(n_workers=0, **kwargs) as cluster:
+    with worker_start_method(), dask.config.set(WORKER_MALLOC_CONFIG), local_cluster(n_workers=0, **kwargs) as cluster:
         cluster.scale(n_workers)
         yield cluster.scheduler_address

@@ -150,6 +150,14 @@ def test_generate_and_train_end_to_end(prefect_api, workdir):
             "commit-dataset",
         ]
         assert all(t.state.is_completed() for t in gen_tasks)
+        # the run graph links each step to the plan it works on (and commit to the shards' results),
+        # although the plan is handed over opaque (not walked record by record)
+        ids = {t.name.rsplit("-", 1)[0]: t.id for t in gen_tasks}
+        upstream = {
+            t.name.rsplit("-", 1)[0]: {i.id for inputs in t.task_inputs.values() for i in inputs} for t in gen_tasks
+        }
+        assert upstream["prepare-store"] == upstream["generate-shards"] == {ids["list-shards"]}
+        assert upstream["commit-dataset"] == {ids["list-shards"], ids["generate-shards"]}
 
         # what people see: the progress reached 100 %, the report lists every check and passed
         assert float(latest_artifact(client, f"dataset-{version}-progress")["data"]) == 100.0
