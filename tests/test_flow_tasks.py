@@ -307,7 +307,9 @@ def test_the_flows_worker_processes_keep_glibc_malloc_thresholds_and_one_library
 
     with dask_scheduler(DaskConfig(n_workers=1, dashboard_address=None)) as address, Client(address) as client:
         client.wait_for_workers(1, timeout=120)
-        (env,) = client.run(lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}).values()
+        (env,) = client.run(
+            lambda: {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
+        ).values()
     assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
     # the setting is scoped to the cluster: other Dask clusters of the process keep Dask's default
     import dask
