@@ -20,7 +20,11 @@ so that 1 worker and the direct call do the same work on one core.
   long-lived serving process, start workers in a fraction of a second.
 - *warm*: the flow on a cluster that is already up (``DaskConfig.address``, as with
   ``HOMOGEN_DASK_ADDRESS``): the Prefect + Dask orchestration overhead alone, the fair measure
-  of per-run overhead.
+  of per-run overhead. The cluster is started (and warmed by one small flow run) for that run
+  alone, so that no idle cluster slows the other variants.
+- *no orchestration*: the ceiling of any orchestrator on this machine. The library's plan, then
+  the same shard function on 2 processes of a ``multiprocessing`` pool (forked from the forkserver
+  the cold runs started; no Prefect, no Dask, no retries, no progress), then the library's commit.
 
 Targets (2-core machine): the flow at its default settings (cold, 2 workers) >= 1.8x the direct
 call, the last line printed; flow on 1 worker within 10 % of the direct call (overhead =
@@ -48,6 +52,8 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager, nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
@@ -57,9 +63,10 @@ from prefect import flow  # noqa: E402
 from machine import cpu_model  # noqa: E402  # bench/machine.py (the script folder is on sys.path)
 from homogen.flows.cluster import DaskConfig, local_cluster  # noqa: E402
 from homogen.flows.generate import generate_dataset  # noqa: E402
+from homogen.flows.shards import write_shard  # noqa: E402
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig  # noqa: E402
 from homogen.generate import generate, plan  # noqa: E402
-from homogen.stores import open_dataset  # noqa: E402
+from homogen.stores import open_dataset, open_writer  # noqa: E402
 
 cv2.setNumThreads(1)
 
@@ -91,6 +98,27 @@ def config(source: str, pairs_per_image: int, shard_size: int, output: str) -> G
         shard_size=shard_size,
         output=output,
     )
+
+
+def _write_shard(args: tuple) -> object:
+    return write_shard(*args)
+
+
+def without_orchestration(cfg: GenerateConfig, processes: int = 2) -> dict:
+    """``cfg``'s dataset made by the library's plan, shards and commit, the shards on ``processes``
+    processes of a plain ``multiprocessing`` pool: what the flow would take if Prefect and Dask cost
+    nothing. Returns the manifest."""
+    import multiprocessing
+
+    p = plan(cfg)
+    writer = open_writer(p.output, cfg.store_format(), cfg.chunk_size)
+    with writer.lock():
+        writer.prepare(p)
+        args = [(p.output, cfg.store_format(), cfg.chunk_size, shard, cfg.sampling) for shard in p.shards]
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(processes) as pool:
+            results = pool.map(_write_shard, args, chunksize=1)
+        return writer.commit(p, results)
 
 
 def cpu_seconds() -> float:
@@ -153,27 +181,41 @@ def main() -> None:
         return config(source, args.pairs_per_image, args.shard_size, out)
 
     def on(dask: DaskConfig):
-        return lambda out: generate_dataset(cfg(out), dask)
+        return lambda out, _: generate_dataset(cfg(out), dask)
 
-    clusters = {n: local_cluster(n_workers=n, threads_per_worker=1, dashboard_address=None) for n in (1, 2)}
-    variants = {
-        "direct (library, 1 process)": lambda out: generate(cfg(out), progress=False),
-        "flow, 1 worker, cold": on(DaskConfig(n_workers=1, dashboard_address=None)),
-        "flow, 2 workers, cold": on(DaskConfig(n_workers=2, dashboard_address=None)),
-        "flow, 1 worker, warm": on(DaskConfig(address=clusters[1].scheduler_address)),
-        "flow, 2 workers, warm": on(DaskConfig(address=clusters[2].scheduler_address)),
+    def on_warm(out: str, dask: DaskConfig) -> dict:
+        return generate_dataset(cfg(out), dask)
+
+    @contextmanager
+    def warm_cluster(n: int) -> Iterator[DaskConfig]:
+        """A cluster of ``n`` workers, up and through one small flow run, for one timed run: no
+        cluster idles in the background of the other variants (its ticks would slow them)."""
+        cluster = local_cluster(n_workers=n, threads_per_worker=1, dashboard_address=None)
+        try:
+            dask = DaskConfig(address=cluster.scheduler_address)
+            generate_dataset(config(SAMPLE_ROOT, 1, 4, str(root / f"warm-{n}.zarr")), dask)  # workers import homogen
+            shutil.rmtree(root / f"warm-{n}.zarr", ignore_errors=True)
+            yield dask
+        finally:
+            cluster.close()
+
+    variants = {  # name: (context around the timed call, what it yields passed to the timed call)
+        "direct (library, 1 process)": (nullcontext, lambda out, _: generate(cfg(out), progress=False)),
+        "flow, 1 worker, cold": (nullcontext, on(DaskConfig(n_workers=1, dashboard_address=None))),
+        "flow, 2 workers, cold": (nullcontext, on(DaskConfig(n_workers=2, dashboard_address=None))),
+        "flow, 1 worker, warm": (lambda: warm_cluster(1), on_warm),
+        "flow, 2 workers, warm": (lambda: warm_cluster(2), on_warm),
+        "no orchestration, 2 processes": (nullcontext, lambda out, _: without_orchestration(cfg(out))),
     }
     best: dict[str, float] = {}
     cpu: dict[str, float] = {}
     versions = set()
     try:
-        for n, cluster in clusters.items():  # the warm clusters' workers import homogen now
-            small = config(SAMPLE_ROOT, 1, 4, str(root / f"warm-{n}.zarr"))
-            generate_dataset(small, DaskConfig(address=cluster.scheduler_address))
         for r in range(args.repeats):
-            for i, (name, run) in enumerate(variants.items()):
+            for i, (name, (context, run)) in enumerate(variants.items()):
                 out = str(root / f"v{i}-r{r}.zarr")
-                t, c = timed(lambda: run(out))
+                with context() as arg:
+                    t, c = timed(lambda: run(out, arg))  # noqa: B023  (called at once)
                 print(
                     f"  run {r + 1}: {name:32s} {t:8.2f} s  {c:7.2f} CPU s  load {os.getloadavg()[0]:.1f}", flush=True
                 )
@@ -183,8 +225,6 @@ def main() -> None:
                 versions.add((ds.version, len(ds)))
                 shutil.rmtree(out, ignore_errors=True)
     finally:
-        for cluster in clusters.values():
-            cluster.close()
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     assert len(versions) == 1, f"the variants made different datasets: {versions}"
@@ -206,6 +246,13 @@ def main() -> None:
             f"{100 * (cpu[f'flow, 1 worker, {mode}'] / direct_cpu - 1):+.1f} % CPU (target <= 10 %)"
         )
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    ceiling = best["no orchestration, 2 processes"]
+    print(
+        f"no orchestration 2 processes / direct 1 process: {direct / ceiling:.2f}x "
+        f"(the ceiling on this machine; the flow reaches "
+        f"{100 * ceiling / best['flow, 2 workers, cold']:.0f} % of it cold, "
+        f"{100 * ceiling / best['flow, 2 workers, warm']:.0f} % warm)"
+    )
     print(f"flow 2 workers / direct 1 process: {direct / best['flow, 2 workers, cold']:.2f}x")
 
 

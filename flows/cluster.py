@@ -14,24 +14,31 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from types import ModuleType
 
 import dask
 from distributed import LocalCluster
+from distributed.utils import get_mp_context
 from pydantic import BaseModel, ConfigDict, Field
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLOSC_NTHREADS", "OPENCV_FOR_THREADS_NUM")
 """Thread-pool sizes of the numerical libraries, set to ``threads_per_worker`` in LocalCluster worker
 processes (OpenCV and Blosc would otherwise start a thread per core in every worker)."""
 
-WORKER_MALLOC_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-"""Dask config for LocalCluster worker processes: glibc's own malloc thresholds, not Dask's.
+WORKER_DASK_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
+"""Dask config of the LocalCluster's worker processes (measured in docs/BENCHMARKS.md, *Scaling*).
 
-Dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` in their workers, which also freezes glibc's
-mmap threshold at 128 KiB: every larger buffer (a decoded photograph, a shard's arrays) becomes a
-fresh ``mmap``, zero-filled page by page on first touch, and is unmapped when freed. Generation's
-shards then take 10-15 % more CPU and wall time (twice the page faults; docs/BENCHMARKS.md, *Scaling*). A shard's
-arrays are bounded by the config (:data:`homogen.config.MAX_SHARD_BYTES`), so the unreturned free
-memory that trimming fights stays small."""
+- glibc's own malloc thresholds: Dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536``, which also
+  freezes glibc's mmap threshold at 128 KiB, so every larger buffer (a decoded photograph, a
+  shard's arrays) becomes a fresh ``mmap`` zero-filled page by page on first touch: twice the page
+  faults, 10-15 % more time for the shards. A shard's arrays are bounded by the config
+  (:data:`homogen.config.MAX_SHARD_BYTES`), so the free memory that trimming returns stays small.
+- no statistical profiler (the dashboard's *Profile* page): it samples every worker thread's
+  stack every 10 ms, about 6 % of the shards' time. The dashboard's task stream and progress stay.
+"""
 
 DASK_ADDRESS_ENV = "HOMOGEN_DASK_ADDRESS"
 """Environment variable with a Dask scheduler address (``tcp://host:8786``) to use instead of a LocalCluster."""
@@ -74,8 +81,8 @@ def local_cluster(**kwargs) -> LocalCluster:
     """A LocalCluster of this machine whose sockets listen on loopback only.
 
     Worker processes get :data:`THREAD_ENV` set to their thread count, so that ``n`` workers of
-    one thread use ``n`` cores, not ``n`` times the cores, and glibc's malloc thresholds
-    (:data:`WORKER_MALLOC_CONFIG`; workers added later by ``scale`` need it held, as
+    one thread use ``n`` cores, not ``n`` times the cores; their Dask config is
+    :data:`WORKER_DASK_CONFIG` (workers added later by ``scale`` need it held, as
     :func:`dask_scheduler` does).
     """
     if kwargs.get("processes", True):
@@ -89,7 +96,7 @@ def local_cluster(**kwargs) -> LocalCluster:
     if kwargs.get("dashboard_address") is None:
         # the scheduler serves HTTP even without a dashboard, on ':8787' (all interfaces in threads mode)
         kwargs["dashboard_address"] = "127.0.0.1:0"
-    with dask.config.set(WORKER_MALLOC_CONFIG):
+    with dask.config.set(WORKER_DASK_CONFIG):
         return LocalCluster(**kwargs)
 
 
@@ -115,10 +122,37 @@ def worker_start_method() -> AbstractContextManager:
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
         return nullcontext()
-    main = getattr(sys.modules.get("__main__"), "__spec__", None)
-    preload = ["__main__", "distributed", "homogen.flows.shards"] + ([main.name] if main and main.name else [])
-    multiprocessing.set_forkserver_preload(preload)  # no effect once the forkserver runs: it has them
-    return dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+    method = {"distributed.worker.multiprocessing-method": "forkserver"}
+    with dask.config.set(method):
+        # distributed replaces the forkserver's preload list with its own (distributed, numpy, ...)
+        # the first time it asks for this context: let it do so now, so that ours is the one kept
+        # (without it every worker re-imported the program: ~2 CPU s each, bench/scaling.py)
+        context = get_mp_context()
+    context.set_forkserver_preload(forkserver_preload())  # no effect once the forkserver runs: it has them
+    return dask.config.set(method)
+
+
+def forkserver_preload() -> list[str]:
+    """What the forkserver imports once so that each worker forked from it starts at once: the shard
+    function's module, and what the program's ``__main__`` module needs.
+
+    multiprocessing re-runs ``__main__`` in every worker (as ``__mp_main__``: a ``python -m`` module
+    by name, a script by path); its imports are then already loaded. ``"__main__"`` itself is not
+    preloaded: Python 3.11's forkserver ignores it (no main path reaches the server).
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        needed = [spec.name]  # python -m: importing it imports what it needs
+    else:  # a script: the modules of what it imported, by module or by name
+        needed = []
+        for key, value in vars(main).items() if main is not None else ():
+            if key.startswith("__"):  # __builtins__, __loader__, ...
+                continue
+            name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+            if isinstance(name, str) and name not in ("__main__", "__mp_main__", "builtins"):
+                needed.append(name)
+    return list(dict.fromkeys(["distributed", "homogen.flows.shards", *needed]))
 
 
 @contextmanager
@@ -136,6 +170,6 @@ def dask_scheduler(cfg: DaskConfig) -> Iterator[str]:
         return
     kwargs = cluster_kwargs(cfg)
     n_workers = kwargs.pop("n_workers")
-    with worker_start_method(), dask.config.set(WORKER_MALLOC_CONFIG), local_cluster(n_workers=0, **kwargs) as cluster:
+    with worker_start_method(), dask.config.set(WORKER_DASK_CONFIG), local_cluster(n_workers=0, **kwargs) as cluster:
         cluster.scale(n_workers)
         yield cluster.scheduler_address
