@@ -137,16 +137,17 @@ def forkserver_preload() -> list[str]:
     function's module, and what the program's ``__main__`` module needs.
 
     multiprocessing re-runs ``__main__`` in every worker (as ``__mp_main__``: a ``python -m`` module
-    by name, a script by path); its imports are then already loaded. ``"__main__"`` itself is not
+    by name, a script by path); its imports are then already loaded. An interactive ``__main__``
+    (a notebook, ``python -c``) is not re-run, and adds nothing. ``"__main__"`` itself is not
     preloaded: Python 3.11's forkserver ignores it (no main path reaches the server).
     """
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
+    needed = []
     if spec is not None and spec.name:
         needed = [spec.name]  # python -m: importing it imports what it needs
-    else:  # a script: the modules of what it imported, by module or by name
-        needed = []
-        for key, value in vars(main).items() if main is not None else ():
+    elif getattr(main, "__file__", None):  # a script: the modules of what it imported, by module or by name
+        for key, value in vars(main).items():
             if key.startswith("__"):  # __builtins__, __loader__, ...
                 continue
             name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)

@@ -335,7 +335,7 @@ def test_the_forkserver_preloads_what_a_script_or_a_module_run_as_main_imports(m
     import homogen.flows.cluster as cluster
 
     script = types.ModuleType("__main__")
-    script.__spec__ = None
+    script.__spec__, script.__file__ = None, "/somewhere/make_data.py"
     exec("import json\nfrom homogen.flows.generate import generate_dataset\nfrom prefect import flow", vars(script))
     monkeypatch.setitem(sys.modules, "__main__", script)
     preload = cluster.forkserver_preload()
@@ -346,6 +346,12 @@ def test_the_forkserver_preloads_what_a_script_or_a_module_run_as_main_imports(m
     as_module.__spec__ = types.SimpleNamespace(name="homogen.flows.generate")
     monkeypatch.setitem(sys.modules, "__main__", as_module)
     assert cluster.forkserver_preload() == ["distributed", "homogen.flows.shards", "homogen.flows.generate"]
+
+    interactive = types.ModuleType("__main__")  # python -c, a notebook: never re-run in a worker
+    interactive.__spec__ = None
+    exec("import json", vars(interactive))
+    monkeypatch.setitem(sys.modules, "__main__", interactive)
+    assert cluster.forkserver_preload() == ["distributed", "homogen.flows.shards"]
 
 
 # ------------------------------------------------------------------------------------ model tasks
