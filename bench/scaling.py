@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import os
 
-# One thread per process, set before OpenCV / Blosc start their pools. Dask's spawned workers
-# re-import this module, so they get the same settings (and flows.cluster sets them too).
+# One thread per process, set before OpenCV / Blosc start their pools. Dask's workers re-run this
+# module (multiprocessing's forkserver), so they get the same settings (and flows.cluster sets them too).
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLOSC_NTHREADS", "OPENCV_FOR_THREADS_NUM"):
     os.environ.setdefault(_var, "1")
 # Prefect's ephemeral API (when no PREFECT_API_URL is set) gives up after 20 s by default: too

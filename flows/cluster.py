@@ -2,9 +2,10 @@
 
 The flow process submits plain Dask tasks (:func:`homogen.flows.shards.write_shard`), not Prefect
 tasks, so workers never talk to Prefect: they need no Prefect API URL and pay no per-task Prefect
-cost. Torch-free on purpose: Dask starts worker processes with multiprocessing's *spawn*, which
-re-imports the parent's ``__main__`` module in every worker, so an entry point that imports only
-this module (``python -m homogen.flows.generate``, ``bench/scaling.py``) keeps its workers light.
+cost. A LocalCluster's workers fork from a forkserver that has imported, once, what the program's
+``__main__`` module needs (:func:`worker_start_method`); multiprocessing still re-runs that module
+in every worker, so torch-free entry points (``python -m homogen.flows.generate``,
+``bench/scaling.py``) keep the workers light.
 """
 
 from __future__ import annotations
