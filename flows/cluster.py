@@ -11,6 +11,7 @@ in every worker, so torch-free entry points (``python -m homogen.flows.generate`
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import sys
 from collections.abc import Iterator
@@ -111,7 +112,7 @@ def cluster_kwargs(cfg: DaskConfig) -> dict:
     }
 
 
-def worker_start_method() -> AbstractContextManager:
+def worker_start_method(threads_per_worker: int = 1) -> AbstractContextManager:
     """Worker processes started by a *forkserver* that has imported this program once.
 
     With *spawn* (distributed's default) every worker process re-imports the program's
@@ -120,6 +121,11 @@ def worker_start_method() -> AbstractContextManager:
     plans its shards), then forks each worker from that single-threaded process: later workers
     start in a fraction of a second, and a long-lived process (a served deployment) pays the import
     once for all its runs. Returns the context in which the cluster's workers must be started.
+
+    The forkserver is started here (once per process) with :func:`worker_environ`, which its
+    workers inherit when they start. Dask's nannies then set no pre-spawn variables: with a
+    forkserver they would reach no worker, only this process (``OMP_NUM_THREADS=1`` left here
+    made torch train on one thread after the first generation).
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
         return nullcontext()
@@ -130,30 +136,62 @@ def worker_start_method() -> AbstractContextManager:
         # (without it every worker re-imported the program: ~2 CPU s each, bench/scaling.py)
         context = get_mp_context()
     context.set_forkserver_preload(forkserver_preload())  # no effect once the forkserver runs: it has them
-    return dask.config.set(method)
+    start_forkserver(worker_environ(threads_per_worker))
+    return dask.config.set({**method, "distributed.nanny.pre-spawn-environ": {}})
+
+
+def worker_environ(threads_per_worker: int = 1) -> dict[str, str | None]:
+    """The variables a worker process needs from its start: :data:`THREAD_ENV` at its thread
+    count (read when the libraries load), and no ``MALLOC_TRIM_THRESHOLD_`` (:data:`WORKER_DASK_CONFIG`).
+    ``None`` means unset."""
+    return {**{var: str(threads_per_worker) for var in THREAD_ENV}, "MALLOC_TRIM_THRESHOLD_": None}
+
+
+def start_forkserver(environ: dict[str, str | None]) -> None:
+    """Start this process's forkserver, if it is not running, with ``environ`` over this process's environment.
+
+    Only those variables change here, for the moment the server process starts, and are then
+    restored; a forkserver already running is left as it is.
+    """
+    saved = {var: os.environ.get(var) for var in environ}
+    try:
+        for var, value in environ.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def forkserver_preload() -> list[str]:
     """What the forkserver imports once so that each worker forked from it starts at once: the shard
-    function's module, and what the program's ``__main__`` module needs.
+    function's module, and the modules the program's ``__main__`` module imported.
 
-    multiprocessing re-runs ``__main__`` in every worker (as ``__mp_main__``: a ``python -m`` module
-    by name, a script by path); its imports are then already loaded. An interactive ``__main__``
-    (a notebook, ``python -c``) is not re-run, and adds nothing. ``"__main__"`` itself is not
-    preloaded: Python 3.11's forkserver ignores it (no main path reaches the server).
+    multiprocessing re-runs ``__main__`` in every worker, as ``__mp_main__``: a ``python -m`` module
+    by name, a script by path; its imports are then already loaded. The module itself is not
+    preloaded: it would run twice in the server (``pkg/__main__.py`` starting the whole program
+    again) or warn in each worker. Nothing is re-run, so nothing is added, for ``python -m pkg``
+    (``pkg.__main__``) and for an interactive ``__main__`` (a notebook, ``python -c``).
     """
     main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:  # multiprocessing's own rule (spawn._fixup_main_from_name)
+        rerun = name != "__main__" and not name.endswith(".__main__")
+    else:
+        rerun = bool(getattr(main, "__file__", None))
     needed = []
-    if spec is not None and spec.name:
-        needed = [spec.name]  # python -m: importing it imports what it needs
-    elif getattr(main, "__file__", None):  # a script: the modules of what it imported, by module or by name
-        for key, value in vars(main).items():
-            if key.startswith("__"):  # __builtins__, __loader__, ...
-                continue
-            name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
-            if isinstance(name, str) and name not in ("__main__", "__mp_main__", "builtins"):
-                needed.append(name)
+    for key, value in vars(main).items() if rerun else ():
+        if key.startswith("__"):  # __builtins__, __loader__, ...
+            continue
+        module = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        if isinstance(module, str) and module not in ("__main__", "__mp_main__", "builtins", name):
+            needed.append(module)
     return list(dict.fromkeys(["distributed", "homogen.flows.shards", *needed]))
 
 
@@ -172,6 +210,15 @@ def dask_scheduler(cfg: DaskConfig) -> Iterator[str]:
         return
     kwargs = cluster_kwargs(cfg)
     n_workers = kwargs.pop("n_workers")
-    with worker_start_method(), dask.config.set(WORKER_DASK_CONFIG), local_cluster(n_workers=0, **kwargs) as cluster:
+    if kwargs["processes"]:
+        # this process's environment now (storage options set since the forkserver started, for one),
+        # applied in each worker as it starts; the variables read at library load come from worker_environ
+        environ = worker_environ(cfg.threads_per_worker)
+        kwargs["env"] = {k: v for k, v in {**os.environ, **environ}.items() if v is not None}
+    with (
+        worker_start_method(cfg.threads_per_worker) if kwargs["processes"] else nullcontext(),
+        dask.config.set(WORKER_DASK_CONFIG),
+        local_cluster(n_workers=0, **kwargs) as cluster,
+    ):
         cluster.scale(n_workers)
         yield cluster.scheduler_address

@@ -297,12 +297,14 @@ def test_a_local_cluster_is_sized_from_the_config():
     assert kwargs["n_workers"] == 2 and kwargs["threads_per_worker"] == 1 and kwargs["processes"]
 
 
-def test_the_flows_worker_processes_start_without_re_importing_the_program_and_with_their_dask_config():
+def test_the_flows_worker_processes_start_without_re_importing_the_program_and_with_their_dask_config(monkeypatch):
     """The flow's LocalCluster workers are forked from a forkserver that has imported what the
     program's ``__main__`` needs (distributed used to replace that preload list, and every worker
     re-imported the program: ~2 CPU s each); they run without Dask's MALLOC_TRIM_THRESHOLD_ (every
     buffer over 128 KiB a fresh mmap: shards 10-15 % slower) and without its statistical profiler,
-    with one OpenCV / OpenMP thread each; and the settings stay scoped to that cluster."""
+    with one OpenCV / OpenMP thread each. The flow process keeps its own environment (Dask's
+    OMP_NUM_THREADS=1 left there made torch train on one thread), and a variable it sets after the
+    forkserver started (a storage option from a Secret block) reaches the next cluster's workers."""
     import os
 
     import dask
@@ -318,40 +320,69 @@ def test_the_flows_worker_processes_start_without_re_importing_the_program_and_w
             "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
             "omp": os.environ.get("OMP_NUM_THREADS"),
             "profile": dask.config.get("distributed.worker.profile.enabled"),
+            "storage": os.environ.get("FSSPEC_S3"),
         }
 
-    with dask_scheduler(DaskConfig(n_workers=1, dashboard_address=None)) as address, Client(address) as client:
-        client.wait_for_workers(1, timeout=120)
-        (state,) = client.run(worker_state).values()
-    assert state == {"preloaded": True, "malloc_trim": None, "omp": "1", "profile": False}
+    def cluster_state() -> dict:
+        with dask_scheduler(DaskConfig(n_workers=1, dashboard_address=None)) as address, Client(address) as client:
+            client.wait_for_workers(1, timeout=120)
+            (state,) = client.run(worker_state).values()
+        return state
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("FSSPEC_S3", raising=False)
+    assert cluster_state() == {"preloaded": True, "malloc_trim": None, "omp": "1", "profile": False, "storage": None}
+    assert "OMP_NUM_THREADS" not in os.environ  # this process's environment is its own
+    monkeypatch.setenv("FSSPEC_S3", '{"anon": true}')
+    assert cluster_state()["storage"] == '{"anon": true}'
+    # the settings stay scoped to the flow's cluster
     assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"] == 65536
     assert dask.config.get("distributed.worker.profile.enabled") is True
 
 
+def test_a_shard_reads_storage_options_set_in_the_environment_after_fsspec_was_imported(tmp_path, monkeypatch):
+    """A forked worker imported fsspec in its forkserver; the options the flow puts in
+    ``FSSPEC_<PROTOCOL>`` later still apply to the shards it writes."""
+    import fsspec.config
+
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    monkeypatch.setenv("FSSPEC_S3", '{"anon": true}')
+    cfg = small_config(str(tmp_path / "ds.zarr"))
+    p = list_shards.fn(cfg)
+    prepare_store.fn(p)
+    write_shard(p.output, cfg.store_format(), cfg.chunk_size, p.shards[0], cfg.sampling)
+    assert fsspec.config.conf["s3"] == {"anon": True}
+
+
 def test_the_forkserver_preloads_what_a_script_or_a_module_run_as_main_imports(monkeypatch):
-    """multiprocessing re-runs ``__main__`` in each worker: the forkserver must hold its imports."""
+    """multiprocessing re-runs ``__main__`` in each worker: the forkserver holds its imports, never
+    the main module itself (run twice, or a warning in every worker)."""
     import types
 
     import homogen.flows.cluster as cluster
 
-    script = types.ModuleType("__main__")
-    script.__spec__, script.__file__ = None, "/somewhere/make_data.py"
-    exec("import json\nfrom homogen.flows.generate import generate_dataset\nfrom prefect import flow", vars(script))
-    monkeypatch.setitem(sys.modules, "__main__", script)
+    def main(spec_name: str | None, file: str | None = None) -> types.ModuleType:
+        module = types.ModuleType("__main__")
+        module.__spec__ = types.SimpleNamespace(name=spec_name) if spec_name else None
+        if file:
+            module.__file__ = file
+        exec("import json\nfrom homogen.flows.generate import generate_dataset\nfrom prefect import flow", vars(module))
+        monkeypatch.setitem(sys.modules, "__main__", module)
+        return module
+
+    base = ["distributed", "homogen.flows.shards"]
+    imported = {"json", "homogen.flows.generate", "prefect.flows"}
+    main(None, "/somewhere/make_data.py")  # python make_data.py
+    assert imported <= set(cluster.forkserver_preload()) and not {"__main__", "builtins"} & set(
+        cluster.forkserver_preload()
+    )
+    main("homogen.flows.generate_and_train")  # python -m homogen.flows.generate_and_train
     preload = cluster.forkserver_preload()
-    assert {"distributed", "homogen.flows.shards", "json", "homogen.flows.generate", "prefect.flows"} <= set(preload)
-    assert not {"__main__", "builtins"} & set(preload)
-
-    as_module = types.ModuleType("__main__")
-    as_module.__spec__ = types.SimpleNamespace(name="homogen.flows.generate")
-    monkeypatch.setitem(sys.modules, "__main__", as_module)
-    assert cluster.forkserver_preload() == ["distributed", "homogen.flows.shards", "homogen.flows.generate"]
-
-    interactive = types.ModuleType("__main__")  # python -c, a notebook: never re-run in a worker
-    interactive.__spec__ = None
-    exec("import json", vars(interactive))
-    monkeypatch.setitem(sys.modules, "__main__", interactive)
-    assert cluster.forkserver_preload() == ["distributed", "homogen.flows.shards"]
+    assert preload[:2] == base and imported <= set(preload) and "homogen.flows.generate_and_train" not in preload
+    main("mytool.__main__", "/somewhere/mytool/__main__.py")  # python -m mytool: never re-run in a worker
+    assert cluster.forkserver_preload() == base
+    main(None)  # python -c, a notebook: never re-run in a worker
+    assert cluster.forkserver_preload() == base
 
 
 # ------------------------------------------------------------------------------------ model tasks
