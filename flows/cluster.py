@@ -23,6 +23,8 @@ from distributed import LocalCluster
 from distributed.utils import get_mp_context
 from pydantic import BaseModel, ConfigDict, Field
 
+from homogen.environment import environment
+
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLOSC_NTHREADS", "OPENCV_FOR_THREADS_NUM")
 """Thread-pool sizes of the numerical libraries, set to ``threads_per_worker`` in LocalCluster worker
 processes (OpenCV and Blosc would otherwise start a thread per core in every worker)."""
@@ -153,20 +155,8 @@ def start_forkserver(environ: dict[str, str | None]) -> None:
     Only those variables change here, for the moment the server process starts, and are then
     restored; a forkserver already running is left as it is.
     """
-    saved = {var: os.environ.get(var) for var in environ}
-    try:
-        for var, value in environ.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+    with environment(environ):
         multiprocessing.forkserver.ensure_running()
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
 
 
 def forkserver_preload() -> list[str]:

@@ -21,13 +21,12 @@ model format), :mod:`homogen.model.registry` (registered versions and the champi
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
 from homogen.config import workdir
+from homogen.environment import environment
 from homogen.redaction import redact
 
 __all__ = [
@@ -93,20 +92,6 @@ def _move_credentials(uri: str) -> str:
     return parts._replace(netloc=host).geturl()
 
 
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def setup_tracking(uri: str | None = None, experiment: str | None = "", timeout_s: int = 10) -> str:
     """Point MLflow (tracking and registry) at ``uri`` (see :func:`resolve_tracking_uri`) and check it answers.
 
@@ -130,7 +115,7 @@ def setup_tracking(uri: str | None = None, experiment: str | None = "", timeout_
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         # One quick attempt instead of MLflow's default minutes of retries against a dead server.
-        with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s)):
+        with environment({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}):
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             client.search_experiments(max_results=1)
             exp_id = None
