@@ -10,6 +10,7 @@ in every worker, so torch-free entry points (``python -m homogen.flows.generate`
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -24,6 +25,7 @@ from distributed.utils import get_mp_context
 from pydantic import BaseModel, ConfigDict, Field
 
 from homogen.environment import environment
+from homogen.flows.forkserver import PRELOAD_ENV
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLOSC_NTHREADS", "OPENCV_FOR_THREADS_NUM")
 """Thread-pool sizes of the numerical libraries, set to ``threads_per_worker`` in LocalCluster worker
@@ -137,8 +139,11 @@ def worker_start_method(threads_per_worker: int = 1) -> AbstractContextManager:
         # the first time it asks for this context: let it do so now, so that ours is the one kept
         # (without it every worker re-imported the program: ~2 CPU s each, bench/scaling.py)
         context = get_mp_context()
-    context.set_forkserver_preload(forkserver_preload())  # no effect once the forkserver runs: it has them
-    start_forkserver(worker_environ(threads_per_worker))
+    # no effect once the forkserver runs: it has them. The program's own modules go through
+    # homogen.flows.forkserver, which skips any that fails there instead of dying with it
+    context.set_forkserver_preload(["distributed", "homogen.flows.shards", "homogen.flows.forkserver"])
+    wanted = json.dumps({"modules": forkserver_preload(), "path": sys.path})
+    start_forkserver({**worker_environ(threads_per_worker), PRELOAD_ENV: wanted})
     return dask.config.set({**method, "distributed.nanny.pre-spawn-environ": {}})
 
 
@@ -160,8 +165,8 @@ def start_forkserver(environ: dict[str, str | None]) -> None:
 
 
 def forkserver_preload() -> list[str]:
-    """What the forkserver imports once so that each worker forked from it starts at once: the shard
-    function's module, and the modules the program's ``__main__`` module imported.
+    """What the forkserver imports once (:mod:`homogen.flows.forkserver`) so that each worker forked
+    from it starts at once: the modules the program's ``__main__`` module imported.
 
     multiprocessing re-runs ``__main__`` in every worker, as ``__mp_main__``: a ``python -m`` module
     by name, a script by path; its imports are then already loaded. The module itself is not
@@ -182,7 +187,7 @@ def forkserver_preload() -> list[str]:
         module = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
         if isinstance(module, str) and module not in ("__main__", "__mp_main__", "builtins", name):
             needed.append(module)
-    return list(dict.fromkeys(["distributed", "homogen.flows.shards", *needed]))
+    return list(dict.fromkeys(needed))
 
 
 @contextmanager

@@ -370,19 +370,68 @@ def test_the_forkserver_preloads_what_a_script_or_a_module_run_as_main_imports(m
         monkeypatch.setitem(sys.modules, "__main__", module)
         return module
 
-    base = ["distributed", "homogen.flows.shards"]
     imported = {"json", "homogen.flows.generate", "prefect.flows"}
     main(None, "/somewhere/make_data.py")  # python make_data.py
-    assert imported <= set(cluster.forkserver_preload()) and not {"__main__", "builtins"} & set(
-        cluster.forkserver_preload()
-    )
+    preload = cluster.forkserver_preload()
+    assert imported <= set(preload) and not {"__main__", "builtins"} & set(preload)
     main("homogen.flows.generate_and_train")  # python -m homogen.flows.generate_and_train
     preload = cluster.forkserver_preload()
-    assert preload[:2] == base and imported <= set(preload) and "homogen.flows.generate_and_train" not in preload
+    assert imported <= set(preload) and "homogen.flows.generate_and_train" not in preload
     main("mytool.__main__", "/somewhere/mytool/__main__.py")  # python -m mytool: never re-run in a worker
-    assert cluster.forkserver_preload() == base
+    assert cluster.forkserver_preload() == []
     main(None)  # python -c, a notebook: never re-run in a worker
-    assert cluster.forkserver_preload() == base
+    assert cluster.forkserver_preload() == []
+
+
+def test_a_module_that_fails_in_the_forkserver_is_skipped_quietly_and_the_rest_preloaded(tmp_path, monkeypatch, capsys):
+    """The forkserver must never die of a preload: a module parsing sys.argv when imported finds
+    the server's ['-c'] there and exits; it is skipped (its usage message too), the others load,
+    found through the program's sys.path."""
+    import json
+
+    from homogen.flows.forkserver import preload
+
+    (tmp_path / "homogen_test_argv_mod.py").write_text(
+        "import argparse\np = argparse.ArgumentParser()\np.add_argument('--name', required=True)\nARGS = p.parse_args()\n"
+    )
+    (tmp_path / "homogen_test_good_mod.py").write_text("VALUE = 42\n")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    for name in ("homogen_test_argv_mod", "homogen_test_good_mod", "homogen_test_missing_mod"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    spec = json.dumps(
+        {
+            "modules": ["homogen_test_argv_mod", "homogen_test_good_mod", "homogen_test_missing_mod"],
+            "path": [str(tmp_path)],
+        }
+    )
+    assert preload(spec) == ["homogen_test_argv_mod", "homogen_test_missing_mod"]
+    assert sys.modules["homogen_test_good_mod"].VALUE == 42
+    assert "usage" not in capsys.readouterr().err
+    assert preload(None) == []
+
+
+def test_workers_start_for_a_script_whose_own_module_parses_its_arguments_when_imported(tmp_path):
+    """A script's imported module that calls argparse at import (it would exit in the forkserver,
+    which has no arguments) does not keep the flow's workers from starting."""
+    (tmp_path / "cliargs.py").write_text(
+        "import argparse\np = argparse.ArgumentParser()\np.add_argument('--name', required=True)\nARGS = p.parse_args()\n"
+    )
+    (tmp_path / "run.py").write_text(
+        "import cliargs\n"
+        "from distributed import Client\n"
+        "from homogen.flows.cluster import DaskConfig, dask_scheduler\n"
+        "if __name__ == '__main__':\n"
+        "    with dask_scheduler(DaskConfig(n_workers=1, dashboard_address=None)) as address, Client(address) as c:\n"
+        "        c.wait_for_workers(1, timeout=90)\n"
+        "        print('workers', len(c.run(lambda: 1)), cliargs.ARGS.name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "run.py", "--name", "foo"], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "workers 1 foo" in done.stdout
+    assert "the following arguments are required" not in done.stderr
 
 
 # ------------------------------------------------------------------------------------ model tasks
