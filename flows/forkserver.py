@@ -42,5 +42,4 @@ def preload(spec: str | None) -> list[str]:
     return failed
 
 
-FAILED = preload(os.environ.get(PRELOAD_ENV))
-"""The modules this process could not preload (each worker imports them itself)."""
+preload(os.environ.get(PRELOAD_ENV))  # in the forkserver; elsewhere the variable is unset: nothing

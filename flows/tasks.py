@@ -146,11 +146,10 @@ def label_statistics(store: str | Dataset) -> list[dict]:
     ds = as_dataset(store)
     blocks = [b["offsets"] for b in ds.iter_chunks(fields=("offsets",))]
     off = np.concatenate(blocks).astype(np.float64) if blocks else np.zeros((0, 8))
-    names = LABEL_NAMES
     if not len(off):
         return [
             {"label": n, "mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
-            for n in names
+            for n in LABEL_NAMES
         ]
     return [
         {
@@ -160,5 +159,5 @@ def label_statistics(store: str | Dataset) -> list[dict]:
             "min": float(off[:, k].min()),
             "max": float(off[:, k].max()),
         }
-        for k, n in enumerate(names)
+        for k, n in enumerate(LABEL_NAMES)
     ]
