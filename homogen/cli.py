@@ -1,4 +1,4 @@
-"""The ``homogen`` command line: generate, validate, info, show.
+"""The ``homogen`` command line: generate, validate, info, show, diff.
 
 Commands that need torch (``train``, ``evaluate``, ``predict``) or Prefect (``run``) live beside
 the code they drive and plug in through the ``homogen.cli`` entry-point group, so this module
@@ -202,6 +202,27 @@ def show(
         indices = list(range(start, min(start + n, len(ds))))
     save_png(sample_grid(ds, n=len(indices), indices=indices), out)
     typer.echo(f"wrote {out} ({len(indices)} pairs of {ds.version}: rows {', '.join(map(str, indices))})")
+
+
+@app.command()
+def diff(
+    store_a: str = typer.Argument(..., help="store A (path or URL)"),
+    store_b: str = typer.Argument(..., help="store B (path or URL)"),
+    as_json: bool = typer.Option(False, "--json", help="print the differences as JSON"),
+) -> None:
+    """What changed from A to B: recipe fields, images added/removed/changed, splits moved, pair counts.
+
+    Exit 0 when the datasets are identical, 1 when they differ (like diff), 2 on bad input.
+    """
+    from homogen.lineage.diff import diff_stores
+
+    try:
+        result = diff_stores(store_a, store_b)
+    except (StoreError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(result.to_json() if as_json else result.to_text())
+    if not result.identical:
+        raise typer.Exit(1)
 
 
 def _load_plugins() -> None:

@@ -47,6 +47,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from homogen.lineage.array_digest import MANIFEST_KEY as ARRAY_DIGEST, staged_digest
+from homogen.lineage.libraries import code_versions, resume_mismatch
 from homogen.outputs import StoreError, StoreLocked, check_writable, is_local, local_path, output_lock
 from homogen.redaction import redact
 from homogen.schema import BY_NAME, FIELDS, SCHEMA, SCHEMA_VERSION, SPLIT_CODES, shard_name, split_code
@@ -166,6 +168,11 @@ class StoreWriter:
     def _check_resumable(self, header: dict, plan: "Plan") -> None:
         if header.get("state") == "complete":
             return  # the dataset is complete: whatever the shard or chunk size, nothing to write
+        if why := resume_mismatch(header):
+            raise StoreConflict(
+                f"output {redact(self.url)} is a partly generated store that {why}: finish it where it was started, "
+                f"or pass overwrite=True (--overwrite) to start again with these"
+            )
         for key, now in (("shard_size", plan.config.shard_size), ("chunk_size", self.chunk_size)):
             if header.get(key) != now:
                 raise StoreConflict(
@@ -255,6 +262,7 @@ class StoreWriter:
             )
         manifest["num_images"] = plan.num_images - len(manifest["quarantine"])
         manifest["splits"] = {k: sum(i["splits"].get(k, 0) for i in infos) for k in SPLIT_CODES}
+        manifest[ARRAY_DIGEST] = staged_digest(self, entries, plan.config.sampling.patch_size)
         try:
             self.assemble(entries, start, plan.config.sampling.patch_size, manifest)
         except OSError as exc:
@@ -271,6 +279,9 @@ class StoreWriter:
     def exists_nonempty(self) -> bool: ...
     def remove(self) -> None: ...
     def staged_info(self, index: int) -> dict | None: ...
+    def staged_arrays(self, index: int) -> contextlib.AbstractContextManager[dict]:
+        """The arrays of one complete staged shard, ``{field: array}``, read lazily while open."""
+
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None: ...
     def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict) -> None:
         """Write the root arrays (``n`` rows) from the staged ``shards`` and then ``manifest``."""
@@ -308,6 +319,7 @@ def _header(plan: "Plan", state: str, writer: StoreWriter) -> dict:
         "split_codes": dict(SPLIT_CODES),
         "config": cfg,
         "source": plan.manifest_sources(),
+        "code": code_versions(),
     }
 
 
@@ -408,6 +420,12 @@ class ZarrWriter(StoreWriter):
             return None
         info = g.attrs.get("complete")
         return dict(info) if info else None
+
+    @contextlib.contextmanager
+    def staged_arrays(self, index: int) -> Iterator[dict]:
+        with quiet_zarr():
+            g = zarr.open_group(f"{self.parts}/{shard_name(index)}", mode="r", use_consolidated=False)
+            yield {f: g[f] for f in FIELDS}
 
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None:
         info = {**info, "splits": _split_counts(arrays)}
@@ -594,6 +612,11 @@ class HDF5Writer(StoreWriter):
         except OSError:
             return None
         return json.loads(raw) if raw is not None else None
+
+    @contextlib.contextmanager
+    def staged_arrays(self, index: int) -> Iterator[dict]:
+        with h5py.File(self._part(index), "r") as f:
+            yield {name: f[name] for name in FIELDS}
 
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None:
         info = {**info, "splits": _split_counts(arrays)}

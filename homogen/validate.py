@@ -45,6 +45,8 @@ Per dataset:
   (:func:`homogen.versions.check_version`); a hand-edited manifest fails.
 - ``sources_unchanged`` (``sources=True``): every source image re-hashed; names those whose bytes
   differ from the recorded digests (:func:`homogen.versions.check_sources`).
+- ``arrays_match_digest``: every array's digest recomputed from the chunks equals the one recorded
+  at commit (:mod:`homogen.lineage.array_digest`); n/a for a store made before digests were recorded.
 
 The pixel check and its tolerances, measured on 2048 pairs (16 per image) from the 128 coco-mini
 photographs, rho 32, P 128: per pair mean abs error in 8-bit levels of the right direction of H,
@@ -88,6 +90,7 @@ from homogen.dataset_checks import (
     check_splits,
     check_uniform,
 )
+from homogen.lineage.array_digest import check_array_digest
 from homogen.label_check import H22_TOL, REPROJECTION_TOL_PX, corner_problems, reprojection_gap
 from homogen.pixel_check import MIN_COMPARABLE_PX, pixel_residual, pixel_tolerance, warp_a_by_h
 from homogen.redaction import redact
@@ -417,6 +420,7 @@ def validate_dataset(
         check_regenerate(ds, regenerate, source_root, walk.readable, seed),
         check_version(ds.manifest),
         check_sources(ds.manifest, sources, source_root),
+        check_array_digest(ds),
     ]
     passed = all(c.passed is not False for c in checks)
     return ValidationReport(ds.version, redact(ds.uri), len(ds), checks, passed)

@@ -1,0 +1,136 @@
+"""One digest per stored array: what a store holds, named in its manifest (``array_digest``).
+
+The digest of a field is xxh3-128 of its name, dtype and row shape, then of its rows in order
+(C order, decoded values: not the compressed chunks), so it depends on the values alone: not on
+the format (Zarr or HDF5), the codecs, the chunk or the shard size. Two stores of one dataset
+version hold the same values iff their digests are equal, whichever machine made them.
+
+- :func:`staged_digest`: computed at commit, from the staged shards' chunks, before the manifest
+  says ``complete`` (the rows of the root arrays are exactly those rows, in that order);
+- :func:`check_array_digest`: ``validate``'s ``arrays_match_digest``, recomputed from the store's
+  chunks. A flipped value that still passes its chunk's checksum (the chunk rewritten whole), a
+  chunk copied from another store, or a deleted chunk read as zeros all fail it.
+
+Cost: one more decode of every chunk (commit and validate), measured in docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import xxhash
+
+from homogen.check_report import CheckResult
+from homogen.schema import BY_NAME, FIELDS
+
+__all__ = ["HASH_NAME", "RowDigest", "check_array_digest", "staged_digest"]
+
+HASH_NAME = "xxh3_128"
+"""The hash of the array digests (the same family as the source images', chosen by bench/hashing.py)."""
+
+MANIFEST_KEY = "array_digest"
+"""``manifest["array_digest"]`` = ``{"hash": ..., "pairs": N, "arrays": {field: hex digest}}``."""
+
+
+class RowDigest:
+    """The digests of the schema's arrays, fed rows in order, any number at a time."""
+
+    def __init__(self, patch_size: int):
+        self.pairs = 0
+        self._rows: dict[str, int] = {f: 0 for f in FIELDS}
+        self._h = {}
+        for name in FIELDS:
+            field = BY_NAME[name]
+            h = xxhash.xxh3_128()
+            h.update(f"{name}\t{field.dtype.str}\t{field.row_shape(patch_size)}\n".encode())
+            self._h[name] = h
+
+    def update(self, field: str, rows: np.ndarray) -> None:
+        """The next ``rows`` of ``field`` (any array-like of the field's dtype)."""
+        a = np.ascontiguousarray(rows, dtype=BY_NAME[field].dtype)
+        self._h[field].update(memoryview(a).cast("B"))
+        self._rows[field] += len(a)
+
+    def result(self) -> dict[str, Any]:
+        """``{"hash", "pairs", "arrays": {field: 32 hex}}``; ValueError if the fields got different row counts."""
+        counts = set(self._rows.values())
+        if len(counts) != 1:
+            raise ValueError(f"the arrays have different row counts: {self._rows}")
+        return {"hash": HASH_NAME, "pairs": counts.pop(), "arrays": {f: h.hexdigest() for f, h in self._h.items()}}
+
+
+def _feed(digest: RowDigest, arrays: Mapping[str, Any], start: int, stop: int, step: int) -> None:
+    for name in FIELDS:
+        for a in range(start, stop, step):
+            digest.update(name, arrays[name][a : min(a + step, stop)])
+
+
+def staged_digest(writer: Any, shards: Iterable[Mapping[str, Any]], patch_size: int) -> dict[str, Any]:
+    """The digest of the rows ``writer`` is about to commit: each staged shard's rows, in shard order.
+
+    Args:
+        writer: a store writer (``staged_arrays(index)`` opens one staged shard's arrays).
+        shards: the manifest's shard entries (``index``, ``pairs``), in order.
+    """
+    digest = RowDigest(patch_size)
+    step = max(1, int(writer.chunk_size))
+    for s in shards:
+        if s["pairs"]:
+            with writer.staged_arrays(s["index"]) as arrays:
+                _feed(digest, arrays, 0, int(s["pairs"]), step)
+    return digest.result()
+
+
+def store_digest(ds: Any) -> dict[str, Any]:
+    """The digest of an open store's arrays, read chunk by chunk (a damaged chunk raises, naming it)."""
+    digest = RowDigest(ds.patch_size)
+    for name in FIELDS:
+        for a, b in ds.chunks():
+            digest.update(name, ds.read_field(name, a, b))
+    return digest.result()
+
+
+def check_array_digest(ds: Any) -> CheckResult:
+    """``arrays_match_digest``: every array's digest recomputed from the store equals the manifest's."""
+    name = "arrays_match_digest"
+    recorded = ds.manifest.get(MANIFEST_KEY)
+    if recorded is None:
+        if "code" in ds.manifest:  # written by a homogen that records both: the digest was removed
+            return CheckResult(
+                name, False, 1, 1, f"the manifest lacks its {MANIFEST_KEY}: it was edited; regenerate the store"
+            )
+        return CheckResult(name, None, 0, 0, "the manifest records no array digest (made by an older homogen)")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("arrays"), dict):
+        return CheckResult(
+            name, False, 1, 1, f"the manifest's {MANIFEST_KEY} is malformed: it was edited; regenerate the store"
+        )
+    if recorded.get("hash") != HASH_NAME:
+        return CheckResult(
+            name, None, 0, 0, f"digests were made with {recorded.get('hash')}, this homogen makes {HASH_NAME}"
+        )
+    try:
+        now = store_digest(ds)
+    except Exception as exc:  # noqa: BLE001 - DamagedChunk names the chunk; codecs raise many types
+        return CheckResult(name, False, len(FIELDS), len(FIELDS), f"the arrays cannot be read to the end: {exc}")
+    differ = [f for f in FIELDS if recorded["arrays"].get(f) != now["arrays"][f]]
+    if recorded.get("pairs") != now["pairs"]:
+        differ.append(f"pairs ({recorded.get('pairs')} recorded, {now['pairs']} stored)")
+    if differ:
+        examples = [
+            {"array": f, "recorded": recorded["arrays"].get(f), "stored": now["arrays"].get(f)}
+            for f in differ
+            if f in now["arrays"]
+        ]
+        detail = (
+            f"the stored values of {', '.join(differ)} are not those written at commit: the store was modified after "
+            f"generation (a chunk rewritten, replaced or deleted); regenerate the dataset or restore it from a copy"
+        )
+        return CheckResult(name, False, len(FIELDS), len(differ), detail, examples)
+    return CheckResult(
+        name,
+        True,
+        len(FIELDS),
+        0,
+        f"{len(FIELDS)} arrays of {now['pairs']} pairs hash ({HASH_NAME}) as recorded at commit",
+    )
