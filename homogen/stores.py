@@ -546,6 +546,10 @@ def read_zarr_manifest(url: str, missing_ok: bool = False) -> dict | None:
         if missing_ok:
             return None
         raise StoreError(f"no store at {redact(url)}: check the path, or generate it with `homogen generate`") from None
+    except NotADirectoryError:  # a regular file that is not HDF5 either
+        raise StoreError(
+            f"{redact(url)} is a file that is neither a Zarr store (a folder) nor an HDF5 file: check the path"
+        ) from None
     try:
         doc = json.loads(raw)
     except ValueError as exc:

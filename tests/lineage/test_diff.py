@@ -1,0 +1,127 @@
+"""``homogen diff A B`` on real stores: it names exactly what changed, and nothing else."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from homogen.cli import app
+from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+from homogen.digests import file_digest
+from homogen.generate import generate
+from homogen.lineage.diff import diff_stores
+from homogen.splits import hashed_split
+
+TEST_FRACTION = 0.25
+SAMPLING = SamplingConfig(pairs_per_image=2, patch_size=64, rho=16)
+
+
+def make(folder, output, val_fraction: float) -> dict:
+    cfg = GenerateConfig(
+        source=SourceConfig(root=str(folder), test_fraction=TEST_FRACTION, val_fraction=val_fraction),
+        sampling=SAMPLING,
+        output=str(output),
+    )
+    return generate(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, sample_photos):
+    """A: 8 photographs, val 25 %. B: the same with one photograph re-encoded and val 60 %.
+    A.h5: A's config again, in HDF5 with other chunk and shard sizes."""
+    root = tmp_path_factory.mktemp("diff")
+    folder = root / "photos"
+    folder.mkdir()
+    for p in sample_photos[:8]:
+        shutil.copyfile(p, folder / p.name)
+    a = make(folder, root / "a.zarr", 0.25)
+    generate(
+        GenerateConfig(
+            source=SourceConfig(root=str(folder), test_fraction=TEST_FRACTION, val_fraction=0.25),
+            sampling=SAMPLING,
+            output=str(root / "a.h5"),
+            shard_size=3,
+            chunk_size=5,
+        ),
+        progress=False,
+    )
+    changed = folder / sample_photos[5].name
+    before = file_digest(str(changed))
+    image = cv2.imread(str(changed))
+    cv2.imwrite(str(changed), image, [cv2.IMWRITE_JPEG_QUALITY, 70])  # other bytes, still a good JPEG
+    b = make(folder, root / "b.zarr", 0.6)
+    return {"root": root, "a": a, "b": b, "changed": changed.name, "before": before, "after": file_digest(str(changed))}
+
+
+def expected_moves(manifest: dict) -> dict[int, tuple[str, str]]:
+    """The split rule itself (homogen.splits) applied to every image id, under A's and B's fractions."""
+    out = {}
+    for i in manifest["source"]["files"]["image_id"]:
+        sa, sb = hashed_split(i, TEST_FRACTION, 0.25), hashed_split(i, TEST_FRACTION, 0.6)
+        if sa != sb:
+            out[i] = (sa, sb)
+    return out
+
+
+def test_diff_names_exactly_the_changed_image_and_the_images_that_moved_split(stores):
+    root = stores["root"]
+    moves = expected_moves(stores["a"])
+    assert moves and all(m == ("train", "val") for m in moves.values())  # the fixture does move some images
+    result = CliRunner().invoke(app, ["diff", str(root / "a.zarr"), str(root / "b.zarr"), "--json"])
+    assert result.exit_code == 1, result.output
+    d = json.loads(result.output)
+    assert d["identical"] is False
+    assert d["a"]["version"] == stores["a"]["dataset_version"] and d["b"]["version"] == stores["b"]["dataset_version"]
+    assert d["recipe"] == {"source.val_fraction": [0.25, 0.6]}
+    assert d["added"] == [] and d["removed"] == [] and d["quarantined"] == []
+    (changed,) = d["changed"]
+    assert changed["name"] == stores["changed"]
+    assert (changed["digest_a"], changed["digest_b"]) == (stores["before"], stores["after"])
+    assert {m["image_id"]: (m["split_a"], m["split_b"]) for m in d["moved"]} == moves
+    a, b = stores["a"], stores["b"]
+    want = {
+        k: [x, y]
+        for k, x, y in [("total", a["num_pairs"], b["num_pairs"])]
+        + [(s, a["splits"][s], b["splits"][s]) for s in ("train", "test", "val")]
+        if x != y
+    }
+    assert d["pairs"] == want and set(want) == {"train", "val"}
+    # one photograph's pixels and some splits changed; labels depend on (seed, image id, pair) alone
+    assert set(d["arrays"]) == {"pairs", "split"}
+
+
+def test_diff_text_names_the_image_and_says_what_moved(stores):
+    root = stores["root"]
+    result = CliRunner().invoke(app, ["diff", str(root / "a.zarr"), str(root / "b.zarr")])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    changed = [line for line in lines if line.startswith("changed")]
+    assert len(changed) == 1 and stores["changed"] in changed[0]
+    moved = [line for line in lines if line.startswith("moved")]
+    assert len(moved) == len(expected_moves(stores["a"])) and all("train -> val" in line for line in moved)
+    assert "recipe    source.val_fraction: 0.25 -> 0.6" in lines
+    assert lines[-1].startswith("different: 1 recipe fields, 1 images changed,")
+
+
+def test_the_same_dataset_in_another_format_and_layout_is_identical(stores):
+    root = stores["root"]
+    result = CliRunner().invoke(app, ["diff", str(root / "a.zarr"), str(root / "a.h5"), "--json"])
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.output)
+    assert d["identical"] is True and d["arrays"] == {} and d["changed"] == [] and d["moved"] == []
+    assert d["storage"] == {"format": ["zarr", "hdf5"], "chunk_size": [256, 5], "shard_size": [64, 3]}
+    # the same store under two names
+    same = diff_stores(str(root / "a.zarr"), f"file://{root / 'a.zarr'}/")
+    assert same.identical and not same.storage
+
+
+def test_a_path_that_is_not_a_store_is_one_line_naming_it(stores, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a store")
+    for bad in (tmp_path / "missing.zarr", tmp_path / "notes.txt", tmp_path):
+        result = CliRunner().invoke(app, ["diff", str(stores["root"] / "a.zarr"), str(bad)])
+        assert result.exit_code == 2
+        assert result.output.count("\n") == 1 and str(bad) in result.output, result.output
