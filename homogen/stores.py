@@ -139,8 +139,12 @@ class StoreWriter:
             and header.get("schema_version") == SCHEMA_VERSION
             and header.get("dataset_version") == plan.version
         ):
-            self._check_resumable(header, plan)
-            return header
+            try:
+                self._check_resumable(header, plan)
+                return header
+            except StoreConflict:
+                if not overwrite:
+                    raise  # with overwrite, a partial store that cannot be resumed is replaced (below)
         if header is not None or self.exists_nonempty():
             if not overwrite:
                 if header is None:

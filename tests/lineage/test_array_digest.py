@@ -1,0 +1,109 @@
+"""The array digest: recorded at commit, the same for the same values whatever the storage, and
+``validate`` fails when the stored values are not those committed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xxhash
+import zarr
+from typer.testing import CliRunner
+
+from homogen.cli import app
+from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+from homogen.generate import generate
+from homogen.schema import SCHEMA
+from homogen.stores import open_dataset, open_writer
+from homogen.validate import validate_dataset
+
+from helpers import read_store
+
+SAMPLING = SamplingConfig(pairs_per_image=3, patch_size=64, rho=16)
+
+
+def make(path, **kw) -> dict:
+    cfg = GenerateConfig(source=SourceConfig(max_images=6), sampling=SAMPLING, output=str(path), **kw)
+    return generate(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digest")
+    return {
+        "zarr": (root / "a.zarr", make(root / "a.zarr")),
+        "hdf5": (root / "a.h5", make(root / "a.h5", shard_size=4, chunk_size=5)),
+        "small-chunks": (root / "b.zarr", make(root / "b.zarr", shard_size=1, chunk_size=2)),
+    }
+
+
+def by_hand(arrays: dict[str, np.ndarray], patch: int) -> dict[str, str]:
+    """The definition: xxh3-128 of "name<TAB>dtype<TAB>row shape<LF>", then the rows' bytes in C order."""
+    out = {}
+    for f in SCHEMA:
+        h = xxhash.xxh3_128(f"{f.name}\t{f.dtype.str}\t{f.row_shape(patch)}\n".encode())
+        h.update(np.ascontiguousarray(arrays[f.name]).tobytes())
+        out[f.name] = h.hexdigest()
+    return out
+
+
+def test_the_digest_recorded_at_commit_is_that_of_the_stored_values_whatever_the_storage(stores):
+    path, m = stores["zarr"]
+    assert m["array_digest"]["hash"] == "xxh3_128" and m["array_digest"]["pairs"] == m["num_pairs"] == 18
+    assert m["array_digest"]["arrays"] == by_hand(read_store(path), 64)
+    # the same dataset in HDF5, or with 1-image shards and 2-pair chunks: the same values, the same digest
+    for other in ("hdf5", "small-chunks"):
+        assert stores[other][1]["dataset_version"] == m["dataset_version"]
+        assert stores[other][1]["array_digest"] == m["array_digest"]
+    assert validate_dataset(str(path), progress=False).check("arrays_match_digest").passed is True
+
+
+def copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_validate_fails_when_two_rows_are_swapped_and_nothing_else_notices(stores, tmp_path):
+    """Rows 0 and 1 (the same image) swapped in every array: each pair is still a valid pair and the
+    counts, ids and splits still add up; only the digest says these are not the committed values."""
+    store = copy(stores["zarr"][0], tmp_path / "swapped.zarr")
+    g = zarr.open_group(str(store), mode="r+")
+    for f in SCHEMA:
+        rows = np.asarray(g[f.name][0:2])
+        g[f.name][0:2] = rows[::-1]
+    report = validate_dataset(str(store), progress=False)
+    assert report.failed_checks == ["arrays_match_digest"]
+    check = report.check("arrays_match_digest")
+    assert check.failed == 4  # image_id and split rows are equal within one image: their digests hold
+    assert {e["array"] for e in check.examples} == {"pairs", "offsets", "homography", "corners"}
+    assert "modified after generation" in check.detail
+    result = CliRunner().invoke(app, ["validate", str(store)])
+    assert result.exit_code == 1 and "| arrays_match_digest | **FAIL** |" in result.output
+
+
+def test_validate_fails_when_the_digest_is_removed_from_the_manifest(stores, tmp_path):
+    store = copy(stores["zarr"][0], tmp_path / "edited.zarr")
+    writer = open_writer(str(store))
+    m = writer.read_header()
+    del m["array_digest"]
+    writer.write_header(m)
+    check = validate_dataset(str(store), progress=False).check("arrays_match_digest")
+    assert check.passed is False and "lacks its array_digest" in check.detail
+
+
+def test_a_deleted_chunk_fails_the_digest_naming_the_array(stores, tmp_path):
+    store = copy(stores["small-chunks"][0], tmp_path / "deleted.zarr")
+    (store / "offsets" / "c" / "3" / "0").unlink()
+    check = validate_dataset(str(store), progress=False).check("arrays_match_digest")
+    assert check.passed is False and [e["array"] for e in check.examples] == ["offsets"]
+    assert open_dataset(str(stores["small-chunks"][0])).manifest["array_digest"] == stores["zarr"][1]["array_digest"]
+
+
+def test_info_json_shows_the_code_and_the_digest(stores):
+    result = CliRunner().invoke(app, ["info", str(stores["hdf5"][0]), "--json"])
+    m = json.loads(result.output)
+    assert set(m["code"]) == {"homogen", "numpy", "opencv", "simplejpeg", "libjpeg-turbo", "zarr", "h5py", "hdf5"}
+    assert set(m["array_digest"]["arrays"]) == {f.name for f in SCHEMA}
