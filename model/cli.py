@@ -1,4 +1,4 @@
-"""``homogen train | evaluate | predict``: the torch commands, plugged into the root CLI.
+"""``homogen train | evaluate | predict | lineage | datasets``: the torch and MLflow commands, plugged into the root CLI.
 
 ``homogen/cli.py`` calls :func:`register` through the ``homogen.cli`` entry-point group
 (pyproject). Heavy imports (torch, MLflow) happen inside the commands, so ``homogen --help`` stays
@@ -308,8 +308,61 @@ def _train(run_train, ds, cfg, on_epoch):
     return result
 
 
+def lineage(
+    ref: str = typer.Argument(
+        ..., help="a dataset version (or a store, for its version), or a model: models:/NAME/N, models:/NAME@champion"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the answer as JSON"),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow store (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"
+    ),
+) -> None:
+    """Which runs and model versions trained, validated and tested on a dataset version (with their test MACE
+    and the champion); or which dataset versions a model version saw, and where each store lives.
+
+    Exit 1 when the tracking store records nothing for a dataset version.
+    """
+    import json
+
+    from homogen.model.lineage import LineageError, dataset_lineage, dataset_version_of, model_lineage
+    from homogen.model.tracking import TrackingError
+
+    try:
+        if ref.startswith("models:/"):
+            answer = model_lineage(ref, tracking_uri)
+        else:
+            answer = dataset_lineage(dataset_version_of(ref), tracking_uri)
+    except (LineageError, TrackingError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(answer.to_dict(), indent=2) if as_json else answer.to_text())
+    if not getattr(answer, "found", True):
+        raise typer.Exit(1)
+
+
+def datasets(
+    as_json: bool = typer.Option(False, "--json", help="print the list as JSON"),
+    tracking_uri: Optional[str] = typer.Option(
+        None, help="MLflow store (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"
+    ),
+) -> None:
+    """The dataset versions the tracking store knows (version, recipe, pairs, store, models trained on it), newest
+    first."""
+    import json
+
+    from homogen.model.lineage import LineageError, dataset_versions, format_datasets
+    from homogen.model.tracking import TrackingError
+
+    try:
+        rows = dataset_versions(tracking_uri)
+    except (LineageError, TrackingError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps([r.to_dict() for r in rows], indent=2) if as_json else format_datasets(rows))
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``evaluate`` and ``predict`` to the root ``homogen`` app."""
+    """Add ``train``, ``evaluate``, ``predict``, ``lineage`` and ``datasets`` to the root ``homogen`` app."""
     app.command("train")(train)
     app.command("evaluate")(evaluate)
     app.command("predict")(predict)
+    app.command("lineage")(lineage)
+    app.command("datasets")(datasets)

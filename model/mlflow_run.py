@@ -43,6 +43,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from homogen.model.lineage import dataset_params
 from homogen.model.registry import MODEL_NAME, promote_if_better, register_model_tags
 from homogen.model.tracking import experiment_name, setup_tracking
 from homogen.redaction import redact
@@ -221,6 +222,7 @@ class TrainingRun:
                 "dataset.num_pairs": len(self.ds),
             }
         )
+        params.update(dataset_params(self.ds))  # the recipe, for `homogen datasets` (homogen.model.lineage)
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self._client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
@@ -367,7 +369,8 @@ class TrainingRun:
         }
         info = log_network(model, scores.pairs[:2], metadata, model_id=self.model_id)
         loss = {"loss": self.config.loss} if getattr(self.config, "loss", None) else {}
-        mv = mlflow.register_model(info.model_uri, self.model_name, tags={"dataset_version": version, **loss})
+        store = {"store_uri": redact(str(self.ds.uri))}  # where the dataset lives, on the version's page too
+        mv = mlflow.register_model(info.model_uri, self.model_name, tags={"dataset_version": version, **store, **loss})
         register_model_tags(
             self._client,
             self.model_name,
