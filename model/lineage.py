@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from homogen.model.registry import CHAMPION
-
 from homogen.redaction import redact
 
 __all__ = [
@@ -219,8 +218,9 @@ def format_datasets(rows: list[DatasetSummary]) -> str:
 
 
 def _client(tracking_uri: str | None):
-    from homogen.model.tracking import resolve_tracking_uri, setup_tracking
     from mlflow.tracking import MlflowClient
+
+    from homogen.model.tracking import resolve_tracking_uri, setup_tracking
 
     uri = resolve_tracking_uri(tracking_uri)
     db = uri[len("sqlite:///") :].split("?", 1)[0] if uri.startswith("sqlite:///") else None
