@@ -10,8 +10,9 @@ The MLflow run opens before training and closes after registration: its metrics 
 epoch while the flow runs (:mod:`homogen.model.mlflow_run`); its Source is ``homogen flow train-model``.
 Model selection uses the store's ``val`` split; the ``test`` split is scored once, after training.
 
-Artifact, one per registered model version: ``model-<name>-v<version>-evaluation`` (markdown: MACE of
-the network and every method on the same test pairs, the version and the champion decision).
+Artifacts: one per registered model version, ``model-<name>-v<version>-evaluation`` (markdown: MACE of
+the network and every method on the same test pairs, the version and the champion decision, the
+dataset's artifact keys), and a new version of ``dataset-<version>-models`` (:mod:`homogen.flows.lineage`).
 
 Run directly: ``python -m homogen.flows.train STORE``.
 """
@@ -30,6 +31,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, TrackingConfig
+from homogen.flows.lineage import models_key, publish_dataset_models
 from homogen.flows.model_tasks import evaluate_task, register_task, train_task
 from homogen.flows.ui import artifact_key, rename_current_run
 from homogen.model.config import TrainConfig
@@ -68,6 +70,9 @@ def evaluation_markdown(
             "",
             f"Registered **{registered.model_uri}** as `models:/{model_name}/{registered.model_version}`"
             f" (MLflow run `{run_id}`); champion: **{registered.champion}** ({registered.promotion}).",
+            "",
+            f"Dataset `{version}`: artifacts `{artifact_key('dataset', version, 'report')}` (the data) and "
+            f"`{models_key(version)}` (every model on it); `homogen lineage {version}`.",
         ]
     )
 
@@ -117,6 +122,7 @@ def train_model(
         key=artifact_key("model", tracking.model_name, f"v{registered.model_version}", "evaluation"),
         description=f"{tracking.model_name} v{registered.model_version} on dataset {version}",
     )
+    publish_dataset_models(version, tracking.uri)
     return {
         "model_name": tracking.model_name,
         "model_version": registered.model_version,

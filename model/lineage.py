@@ -39,6 +39,7 @@ __all__ = [
     "dataset_params",
     "dataset_versions",
     "model_lineage",
+    "store_location",
 ]
 
 PREFIX = "homogen-"
@@ -53,6 +54,15 @@ MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias
 
 class LineageError(ValueError):
     """The question cannot be answered (no such model version, a malformed reference); says what to pass."""
+
+
+def store_location(ds: Any) -> str:
+    """Where a store lives, as the tracking store records it: an absolute path for a local store (a
+    relative one would name another place from every other folder), else its URL without credentials."""
+    from homogen.outputs import is_local, local_path
+
+    uri = str(ds.uri)
+    return os.path.abspath(local_path(uri)) if is_local(uri) else redact(uri)
 
 
 def dataset_params(ds: Any) -> dict[str, Any]:
@@ -139,6 +149,22 @@ class DatasetLineage:
                 )
         for name, version in sorted(self.champions.items()):
             lines.append(f"champion of {name}: v{version}")
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        """The same answer as a Markdown artifact: the models trained and tested on the version."""
+        lines = [f"# Models on dataset `{self.version}`", ""]
+        if not self.found:
+            return "\n".join(lines + ["No run in the tracking store used this dataset version yet."])
+        lines += ["| model version | trained on | test MACE here (px) | champion |", "|---|---|---|---|"]
+        for m in self.models:
+            mace = f"{m.test_mace:.3f}" if m.test_mace is not None else "-"
+            trained = "this version" if m.trained_on == self.version else f"`{m.trained_on}`"
+            lines.append(f"| `models:/{m.model}/{m.version}` | {trained} | {mace} | {'yes' if m.champion else ''} |")
+        lines += ["", "| run | started (UTC) | used for | status |", "|---|---|---|---|"]
+        for r in self.runs:
+            lines.append(f"| `{r.run_id}` {r.run_name or ''} | {r.start} | {', '.join(r.roles)} | {r.status} |")
+        lines += ["", f"`homogen lineage {self.version}` prints this from the tracking store."]
         return "\n".join(lines)
 
 

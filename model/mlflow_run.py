@@ -43,7 +43,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from homogen.model.lineage import dataset_params
+from homogen.model.lineage import dataset_params, store_location
 from homogen.model.registry import MODEL_NAME, promote_if_better, register_model_tags
 from homogen.model.tracking import experiment_name, setup_tracking
 from homogen.redaction import redact
@@ -119,7 +119,7 @@ def dataset_input(ds: Any, split: str):
         ]
     )
     return MetaDataset(
-        source=_source(redact(str(ds.uri))), name=f"homogen-{ds.version}/{split}", digest=str(ds.version), schema=schema
+        source=_source(store_location(ds)), name=f"homogen-{ds.version}/{split}", digest=str(ds.version), schema=schema
     )
 
 
@@ -198,7 +198,7 @@ class TrainingRun:
         version = str(self.ds.version)
         tags = {
             "dataset_version": version,
-            "store_uri": redact(str(self.ds.uri)),
+            "store_uri": store_location(self.ds),
             "mlflow.source.name": self.source,
             "mlflow.source.type": "LOCAL",
             **({"loss": self.config.loss} if getattr(self.config, "loss", None) else {}),  # supervised or photometric
@@ -369,7 +369,7 @@ class TrainingRun:
         }
         info = log_network(model, scores.pairs[:2], metadata, model_id=self.model_id)
         loss = {"loss": self.config.loss} if getattr(self.config, "loss", None) else {}
-        store = {"store_uri": redact(str(self.ds.uri))}  # where the dataset lives, on the version's page too
+        store = {"store_uri": store_location(self.ds)}  # where the dataset lives, on the version's page too
         mv = mlflow.register_model(info.model_uri, self.model_name, tags={"dataset_version": version, **store, **loss})
         register_model_tags(
             self._client,

@@ -166,3 +166,19 @@ def test_questions_nobody_can_answer_are_one_line_and_create_nothing(tracked, tm
     missing = tmp_path / "typo.db"
     result = cli("datasets", "--tracking-uri", f"sqlite:///{missing}")
     assert result.exit_code == 2 and "no MLflow tracking store" in result.output and not missing.exists()
+
+
+def test_a_store_opened_by_a_relative_path_is_recorded_where_it_lives(tracked, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tracked["root"])
+    ds = open_dataset("ds0.zarr")
+    assert ds.uri == "ds0.zarr"
+    with TrainingRun(ds, None, tracking_uri=tracked["uri"], experiment="relative", system_metrics=False) as run:
+        pass
+    r = MlflowClient(tracked["uri"]).get_run(run.run_id)
+    where = str(tracked["root"] / "ds0.zarr")
+    assert r.data.tags["store_uri"] == where
+    assert {json.loads(i.dataset.source)["uri"] for i in r.inputs.dataset_inputs} == {where}
+    monkeypatch.chdir("/")
+    assert dataset_lineage(ds.version, tracked["uri"]).runs[0].store_uri == where  # from anywhere
