@@ -151,6 +151,14 @@ def info(store: str, as_json: bool = typer.Option(False, "--json", help="print t
     typer.echo(
         f"source            {m['source']['root']}  (digest {m['source']['digest'][:16]}, {m['source'].get('files', {}).get('hash', 'no')} digest per image)"
     )
+    code = m.get("code")
+    if code:
+        typer.echo("code              " + "  ".join(f"{k} {v}" for k, v in code.items()))
+    digest = m.get("array_digest")
+    if digest:
+        typer.echo(
+            f"array digest      {digest['hash']}: pairs {digest['arrays'].get('pairs', '?')} (all arrays: --json)"
+        )
     for entry in m["quarantine"]:
         typer.echo(f"  quarantined {entry['path']}: {entry['reason']}")
 

@@ -107,3 +107,21 @@ def test_info_json_shows_the_code_and_the_digest(stores):
     m = json.loads(result.output)
     assert set(m["code"]) == {"homogen", "numpy", "opencv", "simplejpeg", "libjpeg-turbo", "zarr", "h5py", "hdf5"}
     assert set(m["array_digest"]["arrays"]) == {f.name for f in SCHEMA}
+
+
+def test_info_names_the_libraries_and_the_pairs_digest(stores):
+    path, m = stores["zarr"]
+    out = CliRunner().invoke(app, ["info", str(path)]).output
+    assert f"numpy {m['code']['numpy']}" in out and f"libjpeg-turbo {m['code']['libjpeg-turbo']}" in out
+    assert m["array_digest"]["arrays"]["pairs"] in out
+
+
+def test_a_store_made_before_digests_were_recorded_is_not_applicable_and_still_validates(stores, tmp_path):
+    store = copy(stores["zarr"][0], tmp_path / "old.zarr")
+    writer = open_writer(str(store))
+    m = writer.read_header()
+    del m["array_digest"], m["code"]
+    writer.write_header(m)
+    report = validate_dataset(str(store), progress=False)
+    check = report.check("arrays_match_digest")
+    assert check.passed is None and "older homogen" in check.detail and report.passed

@@ -125,3 +125,19 @@ def test_a_path_that_is_not_a_store_is_one_line_naming_it(stores, tmp_path):
         result = CliRunner().invoke(app, ["diff", str(stores["root"] / "a.zarr"), str(bad)])
         assert result.exit_code == 2
         assert result.output.count("\n") == 1 and str(bad) in result.output, result.output
+
+
+def test_an_image_quarantined_on_one_side_is_named(tmp_path, sample_photos):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sample_photos[:4]:
+        shutil.copyfile(p, folder / p.name)
+    make(folder, tmp_path / "a.zarr", 0.25)
+    broken = folder / sample_photos[2].name
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])  # truncated: quarantined
+    b = make(folder, tmp_path / "b.zarr", 0.25)
+    d = diff_stores(str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")).to_dict()
+    (q,) = d["quarantined"]
+    assert q["name"] == broken.name and q["in"] == "B" and q["reason"] == b["quarantine"][0]["reason"]
+    assert [c["name"] for c in d["changed"]] == [broken.name] and d["moved"] == [] and d["recipe"] == {}
+    assert d["pairs"]["total"] == [8, 6]
