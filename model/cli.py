@@ -340,23 +340,44 @@ def lineage(
 
 
 def datasets(
+    stores: Optional[str] = typer.Option(
+        None, "--stores", help="also list the stores under this folder (e.g. work/datasets), with their models"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the list as JSON"),
     tracking_uri: Optional[str] = typer.Option(
         None, help="MLflow store (default: MLFLOW_TRACKING_URI, else work/mlflow.db)"
     ),
 ) -> None:
     """The dataset versions the tracking store knows (version, recipe, pairs, store, models trained on it), newest
-    first."""
+    first; with --stores DIR, also the stores present under DIR."""
     import json
 
+    from homogen.lineage.catalog import find_stores, format_stores
     from homogen.model.lineage import LineageError, dataset_versions, format_datasets
     from homogen.model.tracking import TrackingError
 
+    found = None
+    if stores is not None:
+        try:
+            found = find_stores(stores)
+        except OSError as exc:
+            _fail(str(exc))
     try:
         rows = dataset_versions(tracking_uri)
     except (LineageError, TrackingError) as exc:
-        _fail(str(exc))
-    typer.echo(json.dumps([r.to_dict() for r in rows], indent=2) if as_json else format_datasets(rows))
+        if found is None:
+            _fail(str(exc))
+        rows, missing = None, str(exc)  # the folder can still be listed
+    if as_json:
+        out = {"tracking": [r.to_dict() for r in rows] if rows is not None else None}
+        if found is not None:
+            out["stores"] = [r.to_dict() for r in found]
+        typer.echo(json.dumps(out if found is not None else out["tracking"], indent=2))
+        return
+    typer.echo(format_datasets(rows) if rows is not None else f"tracking store: {missing}")
+    if found is not None:
+        models = {r.version: r.models for r in rows} if rows is not None else None
+        typer.echo(f"\nstores under {stores} (newest first):\n" + format_stores(stores, found, models))
 
 
 def register(app: typer.Typer) -> None:

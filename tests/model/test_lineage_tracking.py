@@ -182,3 +182,23 @@ def test_a_store_opened_by_a_relative_path_is_recorded_where_it_lives(tracked, m
     assert {json.loads(i.dataset.source)["uri"] for i in r.inputs.dataset_inputs} == {where}
     monkeypatch.chdir("/")
     assert dataset_lineage(ds.version, tracked["uri"]).runs[0].store_uri == where  # from anywhere
+
+
+def test_datasets_with_stores_lists_the_folder_with_each_store_s_models_and_names_a_broken_one(tracked):
+    root, (ds0, ds1) = tracked["root"], tracked["ds"]
+    broken = root / "broken.zarr"
+    broken.mkdir(exist_ok=True)
+    (broken / "zarr.json").write_text("{")  # truncated
+    result = cli("datasets", "--stores", str(root), "--json", "--tracking-uri", tracked["uri"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [r["version"] for r in out["tracking"]] == [ds1.version, ds0.version]
+    by_path = {r["path"]: r for r in out["stores"]}
+    assert set(by_path) == {str(root / "ds0.zarr"), str(root / "ds1.zarr"), str(broken)}
+    assert by_path[str(root / "ds0.zarr")]["version"] == ds0.version
+    assert by_path[str(root / "ds1.zarr")]["pairs"] == len(ds1)
+    assert "not valid JSON" in by_path[str(broken)]["problem"] and by_path[str(broken)]["version"] is None
+    text = cli("datasets", "--stores", str(root), "--tracking-uri", tracked["uri"]).output
+    folder_table = text.split("stores under", 1)[1]
+    (line,) = [x for x in folder_table.splitlines() if x.endswith("ds0.zarr")]
+    assert line.startswith(ds0.version) and f"{NAME} v{tracked['runs'][0][1].model_version}" in line
