@@ -141,3 +141,16 @@ def test_an_image_quarantined_on_one_side_is_named(tmp_path, sample_photos):
     assert q["name"] == broken.name and q["in"] == "B" and q["reason"] == b["quarantine"][0]["reason"]
     assert [c["name"] for c in d["changed"]] == [broken.name] and d["moved"] == [] and d["recipe"] == {}
     assert d["pairs"]["total"] == [8, 6]
+
+
+def test_digests_of_another_hash_function_are_not_reported_as_changed_images(stores):
+    import copy
+
+    from homogen.lineage.diff import diff_manifests
+
+    a = stores["a"]
+    b = copy.deepcopy(a)
+    b["source"]["files"]["hash"] = "sha256"  # as a homogen hashing with another function would record
+    b["source"]["files"]["digest"] = ["0" * 64 for _ in b["source"]["files"]["digest"]]
+    d = diff_manifests(a, b)
+    assert d.changed == [] and d.recipe == {"source.hash": ["xxh3-128", "sha256"]} and not d.identical
