@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from homogen.config import GenerateConfig, SamplingConfig
 from homogen.images import BadImage, load_gray
+from homogen.lineage.libraries import pixel_versions
 from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
 from homogen.redaction import redact
 from homogen.schema import SPLIT_CODES, empty_arrays
@@ -90,6 +91,7 @@ def generate_shard(writer: StoreWriter, shard: Shard, cfg: SamplingConfig) -> Sh
         return ShardResult(shard.index, done["pairs"], done["images"], done["quarantined"], skipped=True)
     arrays, quarantined = shard_arrays(shard.records, cfg)
     info = {"pairs": len(arrays["image_id"]), "images": len(shard.records), "quarantined": quarantined}
+    info["code"] = pixel_versions()  # this process's pixel libraries: commit checks them (homogen.lineage.libraries)
     writer.write_shard(shard.index, arrays, info)
     return ShardResult(shard.index, info["pairs"], info["images"], quarantined)
 

@@ -48,7 +48,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from homogen.lineage.array_digest import MANIFEST_KEY as ARRAY_DIGEST, staged_digest
-from homogen.lineage.libraries import code_versions, resume_mismatch
+from homogen.lineage.libraries import code_versions, resume_mismatch, shards_mismatch
 from homogen.outputs import StoreError, StoreLocked, check_writable, is_local, local_path, output_lock
 from homogen.redaction import redact
 from homogen.schema import BY_NAME, FIELDS, SCHEMA, SCHEMA_VERSION, SPLIT_CODES, shard_name, split_code
@@ -177,6 +177,12 @@ class StoreWriter:
                 f"output {redact(self.url)} is a partly generated store that {why}: finish it where it was started, "
                 f"or pass overwrite=True (--overwrite) to start again with these"
             )
+        staged = {s.index: i for s in plan.shards if (i := self.staged_info(s.index)) is not None}
+        if why := shards_mismatch(staged, header["code"]):
+            raise StoreConflict(
+                f"output {redact(self.url)} is a partly generated store whose {why}: run every worker with the "
+                f"store's libraries, and pass overwrite=True (--overwrite) to start again"
+            )
         for key, now in (("shard_size", plan.config.shard_size), ("chunk_size", self.chunk_size)):
             if header.get(key) != now:
                 raise StoreConflict(
@@ -240,6 +246,11 @@ class StoreWriter:
                 f"cannot commit {redact(self.url)}: shards {missing[:10]} are not complete; re-run generation"
             )
         manifest = _header(plan, "complete", self)
+        if why := shards_mismatch({s.index: i for s, i in zip(plan.shards, infos)}, manifest["code"]):
+            raise StoreError(
+                f"cannot commit {redact(self.url)}: {why}: run every worker with the same libraries, then re-run "
+                f"with overwrite=True (--overwrite)"
+            )
         start, entries = 0, []
         for s, i in zip(plan.shards, infos):
             entries.append(

@@ -8,8 +8,10 @@ another machine may hold other bytes. The manifest therefore records them:
   offsets), OpenCV (resize and warp), simplejpeg and the libjpeg-turbo inside its wheel (JPEG decoding);
 - storage: homogen, zarr, h5py and its HDF5 (they decide how the arrays are stored, not their values).
 
-A partly generated store is resumed only with the same pixel-deciding versions
-(:func:`resume_mismatch`): otherwise the shards already written and those still to come would be
+Each shard records the pixel-deciding versions of the process that made it (a Dask worker may run
+on another machine), and commit refuses shards made by other versions than the store's
+(:func:`shards_mismatch`). A partly generated store is resumed only with the same pixel-deciding
+versions (:func:`resume_mismatch`): otherwise the shards already written and those still to come would be
 made by different code, and the finished store would match neither. Whether the stored values
 themselves match is what the array digest (:mod:`homogen.lineage.array_digest`) records.
 """
@@ -19,7 +21,14 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["PIXEL_LIBRARIES", "code_versions", "libjpeg_turbo_version", "resume_mismatch"]
+__all__ = [
+    "PIXEL_LIBRARIES",
+    "code_versions",
+    "libjpeg_turbo_version",
+    "pixel_versions",
+    "resume_mismatch",
+    "shards_mismatch",
+]
 
 PIXEL_LIBRARIES = ("numpy", "opencv", "simplejpeg", "libjpeg-turbo")
 """The libraries whose versions decide pixel and label values (the keys of ``code`` in the manifest)."""
@@ -95,3 +104,32 @@ def resume_mismatch(header: dict) -> str | None:
     if not differ:
         return None
     return "was started with other pixel-deciding libraries (" + "; ".join(differ) + ")"
+
+
+def pixel_versions() -> dict[str, str]:
+    """``{library: version}`` of the pixel-deciding libraries of this process (recorded per shard)."""
+    now = code_versions()
+    return {lib: now[lib] for lib in PIXEL_LIBRARIES}
+
+
+def shards_mismatch(infos: dict[int, dict], code: dict) -> str | None:
+    """Why staged shards (``{shard index: its complete info}``) cannot be resumed or committed into a
+    store whose manifest records ``code``, or None: a shard made by other pixel-deciding versions,
+    or by a homogen that did not record them."""
+    bad = []
+    for index, info in sorted(infos.items()):
+        made = info.get("code")
+        if not isinstance(made, dict):
+            bad.append(f"shard {index} (no library versions recorded)")
+            continue
+        differ = [f"{lib} {made.get(lib)}" for lib in PIXEL_LIBRARIES if made.get(lib) != code.get(lib)]
+        if differ:
+            bad.append(f"shard {index} ({', '.join(differ)})")
+    if not bad:
+        return None
+    want = ", ".join(f"{lib} {code.get(lib)}" for lib in PIXEL_LIBRARIES)
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return (
+        f"{len(bad)} staged shard(s) were made by other pixel-deciding libraries than the store's ({want}): "
+        f"{', '.join(bad[:5])}{more}"
+    )

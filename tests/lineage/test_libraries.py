@@ -84,3 +84,34 @@ def test_a_partial_store_that_records_no_versions_is_refused_in_one_line(tmp_pat
     errors = [line for line in result.output.splitlines() if "error" in line]  # beside the hashing progress bar
     assert result.exit_code == 2 and len(errors) == 1 and errors[0].startswith("error: output "), result.output
     assert "records no library versions" in errors[0] and "--overwrite" in errors[0]
+
+
+def test_a_shard_made_by_a_worker_with_other_pixel_libraries_is_not_committed_nor_resumed(tmp_path):
+    from homogen.generate import shard_arrays
+    from homogen.lineage.libraries import pixel_versions
+    from homogen.stores import StoreError
+
+    cfg = config(tmp_path / "ds.zarr")
+    p = plan(cfg)
+    writer = open_writer(cfg.output)
+    writer.prepare(p)
+    shard = p.shards[1]
+    arrays, quarantined = shard_arrays(shard.records, cfg.sampling)
+    info = {"pairs": len(arrays["image_id"]), "images": len(shard.records), "quarantined": quarantined}
+    writer.write_shard(1, arrays, {**info, "code": {**pixel_versions(), "opencv": "4.8.0"}})  # as such a worker would
+    for s in (p.shards[0], p.shards[2]):
+        generate_shard(writer, s, cfg.sampling)
+    with pytest.raises(StoreError) as err:
+        writer.commit(p)
+    assert "cannot commit" in str(err.value) and "1 staged shard(s) were made by other pixel-deciding libraries" in str(
+        err.value
+    )
+    assert "shard 1 (opencv 4.8.0)" in str(err.value) and f"opencv {cv2.__version__}" in str(err.value)
+    assert open_writer(cfg.output).read_header()["state"] == "generating"
+    with pytest.raises(StoreConflict, match=r"partly generated store whose 1 staged shard\(s\) were made by other"):
+        generate(cfg, progress=False)  # a re-run is refused before any work, naming the shard
+    m = generate(cfg.model_copy(update={"overwrite": True}), progress=False)
+    assert (
+        m["state"] == "complete"
+        and m["array_digest"] == generate(config(tmp_path / "clean.zarr"), progress=False)["array_digest"]
+    )
