@@ -172,16 +172,10 @@ class StoreWriter:
     def _check_resumable(self, header: dict, plan: "Plan") -> None:
         if header.get("state") == "complete":
             return  # the dataset is complete: whatever the shard or chunk size, nothing to write
-        if why := resume_mismatch(header):
+        if why := resume_mismatch(header, {s.index: i for s in plan.shards if (i := self.staged_info(s.index))}):
             raise StoreConflict(
-                f"output {redact(self.url)} is a partly generated store that {why}: finish it where it was started, "
-                f"or pass overwrite=True (--overwrite) to start again with these"
-            )
-        staged = {s.index: i for s in plan.shards if (i := self.staged_info(s.index)) is not None}
-        if why := shards_mismatch(staged, header["code"]):
-            raise StoreConflict(
-                f"output {redact(self.url)} is a partly generated store whose {why}: run every worker with the "
-                f"store's libraries, and pass overwrite=True (--overwrite) to start again"
+                f"output {redact(self.url)} is a partly generated store that {why}: finish it where it was started "
+                f"(every worker with its libraries), or pass overwrite=True (--overwrite) to start again with these"
             )
         for key, now in (("shard_size", plan.config.shard_size), ("chunk_size", self.chunk_size)):
             if header.get(key) != now:
@@ -248,8 +242,8 @@ class StoreWriter:
         manifest = _header(plan, "complete", self)
         if why := shards_mismatch({s.index: i for s, i in zip(plan.shards, infos)}, manifest["code"]):
             raise StoreError(
-                f"cannot commit {redact(self.url)}: {why}: run every worker with the same libraries, then re-run "
-                f"with overwrite=True (--overwrite)"
+                f"cannot commit {redact(self.url)}: it holds {why}: run every worker with the same libraries, then "
+                f"re-run with overwrite=True (--overwrite)"
             )
         start, entries = 0, []
         for s, i in zip(plan.shards, infos):

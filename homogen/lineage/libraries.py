@@ -83,12 +83,13 @@ def code_versions() -> dict[str, str]:
     return dict(_versions())
 
 
-def resume_mismatch(header: dict) -> str | None:
-    """Why a partly generated store with ``header`` must not be resumed by this process, or None.
+def resume_mismatch(header: dict, staged: dict[int, dict]) -> str | None:
+    """Why a partly generated store with ``header`` and ``staged`` shards (``{index: complete info}``)
+    must not be resumed by this process, or None.
 
-    The reason names every pixel-deciding library whose version differs, with both versions; a
-    header with no ``code`` section (written by a homogen that did not record it) cannot be shown
-    to match, and is refused too.
+    The reason names every pixel-deciding library whose version differs, with both versions, and
+    every staged shard made by other versions than the header's; a header with no ``code`` section
+    (written by a homogen that did not record it) cannot be shown to match, and is refused too.
     """
     recorded = header.get("code")
     now = code_versions()
@@ -101,9 +102,11 @@ def resume_mismatch(header: dict) -> str | None:
         for lib in PIXEL_LIBRARIES
         if recorded.get(lib) != now[lib]
     ]
-    if not differ:
-        return None
-    return "was started with other pixel-deciding libraries (" + "; ".join(differ) + ")"
+    if differ:
+        return "was started with other pixel-deciding libraries (" + "; ".join(differ) + ")"
+    if why := shards_mismatch(staged, recorded):
+        return f"holds {why}"
+    return None
 
 
 def pixel_versions() -> dict[str, str]:
@@ -130,6 +133,6 @@ def shards_mismatch(infos: dict[int, dict], code: dict) -> str | None:
     want = ", ".join(f"{lib} {code.get(lib)}" for lib in PIXEL_LIBRARIES)
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
     return (
-        f"{len(bad)} staged shard(s) were made by other pixel-deciding libraries than the store's ({want}): "
+        f"{len(bad)} staged shard(s) made by other pixel-deciding libraries than the store's ({want}): "
         f"{', '.join(bad[:5])}{more}"
     )

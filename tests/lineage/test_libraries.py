@@ -103,12 +103,12 @@ def test_a_shard_made_by_a_worker_with_other_pixel_libraries_is_not_committed_no
         generate_shard(writer, s, cfg.sampling)
     with pytest.raises(StoreError) as err:
         writer.commit(p)
-    assert "cannot commit" in str(err.value) and "1 staged shard(s) were made by other pixel-deciding libraries" in str(
+    assert "cannot commit" in str(err.value) and "1 staged shard(s) made by other pixel-deciding libraries" in str(
         err.value
     )
     assert "shard 1 (opencv 4.8.0)" in str(err.value) and f"opencv {cv2.__version__}" in str(err.value)
     assert open_writer(cfg.output).read_header()["state"] == "generating"
-    with pytest.raises(StoreConflict, match=r"partly generated store whose 1 staged shard\(s\) were made by other"):
+    with pytest.raises(StoreConflict, match=r"partly generated store that holds 1 staged shard\(s\) made by other"):
         generate(cfg, progress=False)  # a re-run is refused before any work, naming the shard
     m = generate(cfg.model_copy(update={"overwrite": True}), progress=False)
     assert (
