@@ -197,7 +197,8 @@ class StoreWriter:
             if index not in shards:
                 return {"pairs": 0, "images": 0, "quarantined": [], "splits": {}}
             return {k: shards[index][k] for k in ("pairs", "images", "quarantined", "splits")}
-        return self.staged_info(index)
+        info = self.staged_info(index)  # the same keys (a staged shard also records its libraries' versions)
+        return {k: info[k] for k in ("pairs", "images", "quarantined", "splits")} if info is not None else None
 
     def header_file(self) -> str | None:
         """The local file that holds the header (its identity changes with every header write), or None."""
