@@ -36,6 +36,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -47,7 +48,16 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from homogen.outputs import StoreError, StoreLocked, check_writable, is_local, local_path, output_lock
+from homogen.outputs import (
+    StoreConflict,
+    StoreError,
+    StoreLocked,
+    check_replaceable,
+    check_writable,
+    is_local,
+    local_path,
+    output_lock,
+)
 from homogen.redaction import redact
 from homogen.schema import BY_NAME, FIELDS, SCHEMA, SCHEMA_VERSION, SPLIT_CODES, shard_name, split_code
 from homogen.versions import GENERATOR_VERSION
@@ -57,6 +67,9 @@ if TYPE_CHECKING:
 
 ATTR = "homogen"
 """Root attribute holding the manifest."""
+
+_STAGED = re.compile(r"\.?(tmp-)?shard-\d{5,}(\.h5)?(\.tmp-[0-9a-f]{8}|-[0-9a-f]{8})?")
+"""Names in ``OUT.parts`` (and in a schema-1 root): staged shards and their temporaries."""
 
 _HEADER_CACHE: dict = {}
 """The last header :meth:`StoreWriter.shard_info` parsed, with the identity of its file."""
@@ -73,10 +86,6 @@ __all__ = [
     "open_dataset",
     "open_writer",
 ]
-
-
-class StoreConflict(StoreError):
-    """The output holds something else (another dataset version, or not a homogen store)."""
 
 
 class DamagedChunk(StoreError):
@@ -140,17 +149,25 @@ class StoreWriter:
             self._check_resumable(header, plan)
             return header
         if header is not None or self.exists_nonempty():
-            if not overwrite:
-                if header is None:
+            ours = header is not None or self.only_staged_parts()
+            if not overwrite or not ours:
+                if not ours:
                     what = "data that is not a homogen store"
+                elif header is None:
+                    what = "the staged shards of another generation"
                 elif header.get("schema_version") != SCHEMA_VERSION:
-                    what = f"a schema-{header.get('schema_version')} store (an older layout) of version {header.get('dataset_version')}"
+                    what = f"a schema-{header.get('schema_version')!s:.8} store (an older layout) of version {header.get('dataset_version')!s:.20}"
                 else:
-                    what = f"dataset version {header.get('dataset_version')}"
-                raise StoreConflict(
-                    f"output {redact(self.url)} holds {what}, and this config makes version {plan.version}: "
-                    f"choose another output, or pass overwrite=True (--overwrite) to replace it"
+                    what = f"dataset version {header.get('dataset_version')!s:.20}"
+                fix = (
+                    "choose another output (--overwrite only ever replaces a homogen store)"
+                    if not ours
+                    else "choose another output, or pass overwrite=True (--overwrite) to replace it"
                 )
+                raise StoreConflict(
+                    f"output {redact(self.url)} holds {what}, and this config makes version {plan.version}: {fix}"
+                )
+            check_replaceable(self.url, plan.config.source.root, self.store_names())
             self.remove()
         existed = self.exists_nonempty()
         header = _header(plan, "generating", self)
@@ -269,6 +286,14 @@ class StoreWriter:
     def read_header(self) -> dict | None: ...
     def write_header(self, header: dict) -> None: ...
     def exists_nonempty(self) -> bool: ...
+    def store_names(self) -> set[str]:
+        """Names a store folder of this format may hold (what --overwrite may delete in it)."""
+        return set()
+
+    def only_staged_parts(self) -> bool:
+        """The output holds nothing but staged shards (``OUT.parts`` of a generation whose root is gone)."""
+        return False
+
     def remove(self) -> None: ...
     def staged_info(self, index: int) -> dict | None: ...
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None: ...
@@ -393,6 +418,21 @@ class ZarrWriter(StoreWriter):
         names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)} if fs.exists(path) else set()
         bare = names <= {"zarr.json"} and not _has_attributes(fs, f"{path}/zarr.json")
         return not bare or (fs.exists(parts) and bool(fs.ls(parts)))
+
+    def store_names(self) -> set[str]:
+        # schema 2: zarr.json and one folder per field; schema 1: one group per shard
+        return {"zarr.json", *FIELDS} | {n for n in self._names(self.url) if _STAGED.fullmatch(n)}
+
+    def _names(self, url: str) -> set[str]:
+        fs, path = self._fs(url)
+        try:
+            return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+
+    def only_staged_parts(self) -> bool:
+        parts = self._names(self.parts)
+        return not (self._names(self.url) - {"zarr.json"}) and bool(parts) and all(_STAGED.fullmatch(n) for n in parts)
 
     def remove(self) -> None:
         for url in (self.url, self.parts):
@@ -575,6 +615,13 @@ class HDF5Writer(StoreWriter):
 
     def exists_nonempty(self) -> bool:
         return os.path.exists(self.url) or (os.path.isdir(self.parts) and bool(os.listdir(self.parts)))
+
+    def only_staged_parts(self) -> bool:
+        try:
+            parts = os.listdir(self.parts)
+        except OSError:
+            return False
+        return not os.path.exists(self.url) and bool(parts) and all(_STAGED.fullmatch(n) for n in parts)
 
     def remove(self) -> None:
         if os.path.isfile(self.url):
