@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from homogen.config import GenerateConfig, SamplingConfig
-from homogen.images import BadImage, load_gray
+from homogen.images import BadImage, check_texture, load_gray
 from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
 from homogen.redaction import redact
 from homogen.schema import SPLIT_CODES, empty_arrays
@@ -74,6 +74,7 @@ def shard_arrays(records: tuple[ImageRecord, ...] | list[ImageRecord], cfg: Samp
     for record in records:
         try:
             image = load_gray(record.path, cfg.image_width, cfg.image_height, min_side=cfg.patch_size)
+            check_texture(image)
         except BadImage as exc:
             # recorded in the shard's attributes: never with the credentials of a source URL
             quarantined.append({"image_id": record.image_id, "path": redact(record.path), "reason": exc.reason})
