@@ -187,7 +187,9 @@ def check_splits(ds: Dataset, walk: Walk) -> CheckResult:
         table_split = {int(i): SPLIT_CODES.get(s, -1) for i, s in zip(files["image_id"], files["split"])}
         digest_of = {int(i): d for i, d in zip(files["image_id"], files["digest"])}
     except (KeyError, TypeError, ValueError) as exc:
-        return CheckResult(name, False, len(ids), 1, f"the manifest has no per-image table ({exc!r}): regenerate the dataset")
+        return CheckResult(
+            name, False, len(ids), 1, f"the manifest has no per-image table ({exc!r}): regenerate the dataset"
+        )
     unknown = [int(i) for i in ids if int(i) not in table_split]
     if unknown:
         problems.append(f"{len(unknown)} stored image ids are not in the manifest's table (ids {unknown[:10]})")
@@ -208,9 +210,15 @@ def check_splits(ds: Dataset, walk: Walk) -> CheckResult:
     shared = [d for d, codes in splits_of_digest.items() if len(codes) > 1]
     bad = set(both.tolist()) | set(unknown) | {i for i, _ in moved} | {i for d in shared for i in ids_of_digest[d]}
     if shared and (len(shared) > len(both) or any(len(ids_of_digest[d]) > 1 for d in shared)):
-        problems.append(f"{len(shared)} images' bytes (one digest, maybe under several ids) have pairs in several splits")
+        problems.append(
+            f"{len(shared)} images' bytes (one digest, maybe under several ids) have pairs in several splits"
+        )
         examples += [
-            {"image_id": min(ids_of_digest[d]), "image_ids": sorted(ids_of_digest[d]), "why": "same bytes in several splits"}
+            {
+                "image_id": min(ids_of_digest[d]),
+                "image_ids": sorted(ids_of_digest[d]),
+                "why": "same bytes in several splits",
+            }
             for d in shared[:MAX_EXAMPLES]
         ]
     detail = (

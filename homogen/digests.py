@@ -24,9 +24,9 @@ import fsspec
 import xxhash
 from tqdm.auto import tqdm
 
-from homogen.outputs import is_local, local_path
 from homogen.redaction import redact
 from homogen.sources import SourceError
+from homogen.store.paths import is_local, local_path
 
 HASH_NAME = "xxh3-128"
 """Recorded in the manifest beside the digests, so a later reader knows how to recompute them."""

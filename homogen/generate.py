@@ -14,13 +14,13 @@ from tqdm.auto import tqdm
 
 from homogen.config import GenerateConfig, SamplingConfig
 from homogen.images import BadImage, check_texture, load_gray
-from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
 from homogen.redaction import redact
+from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
 from homogen.schema import SPLIT_CODES, empty_arrays
 from homogen.sources import ImageRecord, Shard, list_images, make_shards
 from homogen.splits import unify_same_bytes
-from homogen.outputs import check_writable
-from homogen.stores import StoreWriter, open_writer
+from homogen.store import StoreWriter, open_writer
+from homogen.store.paths import check_writable
 from homogen.versions import SourceTable, dataset_version, source_table
 from homogen.warping import cut_pair
 

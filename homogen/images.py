@@ -23,7 +23,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from homogen.outputs import is_local, local_path
+from homogen.store.paths import is_local, local_path
 
 Image.MAX_IMAGE_PIXELS = None  # only headers are read with PIL; the size limit is ours, below
 

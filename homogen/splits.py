@@ -80,5 +80,8 @@ def unify_same_bytes(
     groups = same_bytes_groups([r.image_id for r in records], digests)
     split_of = {r.image_id: r.split for r in records}
     rule = {i: split_of[g[0]] for g in groups for i in g}
-    out = [r if rule.get(r.image_id, r.split) == r.split else dataclasses.replace(r, split=rule[r.image_id]) for r in records]
+    out = [
+        r if rule.get(r.image_id, r.split) == r.split else dataclasses.replace(r, split=rule[r.image_id])
+        for r in records
+    ]
     return out, groups

@@ -389,7 +389,10 @@ def test_flat_frames_are_quarantined_with_the_documented_threshold(tmp_path, sam
     for p in sample_photos[:2]:
         (folder / p.name).write_bytes(p.read_bytes())
     cv2.imwrite(str(folder / "grey.jpg"), np.full((480, 640), 77, np.uint8))
-    m = generate(GenerateConfig(source=SourceConfig(root=str(folder), kind="folder"), output=str(tmp_path / "o.zarr")), progress=False)
+    m = generate(
+        GenerateConfig(source=SourceConfig(root=str(folder), kind="folder"), output=str(tmp_path / "o.zarr")),
+        progress=False,
+    )
     assert [q["reason"][:10] for q in m["quarantine"]] == ["no texture"] and m["num_images"] == 2
 
 

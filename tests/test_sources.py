@@ -339,7 +339,9 @@ def test_category_annotations_of_images_not_listed_are_one_line(tmp_path):
             "categories": [{"id": 1, "name": "dog"}],
         },
     )
-    line = _one_error_line(_cli_generate("--source", str(tmp_path / "coco"), "--category", "dog", "-o", str(tmp_path / "o.zarr")))
+    line = _one_error_line(
+        _cli_generate("--source", str(tmp_path / "coco"), "--category", "dog", "-o", str(tmp_path / "o.zarr"))
+    )
     assert "not in its 'images' list (first: [77])" in line
 
 
@@ -357,5 +359,9 @@ def test_a_folder_file_name_that_is_not_utf8_is_one_line(tmp_path, sample_photos
 
 def test_the_readme_coco_example_on_a_missing_folder_says_the_folder_is_missing(tmp_path):
     missing = tmp_path / "data" / "coco"
-    line = _one_error_line(_cli_generate("--source", str(missing), "--test-split", "val2017", "--category", "person", "-o", str(tmp_path / "o.zarr")))
+    line = _one_error_line(
+        _cli_generate(
+            "--source", str(missing), "--test-split", "val2017", "--category", "person", "-o", str(tmp_path / "o.zarr")
+        )
+    )
     assert f"source {missing} does not exist" in line and "--category" not in line

@@ -174,7 +174,9 @@ def test_a_photo_under_two_names_lands_in_one_split(tmp_path, sample_photos, how
     for p in sample_photos[:6]:
         shutil.copyfile(p, folder / p.name)
     first = sample_photos[0]
-    cfg = GenerateConfig(source=SourceConfig(root=str(folder), kind="folder", test_fraction=0.5), output=str(tmp_path / "o.zarr"))
+    cfg = GenerateConfig(
+        source=SourceConfig(root=str(folder), kind="folder", test_fraction=0.5), output=str(tmp_path / "o.zarr")
+    )
     split_of_first = hashed_split(int(first.stem), 0.5, 0.05)
     twin = folder / _name_in_another_split(split_of_first, 0.5)
     if how == "copy":

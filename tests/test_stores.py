@@ -501,7 +501,7 @@ def test_a_hand_edited_manifest_is_an_error_naming_the_file(both_formats, tmp_pa
     else:
         with h5py.File(store, "r+") as f:
             f.attrs["homogen"] = json.dumps(edited)
-    with pytest.raises(StoreError, match=rf"the manifest in .*{where}.* lacks or mistypes \['shards'\]"):
+    with pytest.raises(StoreError, match=rf"the manifest in .*{where}.* was edited or damaged \(shards: Field required\)"):
         open_dataset(store)
     if fmt == "hdf5":
         with h5py.File(store, "r+") as f:
@@ -625,6 +625,7 @@ def test_the_arrays_do_not_depend_on_shard_size_chunk_size_or_a_quarantined_imag
 KILLER = r"""
 import json, os, sys
 from homogen import stores
+from homogen.store import hdf5_writer, zarr_writer
 from homogen.config import GenerateConfig
 from homogen.generate import generate
 
@@ -671,12 +672,12 @@ elif step == "mid-assemble":
     if fmt == "zarr":
         at(Writer, "_copy_rows", call=4)
     else:
-        at(stores, "_create_h5_dataset", call=3 + 3)  # 3 staged shards, then the root's third array
+        at(hdf5_writer, "_create_h5_dataset", call=3 + 3)  # 3 staged shards, then the root's third array
 elif step == "before-manifest":
     if fmt == "zarr":
-        at(stores.zarr, "consolidate_metadata", call=1, after=True)
+        at(zarr_writer.zarr, "consolidate_metadata", call=1, after=True)
     else:
-        at(stores.os, "replace", call=5)  # header, 3 shards, then the root file
+        at(hdf5_writer.os, "replace", call=5)  # header, 3 shards, then the root file
 elif step == "after-manifest":
     at(Writer, "remove_debris")
 generate(GenerateConfig.model_validate(args["config"]), progress=False)
