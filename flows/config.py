@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from homogen.flows.cluster import DaskConfig
 from homogen.flows.generate import QUICK_GENERATE  # noqa: F401  (re-exported)
 from homogen.config import GenerateConfig
-from homogen.model.config import TrainConfig
+from homogen.model.config import DEVICE, TrainConfig
 from homogen.param_errors import describe_errors
 from homogen.redaction import redact
 
@@ -48,7 +48,7 @@ QUICK_TRAIN = TrainConfig(epochs=2, width=0.25, batch_size=32, step_size=10, pat
 class TrackingConfig(BaseModel):
     """Where datasets and models are recorded in MLflow."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     uri: str | None = Field(
         None, description="MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db"
@@ -60,7 +60,7 @@ class TrackingConfig(BaseModel):
 class EvaluateConfig(BaseModel):
     """Which methods are scored beside the network on the dataset's test split."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     methods: tuple[str, ...] = Field(
         ("identity", "orb", "sift"),
@@ -75,7 +75,7 @@ class PipelineConfig(BaseModel):
 
     # hide_input_in_errors: an error never repeats the values given (a URL's credentials would reach
     # the run's state message and logs)
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False)
 
     generate: GenerateConfig = QUICK_GENERATE
     validate_regenerate: int = Field(
@@ -275,10 +275,6 @@ def load_config(text: str | None, name: str = "--config") -> dict:
     if not isinstance(data, dict):
         raise InvalidParameters(f"{name} must be a JSON object, e.g. '{example}'")
     return data
-
-
-DEVICE = re.compile(r"auto|cpu|mps|cuda(?::(\d+))?")
-"""Devices the trainer takes (``torch.device`` strings it supports)."""
 
 
 def torch_has_cuda() -> bool:

@@ -255,7 +255,9 @@ def train(
             patch_size=ds.patch_size,  # the network takes the store's patches
         )
     except ValidationError as exc:
-        _fail(f"invalid parameters: {exc}")
+        from homogen.param_errors import describe_errors
+
+        _fail(describe_errors(exc))
     if not track:  # train() refuses what needs no training (train.preflight) before it trains; _train says so
         result = _train(run_train, ds, cfg, None)
         scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
