@@ -73,13 +73,7 @@ def evaluate_task(uri: str, model: Any, methods: tuple[str, ...], limit: int | N
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(run: TrainingRun, result: TrainResult, scores: TestScores) -> Registered:
     """Log the test scores and evaluation files to the run, log and register the model, apply the champion rule."""
-    run.set_tags(
-        {
-            "device": result.device,
-            "best_epoch": result.best_epoch,
-            "checkpoint": result.best_checkpoint or result.last_checkpoint,
-        }
-    )
+    run.log_result(result)
     run.log_test(scores)
     registered = run.register(result.model, scores)
     run_logger().info(

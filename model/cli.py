@@ -278,7 +278,7 @@ def train(
         result = _train(run_train, ds, cfg, run.log_epoch)
         ckpt = result.best_checkpoint or result.last_checkpoint
         try:
-            run.set_tags({"device": result.device, "best_epoch": result.best_epoch, "checkpoint": ckpt})
+            run.log_result(result)
             scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
             run.log_test(scores)
             registered = run.register(result.model, scores)
