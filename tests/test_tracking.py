@@ -270,7 +270,8 @@ def test_a_tracked_run_holds_test_scores_artifacts_and_a_registered_portable_mod
     assert spec["metadata"]["patch_size"] == 32 and spec["metadata"]["width"] == 0.125
     assert spec["metadata"]["rho"] == 8 and spec["metadata"]["dataset_version"] == ds.version
     assert "uint8" in spec["signature"]["inputs"] and "[-1, 2, 32, 32]" in spec["signature"]["inputs"]
-    assert os.path.isfile(os.path.join(folder, "data", "model.pt2")) and "input_example.json" in os.listdir(folder)
+    assert os.path.isfile(os.path.join(folder, "artifacts", "model.pt2")) and "input_example.json" in os.listdir(folder)
+    assert len(spec["metadata"]["archive_sha256"]) == 64
     loaded = load_model(f"models:/{name}/1", tracking_uri=env["uri"])
     with torch.no_grad():
         assert torch.allclose(loaded(torch.from_numpy(pairs)), result.model(torch.from_numpy(pairs)), atol=1e-5)
@@ -331,15 +332,20 @@ def test_a_tampered_model_archive_with_pickled_weights_is_refused_by_homogens_lo
     import json
     import zipfile
 
+    import yaml
+
+    from homogen.model.mlflow_model import archive_path
+    from homogen.model.mlflow_pyfunc import file_sha256
+
     import mlflow
 
     ds = env["ds"][0]
-    register_const(const_net(1.0), ds, env["uri"], "hn-tamper")
+    register_const(const_net(1.0), ds, env["uri"], "hn-tamper")  # registered, not champion: loads by version
     folder = mlflow.artifacts.download_artifacts(
         "models:/hn-tamper/1", dst_path=str(tmp_path / "m"), tracking_uri=env["uri"]
     )
     assert isinstance(load_model(folder), HomographyNet)  # the genuine folder loads
-    archive = os.path.join(folder, "data", "model.pt2")
+    archive = archive_path(folder)
     with zipfile.ZipFile(archive) as z:
         entries = {i.filename: z.read(i.filename) for i in z.infolist()}
     [cfg_name] = [n for n in entries if n.endswith("weights_config.json")]
@@ -349,6 +355,13 @@ def test_a_tampered_model_archive_with_pickled_weights_is_refused_by_homogens_lo
     with zipfile.ZipFile(archive, "w") as z:
         for n, data in entries.items():
             z.writestr(n, data)
+    with pytest.raises(ValueError, match="altered"):  # the digest recorded when it was logged no longer fits
+        load_model(folder)
+    # one who also rewrites the recorded digest still meets the pickle check
+    mlmodel = os.path.join(folder, "MLmodel")
+    text = open(mlmodel).read()
+    old_digest = yaml.safe_load(text)["metadata"]["archive_sha256"]
+    open(mlmodel, "w").write(text.replace(old_digest, file_sha256(archive)))
     with pytest.raises(ValueError, match="pickled.*refused"):
         load_model(folder)
 
