@@ -63,9 +63,14 @@ def train_task(
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(uri: str, model: Any, methods: tuple[str, ...], limit: int | None = None) -> TestScores:
-    """Score the network and the methods on the same test pairs (the first ``limit`` of the test split), once."""
-    scores = score_test(uri, model, methods, limit=limit)
+def evaluate_task(
+    uri: str, model: Any, methods: tuple[str, ...], limit: int | None = None, version: str | None = None
+) -> TestScores:
+    """Score the network and the methods on the same test pairs (the first ``limit`` of the test split), once.
+
+    ``version``: the dataset version trained on; a store regenerated since is refused (nothing registered).
+    """
+    scores = score_test(uri, model, methods, limit=limit, version=version)
     run_logger().info("test MACE %.3f px on %d pairs", scores.results[NETWORK]["mean"], len(scores.pairs))
     return scores
 

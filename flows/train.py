@@ -103,7 +103,7 @@ def train_model(
         result = train_task(
             dataset, config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch
         )
-        scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit)
+        scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit, result.dataset_version)
         registered = register_task(run, result, scores)
     create_markdown_artifact(
         evaluation_markdown(

@@ -279,7 +279,7 @@ def train(
         ckpt = result.best_checkpoint or result.last_checkpoint
         try:
             run.log_result(result)
-            scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
+            scores = score_test(ds, result.model, chosen, limit=limit, progress=True, version=result.dataset_version)
             run.log_test(scores)
             registered = run.register(result.model, scores)
         except Exception as exc:  # noqa: BLE001 - the checkpoint is safe on disk; say where

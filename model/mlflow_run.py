@@ -380,7 +380,10 @@ class TrainingRun:
         from homogen.model.metrics import pair_errors
         from homogen.model.mlflow_model import log_network
 
+        from homogen.model.dataset_pin import check_unchanged
+
         version = str(self.ds.version)
+        check_unchanged(self.ds, version, "registration")  # the run's dataset is still what the store holds
         p = int(self.ds.patch_size)
         n = len(scores.pairs)
         try:  # before anything is logged: a NaN network never becomes a version
