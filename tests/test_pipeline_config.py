@@ -60,7 +60,9 @@ def test_cuda_is_refused_only_where_this_machine_has_no_such_device():
 
 
 def test_a_remote_training_deployment_checks_the_device_where_it_runs():
-    cfg = PipelineConfig(train={"device": "cuda:7"}, train_deployment="train-model/gpu")
+    cfg = PipelineConfig(
+        train={"device": "cuda:7"}, train_deployment="train-model/gpu", tracking={"uri": "http://mlflow-host:5000"}
+    )
     check_before_work(cfg)  # the GPU worker's machine has the device, not this one
 
 
