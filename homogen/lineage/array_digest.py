@@ -5,8 +5,8 @@ The digest of a field is xxh3-128 of its name, dtype and row shape, then of its 
 the format (Zarr or HDF5), the codecs, the chunk or the shard size. Two stores of one dataset
 version hold the same values iff their digests are equal, whichever machine made them.
 
-- :func:`staged_digest`: computed at commit, from the staged shards' chunks, before the manifest
-  says ``complete`` (the rows of the root arrays are exactly those rows, in that order);
+- :func:`arrays_digest`: computed at commit from the root arrays' chunks just written, before the
+  manifest says ``complete`` (:func:`homogen.store.manifest.complete`);
 - :func:`check_array_digest`: ``validate``'s ``arrays_match_digest``, recomputed from the store's
   chunks. A flipped value that still passes its chunk's checksum (the chunk rewritten whole), a
   chunk copied from another store, or a deleted chunk read as zeros all fail it.
@@ -16,7 +16,7 @@ Cost: one more decode of every chunk (commit and validate), measured in docs/BEN
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import xxhash
@@ -24,7 +24,7 @@ import xxhash
 from homogen.check_report import CheckResult
 from homogen.schema import BY_NAME, FIELDS
 
-__all__ = ["HASH_NAME", "RowDigest", "check_array_digest", "staged_digest"]
+__all__ = ["HASH_NAME", "RowDigest", "arrays_digest", "check_array_digest", "store_digest"]
 
 HASH_NAME = "xxh3_128"
 """The hash of the array digests (the same family as the source images', chosen by bench/hashing.py)."""
@@ -60,25 +60,17 @@ class RowDigest:
         return {"hash": HASH_NAME, "pairs": counts.pop(), "arrays": {f: h.hexdigest() for f, h in self._h.items()}}
 
 
-def _feed(digest: RowDigest, arrays: Mapping[str, Any], start: int, stop: int, step: int) -> None:
-    for name in FIELDS:
-        for a in range(start, stop, step):
-            digest.update(name, arrays[name][a : min(a + step, stop)])
-
-
-def staged_digest(writer: Any, shards: Iterable[Mapping[str, Any]], patch_size: int) -> dict[str, Any]:
-    """The digest of the rows ``writer`` is about to commit: each staged shard's rows, in shard order.
-
-    Args:
-        writer: a store writer (``staged_arrays(index)`` opens one staged shard's arrays).
-        shards: the manifest's shard entries (``index``, ``pairs``), in order.
-    """
+def arrays_digest(arrays: Mapping[str, Any], patch_size: int) -> dict[str, Any]:
+    """The digest of the schema's arrays (``{field: zarr.Array | h5py.Dataset | ndarray}``), read in
+    blocks of their chunk length (one chunk of one array in memory at a time)."""
     digest = RowDigest(patch_size)
-    step = max(1, int(writer.chunk_size))
-    for s in shards:
-        if s["pairs"]:
-            with writer.staged_arrays(s["index"]) as arrays:
-                _feed(digest, arrays, 0, int(s["pairs"]), step)
+    for name in FIELDS:
+        arr = arrays[name]
+        n = int(arr.shape[0])
+        chunks = getattr(arr, "chunks", None)  # zarr and h5py: a tuple; numpy: none (read whole)
+        step = max(1, int(chunks[0]) if chunks else n)
+        for a in range(0, n, step):
+            digest.update(name, arr[a : min(a + step, n)])
     return digest.result()
 
 
