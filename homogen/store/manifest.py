@@ -98,8 +98,10 @@ def commit_fields(plan: "Plan", infos: list[dict]) -> dict:
 def complete(manifest: dict, arrays: dict[str, Any]) -> dict:
     """The manifest to write with ``state: complete``, given the root arrays just written
     (``{field: zarr.Array | h5py.Dataset}``). Fields computed from the arrays go here: the
-    array digest (:mod:`homogen.lineage.array_digest`)."""
-    return {**manifest, ARRAY_DIGEST: arrays_digest(arrays, int(manifest["config"]["sampling"]["patch_size"]))}
+    array digest (:mod:`homogen.lineage.array_digest`). Updates ``manifest`` in place (the writer's
+    ``commit`` returns that dict) and returns it."""
+    manifest[ARRAY_DIGEST] = arrays_digest(arrays, int(manifest["config"]["sampling"]["patch_size"]))
+    return manifest
 
 
 # ------------------------------------------------------------------------------------ checking
