@@ -94,7 +94,7 @@ from homogen.redaction import redact
 from homogen.regenerate import check_regenerate
 from homogen.sampling import quads_convex
 from homogen.schema import FIELDS, SPLIT_CODES, empty_arrays
-from homogen.stores import Dataset, missing_chunks, open_dataset
+from homogen.store import Dataset, chunk_problems, open_dataset
 from homogen.versions import check_sources, check_version
 
 __all__ = [  # the checks' parts live in their modules; these names are this module's interface
@@ -210,10 +210,10 @@ class Walk:
         self.cross_off = np.zeros((8, 8))
         self.readable: list[tuple[int, int]] = []
         self.damaged: list[dict] = []  # every damaged chunk: array, chunk, pairs, file, error
-        self.missing = (
-            {(f, k) for f, ks in missing_chunks(ds.uri, ds.arrays).items() for k in ks}
+        self.unreadable = (
+            {(f, k): why for f, ks in chunk_problems(ds.uri, ds.arrays).items() for k, why in ks.items()}
             if ds.manifest.get("format") == "zarr"
-            else set()
+            else {}
         )
 
     def block(self, where: _Where, stop: int) -> None:
@@ -233,8 +233,8 @@ class Walk:
         (checksum, codec) is recorded in :attr:`damaged` and the block is skipped."""
         data, bad = {}, {}
         for f in FIELDS:
-            if (f, where.chunk) in self.missing:  # absent from storage: zarr would read the fill value, silently
-                bad[f] = "chunk file missing from storage"
+            if (f, where.chunk) in self.unreadable:  # missing (zarr would read the fill value), or a link: never read
+                bad[f] = f"chunk file {self.unreadable[(f, where.chunk)]}"
                 continue
             try:
                 data[f] = np.asarray(self.ds.arrays[f][where.start : stop])
