@@ -8,7 +8,7 @@ import os
 from homogen.config import GenerateConfig, SourceConfig
 from homogen.generate import generate, run_generation
 from homogen.store import ZarrWriter
-from homogen.validate import validate_dataset
+from homogen.validation import validate_dataset
 
 
 def inodes(root) -> dict[tuple[int, int], str]:

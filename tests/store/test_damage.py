@@ -18,7 +18,7 @@ from homogen.cli import app
 from homogen.config import GenerateConfig, SourceConfig
 from homogen.generate import generate
 from homogen.store import DamagedChunk, StoreError, open_dataset
-from homogen.validate import validate_dataset
+from homogen.validation import validate_dataset
 
 
 @pytest.fixture(scope="module")
