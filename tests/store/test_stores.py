@@ -353,8 +353,8 @@ def test_readme_plain_readers_open_the_store_without_homogen(both_formats, tmp_p
         script = "\n".join(
             [
                 "import numpy as np",
-                f"path, path_h5, OUT = {both_formats['zarr']!r}, {both_formats['hdf5']!r}, {str(out)!r}",
-                block,
+                f"path, OUT = {both_formats['zarr']!r}, {str(out)!r}",  # what the section's intro names
+                block.replace('"work/datasets/photos.h5"', repr(both_formats["hdf5"])),  # each block defines the rest
                 EPILOGUES[key],
                 "import sys",
                 "assert not [m for m in sys.modules if m.split('.')[0] == 'homogen'], 'homogen was imported'",
