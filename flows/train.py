@@ -18,7 +18,10 @@ Run directly: ``python -m homogen.flows.train STORE``.
 
 from __future__ import annotations
 
+import socket
 import sys
+import tempfile
+from pathlib import Path
 
 if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
     from homogen.flows.entry import prefect_defaults
@@ -29,11 +32,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, TrackingConfig
+from homogen.config import workdir
+from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, InvalidParameters, TrackingConfig, shareable_tracking_uri
 from homogen.flows.model_tasks import evaluate_task, register_task, train_task
 from homogen.flows.ui import artifact_key, rename_current_run
 from homogen.model.config import TrainConfig
 from homogen.model.evaluate import NETWORK, format_table
+from homogen.redaction import redact
 from homogen.stores import open_dataset
 
 FLOW_RUN_TAG = "prefect_flow_run_id"
@@ -50,6 +55,24 @@ def _initial_run_name() -> str:
     if isinstance(config, dict):
         config = TrainConfig.model_validate(config)
     return run_name(config if isinstance(config, TrainConfig) else QUICK_TRAIN)
+
+
+def check_worker_keeps_model(config: TrainConfig, tracking: TrackingConfig) -> None:
+    """Refuse, before training, a dispatched run that would lose its model: a tracking store on this
+    machine only, or checkpoints in the temporary folder a Prefect process worker removes after the run.
+
+    Raises:
+        InvalidParameters: naming what to set on the worker.
+    """
+    shareable_tracking_uri(tracking.uri, "this deployment")
+    temp = Path(tempfile.gettempdir()).resolve()
+    where = Path(config.checkpoint_dir or workdir()).resolve()
+    if where == temp or temp in where.parents:
+        raise InvalidParameters(
+            f"checkpoints would go to {where}, inside this worker's temporary folder, which is removed when the "
+            f"run ends: start the worker with HOMOGEN_WORKDIR set to a lasting folder (e.g. "
+            f"HOMOGEN_WORKDIR=/data/homogen prefect worker start --pool gpu), or set config.checkpoint_dir"
+        )
 
 
 def evaluation_markdown(
@@ -86,6 +109,8 @@ def train_model(
     """
     from homogen.model.mlflow_run import TrainingRun
 
+    if flow_run.deployment_id:  # dispatched to a worker: refuse now what would lose the model after training
+        check_worker_keeps_model(config, tracking)
     ds = open_dataset(dataset)
     version = ds.version
     rename_current_run(run_name(config, version))
@@ -103,8 +128,15 @@ def train_model(
         result = train_task(
             dataset, config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch
         )
-        scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit)
-        registered = register_task(run, result, scores)
+        try:
+            scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit, result.dataset_version)
+            registered = register_task(run, result, scores)
+        except Exception as exc:  # the run fails saying where the trained weights are
+            ckpt = result.best_checkpoint or result.last_checkpoint
+            raise RuntimeError(
+                f"trained, but not registered ({type(exc).__name__}: {redact(str(exc))[:400]}); "
+                f"the checkpoint is at {ckpt} on {socket.gethostname()}"
+            ) from exc
     create_markdown_artifact(
         evaluation_markdown(
             version,
