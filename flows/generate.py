@@ -14,16 +14,12 @@ Run directly: ``python -m homogen.flows.generate`` (bundled images, ephemeral Pr
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
-    from homogen.flows.entry import prefect_defaults
-
-    prefect_defaults()
-
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import opaque
 
 from homogen.flows.cluster import DaskConfig, dask_scheduler
+from homogen.flows.entry import prefect_settings
 from homogen.flows.tasks import commit_dataset, generate_shards, list_shards, prepare_store, writer_for
 from homogen.flows.ui import rename_current_run
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
@@ -92,4 +88,5 @@ def generate_dataset(config: GenerateConfig = QUICK_GENERATE, dask: DaskConfig =
 
 
 if __name__ == "__main__":
-    print(generate_dataset())
+    with prefect_settings():
+        print(generate_dataset())

@@ -27,11 +27,6 @@ import os
 import sys
 from typing import Any
 
-if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
-    from homogen.flows.entry import prefect_defaults
-
-    prefect_defaults()
-
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
@@ -46,6 +41,7 @@ from homogen.flows.config import (
     flat_parameters,
     load_config,
 )
+from homogen.flows.entry import prefect_settings
 from homogen.flows.generate import generate_dataset
 from homogen.flows.ui import rename_current_run
 from homogen.flows.validate import validate_dataset_flow
@@ -253,7 +249,9 @@ def main(args: list[str]) -> None:
     except InvalidParameters as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    print(json.dumps(generate_and_train(cfg, **flat), indent=2, default=str))
+    with prefect_settings():
+        result = generate_and_train(cfg, **flat)
+    print(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":

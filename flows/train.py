@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
-    from homogen.flows.entry import prefect_defaults
-
-    prefect_defaults()
-
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, TrackingConfig
+from homogen.flows.entry import prefect_settings
 from homogen.flows.model_tasks import evaluate_task, register_task, train_task
 from homogen.flows.ui import artifact_key, rename_current_run
 from homogen.model.config import TrainConfig
@@ -130,4 +126,5 @@ def train_model(
 
 
 if __name__ == "__main__":
-    print(train_model(sys.argv[1]))
+    with prefect_settings():
+        print(train_model(sys.argv[1]))

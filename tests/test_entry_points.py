@@ -1,5 +1,6 @@
 """What a new user meets at the flows' command lines: `config=` and `--help` on `python -m`, one
-`error:` line and exit 2, one "invalid parameters" prefix, and no telemetry from the ephemeral Prefect."""
+`error:` line and exit 2, one "invalid parameters" prefix, and an ephemeral Prefect that has the time a first
+start needs, sends no telemetry and says what it is doing."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ import homogen.flows.generate_and_train as gat
 from homogen.cli import app as homogen_app
 from homogen.flows.cli import register
 from homogen.flows.config import FLAT_OVERRIDES, InvalidParameters, PipelineConfig, apply_overrides
-
-ANALYTICS = "PREFECT_SERVER_ANALYTICS_ENABLED"
 
 
 @pytest.fixture
@@ -122,72 +121,79 @@ def test_python_m_describes_a_whole_config_error_with_one_prefix(flow_calls, cap
     )
 
 
-# Run in a fresh interpreter: records the variable at the moment Prefect is first imported, then stops
-# (nothing of the flow runs). `python -m` runs a module as runpy.run_module(name, run_name="__main__") does.
-AT_PREFECT_IMPORT = textwrap.dedent(
+# Run in a fresh interpreter (Prefect reads the environment and the profile when first imported): each entry
+# point's flow is replaced by one that prints the Prefect settings it runs under, then the entry point runs.
+SETTINGS_IN_FLOW = textwrap.dedent(
     """
-    import importlib.abc, os, sys
-
-    class AtPrefectImport(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "prefect":
-                print("at prefect import:", os.environ.get({var!r}), flush=True)
-                os._exit(0)
-
-    sys.meta_path.insert(0, AtPrefectImport())
-    sys.argv = {argv!r}
-    {entry}
-    print("prefect was never imported")
-    """
-)
-
-
-def _run(code: str, user_value: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != ANALYTICS}
-    if user_value is not None:
-        env[ANALYTICS] = user_value
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
-@pytest.mark.parametrize(
-    ("argv", "entry"),
-    [
-        (["x"], "import runpy; runpy.run_module('homogen.flows.generate', run_name='__main__')"),
-        (["x", "store.zarr"], "import runpy; runpy.run_module('homogen.flows.validate', run_name='__main__')"),
-        (["x", "store.zarr"], "import runpy; runpy.run_module('homogen.flows.train', run_name='__main__')"),
-        (["homogen", "run", "--help"], "from homogen.cli import main; main()"),
-    ],
-    ids=["generate", "validate", "train", "homogen run"],
-)
-def test_each_entry_point_turns_prefect_telemetry_off_before_prefect_is_imported(argv, entry):
-    out = _run(AT_PREFECT_IMPORT.format(var=ANALYTICS, argv=argv, entry=entry), None)
-    assert out.strip() == "at prefect import: false"
-
-
-def test_python_m_turns_telemetry_off_but_importing_the_flow_module_does_not():
-    entry = "import runpy; runpy.run_module('homogen.flows.generate_and_train', run_name='__main__')"
-    out = _run(AT_PREFECT_IMPORT.format(var=ANALYTICS, argv=["x", "rho=24"], entry=entry), None)
-    assert out.strip() == "at prefect import: false"
-    out = _run(
-        AT_PREFECT_IMPORT.format(var=ANALYTICS, argv=["x"], entry="import homogen.flows.generate_and_train"), None
-    )
-    assert out.strip() == "at prefect import: None"  # deployments and tests import it: Prefect's own default there
-
-
-READ_BY_PREFECT = textwrap.dedent(
-    """
-    import runpy, sys
-    sys.argv = ["x", "--help"]
-    assert "prefect" not in sys.modules
-    runpy.run_module("homogen.flows.generate_and_train", run_name="__main__")
+    import importlib, sys
     from prefect.settings import get_current_settings
-    print("analytics_enabled:", get_current_settings().server.analytics_enabled)
+
+    def flow(*args, **kwargs):
+        s = get_current_settings()
+        print("in flow:", s.server.analytics_enabled, s.server.ephemeral.startup_timeout_seconds, flush=True)
+        return {{"dataset_version": "v", "pairs": 0, "dataset_uri": "u", "model_name": "m", "model_version": "1"}}
+
+    module = importlib.import_module({module!r})
+    setattr(module, {name!r}, flow)
+    if {module!r} == "homogen.flows.generate_and_train":
+        import homogen.flows.generate_and_train as gat
+        gat.main([])
+    else:
+        from homogen.cli import main
+        sys.argv = ["homogen", "run"]
+        try:
+            main()
+        except SystemExit as exit:
+            assert not exit.code, exit.code
+    s = get_current_settings()
+    print("after:", s.server.analytics_enabled, s.server.ephemeral.startup_timeout_seconds)
     """
 )
 
+ENTRY_POINTS = {
+    "python -m": ("homogen.flows.generate_and_train", "generate_and_train"),
+    "homogen run": ("homogen.flows.generate_and_train", "generate_and_train"),
+}
 
-def test_prefect_reads_telemetry_off_in_python_m_unless_the_user_set_it():
-    assert _run(READ_BY_PREFECT, None).strip().splitlines()[-1] == "analytics_enabled: False"
-    assert _run(READ_BY_PREFECT, "true").strip().splitlines()[-1] == "analytics_enabled: True"  # the user's own wins
+
+def _run(code: str, env_update: dict[str, str], home) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"PREFECT_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env | env_update, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _settings_code(entry: str) -> str:
+    module, name = ENTRY_POINTS[entry]
+    code = SETTINGS_IN_FLOW.format(module=module, name=name)
+    if entry == "homogen run":
+        code = code.replace('if {!r} == "homogen.flows.generate_and_train":'.format(module), "if False:")
+    return code
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_an_entry_point_gives_a_first_server_start_time_and_no_telemetry_and_says_so(entry, tmp_path):
+    done = _run(_settings_code(entry), {}, tmp_path)
+    lines = done.stdout.splitlines()
+    assert "in flow: False 180" in lines  # Prefect's own defaults: telemetry on, 20 s
+    assert lines[-1] == "after: True 20"  # only around the run: importing the flows changes nothing
+    assert "Prefect starts a temporary server for this run" in done.stderr
+    assert f"creates the database under {tmp_path}" in done.stderr and "waiting up to 180 s" in done.stderr
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_the_users_own_prefect_settings_win_from_the_environment_or_the_profile(entry, tmp_path):
+    mine = {"PREFECT_SERVER_ANALYTICS_ENABLED": "true", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "7"}
+    done = _run(_settings_code(entry), mine, tmp_path)
+    assert "in flow: True 7" in done.stdout.splitlines() and "waiting up to 7 s" in done.stderr
+    profile = tmp_path / "profiles.toml"
+    profile.write_text('active = "mine"\n[profiles.mine]\nPREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = "9"\n')
+    done = _run(_settings_code(entry), {"PREFECT_PROFILES_PATH": str(profile)}, tmp_path)
+    assert "in flow: False 9" in done.stdout.splitlines()
+
+
+def test_no_server_announcement_when_the_run_goes_to_a_server(tmp_path):
+    done = _run(_settings_code("python -m"), {"PREFECT_API_URL": "http://127.0.0.1:9/api"}, tmp_path)
+    assert "in flow: False 180" in done.stdout.splitlines() and "temporary server" not in done.stderr
