@@ -167,7 +167,10 @@ URL_FIELDS: tuple[tuple[str, ...], ...] = (("generate", "source", "root"), ("gen
 """Paths of the config's URLs: they must carry no credentials, query or fragment (Prefect stores
 parameters in plain text); the deployments' parameter schema refuses them server-side as well."""
 
-NO_CREDENTIALS_PATTERN = r"^(?![\s\S]*[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#\s'\"<>]*@|[^?#\s'\"<>]*[?#]))"
+URL_WITH_CREDENTIALS = r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#\s'\"<>]*@|[^?#\s'\"<>]*[?#])"
+"""A regular expression found in any string holding a URL with ``user:password@``, a token, a query or a fragment."""
+
+NO_CREDENTIALS_PATTERN = rf"^(?![\s\S]*{URL_WITH_CREDENTIALS})"
 """JSON-schema ``pattern`` matching exactly the strings :func:`homogen.redaction.redact` leaves
 unchanged (no ``user:password@``, query or fragment in any URL): the server refuses a run whose URL
 parameters fail it before it stores them."""

@@ -104,14 +104,8 @@ def test_commit_refuses_while_a_shard_is_missing(tmp_path):
         commit_dataset.fn(p, results)
 
 
-def test_shards_are_retried_with_back_off():
-    from homogen.flows.shards import SHARD_RETRY_DELAYS_S
-
-    assert len(SHARD_RETRY_DELAYS_S) >= 2 and all(b > a for a, b in zip(SHARD_RETRY_DELAYS_S, SHARD_RETRY_DELAYS_S[1:]))
-
-
-def flaky(monkeypatch, failures: dict[int, int]) -> dict[int, int]:
-    """Make the first ``failures[i]`` attempts at shard ``i`` raise ``OSError``; returns the attempt counts."""
+def flaky(monkeypatch, failures: dict[int, int], retries: int = 2) -> dict[int, int]:
+    """Make the first ``failures[i]`` attempts at shard ``i`` raise ``OSError``, with ``retries`` Dask retries; returns the attempt counts."""
     import homogen.flows.shards as shards
 
     real, attempts = shards.generate_shard, {}
@@ -123,20 +117,15 @@ def flaky(monkeypatch, failures: dict[int, int]) -> dict[int, int]:
         return real(writer, shard, cfg)
 
     monkeypatch.setattr(shards, "generate_shard", generate_shard)
-    monkeypatch.setattr(shards, "SHARD_RETRY_DELAYS_S", (0.01, 0.02))
+    monkeypatch.setattr(shards, "SHARD_RETRIES", retries)
     return attempts
 
 
-def test_a_failed_shard_attempt_is_logged_retried_and_the_dataset_equals_the_library_s(tmp_path, monkeypatch, caplog):
+def test_a_failed_shard_attempt_is_retried_by_dask_and_the_dataset_equals_the_library_s(tmp_path, monkeypatch):
     attempts = flaky(monkeypatch, {1: 2})
     cfg = small_config(str(tmp_path / "flaky.zarr"))
-    with caplog.at_level("WARNING", logger="flows"):
-        manifest = run_tasks(cfg)
+    manifest = run_tasks(cfg)
     assert attempts == {0: 1, 1: 3, 2: 1}
-    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
-    assert len(retries) == 2 and retries[0].startswith(
-        "shard 1 attempt 1 failed (OSError: injected I/O error in shard 1"
-    )
     reference = generate(small_config(str(tmp_path / "direct.zarr")), progress=False)
     assert manifest["dataset_version"] == reference["dataset_version"]
     for f, want in read_store(str(tmp_path / "direct.zarr")).items():
@@ -152,9 +141,30 @@ def test_a_shard_failing_every_attempt_raises_its_error_and_keeps_the_other_shar
     prepare_store.fn(p)
     with dask_scheduler(THREADS) as scheduler, pytest.raises(OSError, match="injected I/O error in shard 2, attempt 3"):
         generate_shards.fn(p, scheduler)
-    assert attempts[2] == 3  # the first attempt and one per retry delay
+    assert attempts[2] == 3  # the first attempt and the 2 retries
     writer = open_writer(cfg.output)
     assert [writer.shard_info(i) is not None for i in range(3)] == [True, True, False]
+
+
+def test_storage_tasks_declare_retries_for_transient_errors_only():
+    from prefect.states import Failed
+
+    from homogen.flows.tasks import commit_dataset, transient_error, validate_task
+
+    for t in (list_shards, prepare_store, commit_dataset, validate_task):
+        assert t.retries == 3 and t.retry_delay_seconds == [2, 5, 15] and t.retry_condition_fn is transient_error
+    assert generate_shards.retries == 0  # its shards are retried by Dask, one by one
+    for error, retried in (
+        (ConnectionResetError("peer reset"), True),
+        (TimeoutError("read timed out"), True),
+        (OSError(5, "Input/output error"), True),
+        (FileNotFoundError("no such source"), False),
+        (PermissionError("read-only output"), False),
+        (OSError(28, "No space left on device"), False),
+        (ValueError("rho=100 exceeds"), False),
+        (RuntimeError("store locked"), False),
+    ):
+        assert transient_error(list_shards, None, Failed(data=error)) is retried, error
 
 
 # ------------------------------------------------------------------------------------ validation and report
