@@ -20,6 +20,7 @@ from prefect.utilities.annotations import opaque
 
 from homogen.flows.cluster import DaskConfig, dask_scheduler
 from homogen.flows.entry import prefect_settings
+from homogen.flows.events import dataset_committed
 from homogen.flows.tasks import commit_dataset, generate_shards, list_shards, prepare_store, writer_for
 from homogen.flows.ui import rename_current_run
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
@@ -75,6 +76,7 @@ def generate_dataset(config: GenerateConfig = QUICK_GENERATE, dask: DaskConfig =
             prepare_store(opaque(p))
             results = generate_shards(opaque(p), scheduler)
             manifest = commit_dataset(opaque(p), opaque(results))
+    dataset_committed(manifest)  # the event an automation reacts to (homogen.dataset.committed)
     skipped = sum(r.skipped for r in results)
     log.info(
         "dataset %s complete: %d pairs, %d images quarantined, %d shards generated, %d already complete",

@@ -22,10 +22,12 @@ import sys
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, TrackingConfig
 from homogen.flows.entry import prefect_settings
+from homogen.flows.events import model_registered
 from homogen.flows.model_tasks import evaluate_task, register_task, train_task
 from homogen.flows.ui import artifact_key, rename_current_run
 from homogen.model.config import TrainConfig
@@ -33,6 +35,11 @@ from homogen.model.evaluate import NETWORK, format_table
 from homogen.stores import open_dataset
 
 FLOW_RUN_TAG = "prefect_flow_run_id"
+
+GPU_LIMIT = "gpu"
+"""Prefect global concurrency limit held while a run trains and evaluates (one slot): with the limit
+created (``python -m homogen.deployments.automations`` makes it, limit 1), two runs never train on
+one GPU at once, the second waits. Without it (ephemeral mode), training does not wait."""
 """MLflow run tag holding the ``train-model`` flow run id (how a parent finds a remote run's model)."""
 
 
@@ -96,11 +103,23 @@ def train_model(
         tags=tags,
         source="homogen flow train-model",
     ) as run:
-        result = train_task(
-            dataset, config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch
-        )
-        scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit)
+        with concurrency(GPU_LIMIT, occupy=1):
+            result = train_task(
+                dataset, config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch
+            )
+            scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit)
         registered = register_task(run, result, scores)
+    test_mace = float(scores.results[NETWORK]["mean"])
+    model_registered(
+        tracking.model_name,
+        registered.model_version,
+        version,
+        registered.champion,
+        model_uri=registered.model_uri,
+        run_id=run.run_id,
+        test_mace=test_mace,
+        promotion=registered.promotion,
+    )
     create_markdown_artifact(
         evaluation_markdown(
             version,
@@ -121,7 +140,7 @@ def train_model(
         "champion": registered.champion,
         "promotion": registered.promotion,
         "dataset_version": version,
-        "test_mace": scores.results[NETWORK]["mean"],
+        "test_mace": test_mace,
     }
 
 

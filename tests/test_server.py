@@ -207,7 +207,8 @@ SECRET = "n0t-in-the-database"
 
 def test_credentials_in_url_parameters_are_refused_before_anything_is_stored(server):
     local = server.deployment("generate-and-train/local")
-    before = len(server.flow_runs())
+    of_local = {"deployment_id": {"any_": [local["id"]]}}  # the scheduler adds regenerate runs meanwhile
+    before = len(server.flow_runs(**of_local))
     refused = server.cli(
         "deployment",
         "run",
@@ -226,7 +227,7 @@ def test_credentials_in_url_parameters_are_refused_before_anything_is_stored(ser
     ):
         response = httpx.post(f"{server.url}/deployments/{local['id']}/create_flow_run", json={"parameters": params})
         assert response.status_code == 409 and "name a Secret block" in response.text, params
-    assert len(server.flow_runs()) == before  # no run was created
+    assert len(server.flow_runs(**of_local)) == before  # no run was created
     for path in server.db.parent.glob("prefect.db*"):  # the database, its WAL and journal, byte for byte
         assert SECRET.encode() not in path.read_bytes(), path.name
 
@@ -364,3 +365,138 @@ def test_the_flow_on_an_external_dask_cluster_makes_the_local_cluster_dataset_an
     for log in logs:
         text = log.read_text()
         assert "database is locked" not in text and "Traceback" not in text, f"{log.name}:\n{text[-2000:]}"
+
+
+# --- events, automations and the gpu concurrency limit ------------------------------------------------
+
+
+@pytest.fixture
+def receiver():
+    """An HTTP endpoint on 127.0.0.1 that keeps the bodies POSTed to it (where the notification block points)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bodies: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/notify", bodies
+    finally:
+        httpd.shutdown()
+
+
+def events_named(server: Server, name: str) -> list[dict]:
+    return server.api("POST", "events/filter", {"filter": {"event": {"name": [name]}}, "limit": 50})["events"]
+
+
+def test_pipeline_events_arrive_and_drive_the_automations_and_the_gpu_limit_exists(server, receiver, tmp_path):
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+    from homogen.flows.cluster import DaskConfig
+    from homogen.flows.events import model_registered
+    from homogen.flows.generate import generate_dataset
+
+    url, received = receiver
+    # the README's walk-through: the GPU pool and deployment, a notification block, then the one command
+    server.cli("work-pool", "create", "gpu", "--type", "process")
+    command = [sys.executable, "-m", "homogen.deployments.gpu", "--pool", "gpu"]
+    done = subprocess.run(
+        command, env=server.client_env(), cwd=server.root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with temporary_settings({PREFECT_API_URL: server.url}):
+        block = CustomWebhookNotificationBlock(name="ops", url=url, json_data={"text": "{{subject}}: {{body}}"})
+        block.save("homogen-ops", overwrite=True)
+    command = [sys.executable, "-m", "homogen.deployments.automations", "--notify", "custom-webhook/homogen-ops"]
+    done = subprocess.run(
+        command, env=server.client_env(), cwd=server.root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "automation homogen-train-on-commit" in done.stdout and "automation homogen-regenerate-failed" in done.stdout
+    assert server.api("GET", "v2/concurrency_limits/gpu")["limit"] == 1
+    names = {a["name"] for a in server.api("POST", "automations/filter", {})}
+    assert {"homogen-train-on-commit", "homogen-regenerate-failed"} <= names
+    again = subprocess.run(
+        command, env=server.client_env(), cwd=server.root, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0 and len(server.api("POST", "automations/filter", {})) == len(names)  # replaced
+
+    # a dataset is committed by the generate-dataset flow: the event arrives...
+    config = GenerateConfig(
+        source=SourceConfig(max_images=8, test_fraction=0.25),
+        sampling=SamplingConfig(pairs_per_image=2),
+        shard_size=4,
+        chunk_size=8,
+        output=str(tmp_path / "committed.zarr"),
+    )
+    with temporary_settings({PREFECT_API_URL: server.url}):
+        dataset = generate_dataset(config, DaskConfig(n_workers=1, processes=False, dashboard_address=None))
+    resource = f"homogen.dataset.{dataset['version']}"
+    [event] = wait_for(
+        "homogen.dataset.committed",
+        lambda: [
+            e
+            for e in events_named(server, "homogen.dataset.committed")
+            if e["resource"]["prefect.resource.id"] == resource
+        ],
+        60,
+        server.procs,
+    )
+    assert event["payload"]["uri"] == dataset["uri"] and event["payload"]["pairs"] == dataset["pairs"] == 16
+    assert event["payload"]["recipe"]["rho"] == 32 and event["payload"]["version"] == dataset["version"]
+    assert any(r["prefect.resource.id"].startswith("prefect.flow-run.") for r in event["related"])
+    # ...and the automation runs train-model/gpu on that store
+    gpu = server.deployment("train-model/gpu")
+    wait_for(
+        "the automation's train-model/gpu run",
+        lambda: [
+            r
+            for r in server.flow_runs(deployment_id={"any_": [gpu["id"]]})
+            if r["parameters"].get("dataset") == dataset["uri"]
+        ],
+        60,
+        server.procs,
+    )
+
+    # model registered and promoted: both events, related to the dataset version
+    with temporary_settings({PREFECT_API_URL: server.url}):
+        sent = model_registered(
+            "homographynet", 3, dataset["version"], True, model_uri="models:/homographynet/3", run_id="r", test_mace=1.5
+        )
+    assert sent == ["homogen.model.registered", "homogen.model.promoted"]
+    for name in sent:
+        [event] = wait_for(name, lambda name=name: events_named(server, name), 60, server.procs)
+        assert event["resource"]["prefect.resource.id"] == "homogen.model.homographynet.3"
+        assert {"prefect.resource.id": resource, "prefect.resource.role": "dataset"}.items() <= event["related"][
+            0
+        ].items()
+        assert event["payload"]["test_mace"] == 1.5 and event["payload"]["champion"] is True
+
+    # a failed regenerate run is reported through the block
+    server.cli(
+        "deployment",
+        "run",
+        "generate-and-train/regenerate",
+        "--param",
+        "device=tpu",
+        "--watch",
+        "--watch-interval",
+        "1",
+        check=False,
+        timeout=180,
+    )
+    [report] = wait_for("the failure report", lambda: [b for b in received if "regenerate" in b], 60, server.procs)
+    assert "homogen: a regenerate run failed" in report and "prefect flow-run logs" in report
+    assert "train.device" in report  # the state message says why
