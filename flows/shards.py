@@ -16,12 +16,9 @@ failed attempt leaves nothing behind (the library writes a shard under a tempora
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
-import cv2
-import fsspec.config
 from distributed import Client, as_completed
 
 from homogen.config import SamplingConfig
@@ -35,11 +32,6 @@ SHARD_RETRIES = 3
 
 def write_shard(output: str, store_format: str, chunk_size: int, shard: Shard, sampling: SamplingConfig) -> ShardResult:
     """Generate and atomically write one shard on a worker; a shard already complete is skipped."""
-    if "OPENCV_FOR_THREADS_NUM" in os.environ:  # a forked worker inherits OpenCV's pool size from its forkserver
-        cv2.setNumThreads(int(os.environ["OPENCV_FOR_THREADS_NUM"]))
-    # storage options (FSSPEC_<PROTOCOL>...) that reached this worker's environment after fsspec was
-    # imported: its forkserver imported it, maybe before the flow loaded a Secret block
-    fsspec.config.set_conf_env(fsspec.config.conf)
     return generate_shard(open_writer(output, store_format, chunk_size), shard, sampling)
 
 
