@@ -258,7 +258,7 @@ def checked_config(data: dict, name: str, **flat: Any) -> PipelineConfig:
 def load_config(text: str | None, name: str = "--config") -> dict:
     """A config given on a command line (``--config`` / ``config=``): inline JSON or a JSON file's path; {} when empty.
 
-    The one parser of ``homogen run --config`` and ``python -m homogen.flows.generate_and_train config=``.
+    The one parser of ``homogen run --config`` (which ``python -m homogen.flows.generate_and_train`` runs).
 
     Raises:
         InvalidParameters: neither a JSON object nor a file holding one; the message names ``name``
