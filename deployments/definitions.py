@@ -23,7 +23,6 @@ from prefect.utilities.callables import ParameterSchema
 
 from homogen.flows.config import FLAT_OVERRIDES, URL_FIELDS, URL_WITH_CREDENTIALS
 from homogen.flows.generate_and_train import generate_and_train
-from homogen.flows.train import train_model
 
 TAGS = ["homogen"]
 
@@ -111,6 +110,8 @@ def regenerate_deployment() -> RunnerDeployment:
 
 def gpu_deployment(pool: str = GPU_POOL) -> RunnerDeployment:
     """``train-model/gpu``: training on the work pool ``pool`` (a worker on a GPU machine)."""
+    from homogen.flows.train import train_model  # torch: not in the serving process, nor its Dask workers
+
     return train_model.to_deployment(
         name="gpu",
         description="Train, evaluate and register HomographyNet on a GPU machine (store and MLflow must be shared).",

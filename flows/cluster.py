@@ -66,6 +66,11 @@ def own_environment() -> Iterator[None]:
 DASK_ADDRESS_ENV = "HOMOGEN_DASK_ADDRESS"
 """Environment variable with a Dask scheduler address (``tcp://host:8786``) to use instead of a LocalCluster."""
 
+SERVED_DASK_ADDRESS_ENV = "HOMOGEN_SERVED_DASK_ADDRESS"
+"""The scheduler of the LocalCluster a serving process (``python -m homogen.deployments.serve``) keeps for
+its runs, set in their environment: used by a run whose ``dask`` section is the default one
+(:meth:`DaskConfig.resolved_address`)."""
+
 
 class DaskConfig(BaseModel):
     """Where generation's shard tasks run: an existing Dask cluster, or a LocalCluster of this machine."""
@@ -87,8 +92,15 @@ class DaskConfig(BaseModel):
     )
 
     def resolved_address(self) -> str | None:
-        """The scheduler address to connect to, or None for a LocalCluster (read at run time)."""
-        return self.address or os.environ.get(DASK_ADDRESS_ENV) or None
+        """The scheduler address to connect to, or None for a LocalCluster of its own (read at run time).
+
+        ``address``, else ``$HOMOGEN_DASK_ADDRESS``, else, when this config is the default one, the
+        serving process's warm cluster (``$HOMOGEN_SERVED_DASK_ADDRESS``).
+        """
+        found = self.address or os.environ.get(DASK_ADDRESS_ENV)
+        if not found and self == DaskConfig():
+            found = os.environ.get(SERVED_DASK_ADDRESS_ENV)
+        return found or None
 
     def resolved_workers(self) -> int:
         """LocalCluster size: ``n_workers``, else the CPU cores this process may use."""

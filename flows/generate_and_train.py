@@ -30,6 +30,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
+from homogen.flows.cluster import SERVED_DASK_ADDRESS_ENV
 from homogen.flows.config import (
     InvalidParameters,
     PipelineConfig,
@@ -62,7 +63,7 @@ def use_storage_secret(name: str) -> list[str]:
 
     The options go into fsspec's configuration here (every filesystem this process opens gets them)
     and into ``FSSPEC_<PROTOCOL>`` of this process's environment, which the Dask LocalCluster
-    workers started afterwards inherit. Workers of an external cluster need the same variables set
+    workers started afterwards inherit (so the run starts its own, never a serving process's warm one). Workers of an external cluster need the same variables set
     where they run. Returns the protocols configured (the values are never logged).
 
     Raises:
@@ -80,6 +81,8 @@ def use_storage_secret(name: str) -> list[str]:
     for protocol, opts in options.items():
         fsspec.config.conf.setdefault(protocol, {}).update(opts)
         os.environ[f"FSSPEC_{protocol.upper()}"] = json.dumps(fsspec.config.conf[protocol])
+    # the serving process's warm cluster started without these options: this run starts its own workers
+    os.environ.pop(SERVED_DASK_ADDRESS_ENV, None)
     return sorted(options)
 
 

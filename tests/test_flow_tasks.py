@@ -286,6 +286,22 @@ def test_dask_address_comes_from_the_parameter_then_the_environment(monkeypatch)
     assert DaskConfig(n_workers=3).resolved_workers() == 3 and DaskConfig().resolved_workers() >= 1
 
 
+def test_a_run_takes_the_serving_process_cluster_only_with_default_dask_settings(monkeypatch):
+    from homogen.flows.cluster import SERVED_DASK_ADDRESS_ENV
+    from homogen.flows.config import PipelineConfig
+
+    monkeypatch.delenv("HOMOGEN_DASK_ADDRESS", raising=False)
+    monkeypatch.setenv(SERVED_DASK_ADDRESS_ENV, "tcp://127.0.0.1:40000")
+    assert DaskConfig().resolved_address() == "tcp://127.0.0.1:40000"
+    merged = PipelineConfig.model_validate({"train": {"epochs": 1}, "dask": {}}).dask  # a partial config
+    assert merged.resolved_address() == "tcp://127.0.0.1:40000"
+    assert DaskConfig(n_workers=1).resolved_address() is None  # settings of its own: a cluster of its own
+    assert DaskConfig(processes=False).resolved_address() is None
+    assert DaskConfig(address="tcp://sched:8786").resolved_address() == "tcp://sched:8786"
+    monkeypatch.setenv("HOMOGEN_DASK_ADDRESS", "tcp://10.0.0.5:8786")
+    assert DaskConfig().resolved_address() == "tcp://10.0.0.5:8786"  # the user's own cluster first
+
+
 def test_a_cluster_without_workers_fails_naming_the_scheduler_instead_of_waiting_forever(tmp_path, monkeypatch):
     import homogen.flows.tasks as flow_tasks
     from homogen.flows.cluster import local_cluster

@@ -239,16 +239,19 @@ def test_storage_credentials_come_from_a_secret_block_into_this_process_and_its_
     from prefect.blocks.system import Secret
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from homogen.flows.cluster import SERVED_DASK_ADDRESS_ENV
     from homogen.flows.config import InvalidParameters, PipelineConfig
     from homogen.flows.generate_and_train import use_storage_secret
 
     monkeypatch.setattr(fsspec.config, "conf", {})
     monkeypatch.setenv("FSSPEC_MEMORY", "{}")  # restored (removed) after the test
+    monkeypatch.setenv(SERVED_DASK_ADDRESS_ENV, "tcp://127.0.0.1:40000")  # a serving process's warm cluster
     token = "t0ken-from-a-secret-block"
     with temporary_settings({PREFECT_API_URL: server.url}):
         Secret(value={"memory": {"token": token}}).save("homogen-storage", overwrite=True)
         Secret(value="a plain string").save("not-storage-options", overwrite=True)
         assert use_storage_secret("homogen-storage") == ["memory"]
+        assert SERVED_DASK_ADDRESS_ENV not in os.environ  # its workers lack the options: the run starts its own
         with pytest.raises(InvalidParameters, match="storage options per protocol"):
             use_storage_secret("not-storage-options")
     assert fsspec.filesystem("memory", skip_instance_cache=True).storage_options["token"] == token
@@ -500,3 +503,56 @@ def test_pipeline_events_arrive_and_drive_the_automations_and_the_gpu_limit_exis
     [report] = wait_for("the failure report", lambda: [b for b in received if "regenerate" in b], 60, server.procs)
     assert "homogen: a regenerate run failed" in report and "prefect flow-run logs" in report
     assert "train.device" in report  # the state message says why
+
+
+def test_a_served_run_shards_on_the_serving_process_cluster_and_its_model_events_arrive(server):
+    """The serving process keeps one Dask cluster for its runs (no worker start per run); a real run of
+    generate-and-train/local on it completes, and its train-model subflow emits homogen.model.registered."""
+    import json
+    import re
+
+    serving = server.procs[1][2].read_text()
+    address = re.search(r"Dask cluster for the runs at (tcp://127\.0\.0\.1:\d+)", serving)
+    assert address, serving[-3000:]
+    config = {
+        "generate": {
+            "source": {"max_images": 8, "test_fraction": 0.25, "val_fraction": 0.25},
+            "sampling": {"pairs_per_image": 4},
+        },
+        "train": {"epochs": 1},
+        "evaluate": {"methods": ["identity"]},
+    }
+    local = server.deployment("generate-and-train/local")
+    before = {r["id"] for r in server.flow_runs(deployment_id={"any_": [local["id"]]})}
+    started = server.cli(
+        "deployment",
+        "run",
+        "generate-and-train/local",
+        "--param",
+        f"config={json.dumps(config)}",
+        "--watch",
+        "--watch-interval",
+        "2",
+        check=False,
+        timeout=500,
+    )
+    [run] = [r for r in server.flow_runs(deployment_id={"any_": [local["id"]]}) if r["id"] not in before]
+    logs = server.cli("flow-run", "logs", run["id"]).stdout
+    assert run["state_type"] == "COMPLETED", started.stdout[-2000:] + logs[-3000:]
+    [generate] = [
+        r for r in server.flow_runs(parent_flow_run_id={"any_": [run["id"]]}) if r["name"].startswith("generate ")
+    ]
+    generate_logs = " ".join(server.cli("flow-run", "logs", generate["id"]).stdout.split())
+    assert f"shards on the Dask cluster at {address.group(1)}" in generate_logs, generate_logs[-3000:]
+    dataset, version = re.search(r"dataset (\w+) -> homographynet version (\d+)", logs).groups()
+    registered = wait_for(
+        "the run's homogen.model.registered",
+        lambda: [
+            e
+            for e in events_named(server, "homogen.model.registered")
+            if e["resource"]["prefect.resource.id"] == f"homogen.model.homographynet.{version}"
+        ],
+        60,
+        server.procs,
+    )
+    assert registered[0]["related"][0]["prefect.resource.id"] == f"homogen.dataset.{dataset}"
