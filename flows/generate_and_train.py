@@ -36,7 +36,9 @@ from homogen.flows.config import (
     PipelineConfig,
     apply_overrides,
     check_before_work,
+    dispatched_train_config,
     flat_parameters,
+    shareable_tracking_uri,
 )
 from homogen.flows.generate import generate_dataset
 from homogen.flows.ui import rename_current_run
@@ -89,29 +91,46 @@ def use_storage_secret(name: str) -> list[str]:
 def train_remotely(deployment: str, dataset_uri: str, config: PipelineConfig) -> dict:
     """Run ``train-model`` as ``deployment`` (e.g. on a GPU work pool), wait, and read its model from MLflow.
 
+    The training config sent is the deployment's own (``train-model/gpu``: CUDA, full width, 10
+    epochs) with only the fields the user set over it (:func:`homogen.flows.config.dispatched_train_config`),
+    never the pipeline's quick-start defaults. The tracking URI sent is the one this process
+    resolves (checked shareable before generation started), so both machines use the same store.
     The deployment's flow run tags its MLflow run with its id; the registered version is found by
     that tag, so no Prefect result storage has to be shared between the machines.
     """
+    from prefect.client.orchestration import get_client
+
     from homogen.flows.train import FLOW_RUN_TAG
     from homogen.model.tracking import setup_tracking
 
+    tracking_uri = shareable_tracking_uri(config.tracking.uri, f"train_deployment={deployment!r}")
+    with get_client(sync_client=True) as client:
+        params = client.read_deployment_by_name(deployment).parameters or {}
+    train = dispatched_train_config(params.get("config"), config.train)
+    get_run_logger().info(
+        "training as %s with its settings %s, overridden by the fields set here: %s",
+        deployment,
+        params.get("config") or "(the train-model defaults)",
+        config.train.model_dump(mode="json", exclude_unset=True) or "none",
+    )
     run = run_deployment(
         deployment,
         parameters={
             "dataset": dataset_uri,
-            "config": config.train.model_dump(mode="json"),
+            "config": train.model_dump(mode="json", exclude_unset=True),
             "evaluate": config.evaluate.model_dump(mode="json"),
-            "tracking": config.tracking.model_dump(mode="json"),
+            "tracking": {**config.tracking.model_dump(mode="json"), "uri": tracking_uri},
         },
         timeout=None,
     )
     if not run.state or not run.state.is_completed():
         raise RuntimeError(
             f"deployment {deployment} run {run.name} ended {run.state.name if run.state else 'without a state'}"
+            + (f": {run.state.message}" if run.state and run.state.message else "")
         )
     import mlflow
 
-    setup_tracking(config.tracking.uri, experiment=None)
+    setup_tracking(tracking_uri, experiment=None)
     found = mlflow.search_runs(
         search_all_experiments=True, filter_string=f"tags.{FLOW_RUN_TAG} = '{run.id}'", output_format="list"
     )

@@ -413,7 +413,7 @@ def validate_dataset(
         check_images(ds, walk),
         check_duplicates(walk),
         check_uniform(walk, ds.rho),
-        check_splits(walk),
+        check_splits(ds, walk),
         check_regenerate(ds, regenerate, source_root, walk.readable, seed),
         check_version(ds.manifest),
         check_sources(ds.manifest, sources, source_root),

@@ -255,7 +255,9 @@ def train(
             patch_size=ds.patch_size,  # the network takes the store's patches
         )
     except ValidationError as exc:
-        _fail(f"invalid parameters: {exc}")
+        from homogen.param_errors import describe_errors
+
+        _fail(describe_errors(exc))
     if not track:  # train() refuses what needs no training (train.preflight) before it trains; _train says so
         result = _train(run_train, ds, cfg, None)
         scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
@@ -276,8 +278,8 @@ def train(
         result = _train(run_train, ds, cfg, run.log_epoch)
         ckpt = result.best_checkpoint or result.last_checkpoint
         try:
-            run.set_tags({"device": result.device, "best_epoch": result.best_epoch, "checkpoint": ckpt})
-            scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
+            run.log_result(result)
+            scores = score_test(ds, result.model, chosen, limit=limit, progress=True, version=result.dataset_version)
             run.log_test(scores)
             registered = run.register(result.model, scores)
         except Exception as exc:  # noqa: BLE001 - the checkpoint is safe on disk; say where

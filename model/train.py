@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from homogen.config import workdir
 from homogen.model.config import TrainConfig
 from homogen.model.data import as_dataset, check_compatible, make_loader
+from homogen.model.dataset_pin import check_unchanged
 from homogen.model.evaluate import predict_network
 from homogen.model.metrics import pair_errors, summarize
 from homogen.model.losses import photometric_criterion
@@ -416,6 +417,8 @@ def train(
         IncompatibleStoreError: the store's schema version or patch size does not fit the model
             (before anything is trained).
         CheckpointError: ``resume`` found a checkpoint that is corrupt or belongs to another run.
+        DatasetChanged: the store was regenerated during training (checked before and after every
+            epoch; the epoch that saw the change is not checkpointed).
     """
     cfg = cfg or TrainConfig()
     ds = as_dataset(dataset)
@@ -468,6 +471,7 @@ def train(
 
     while not done():
         epoch = state.epoch
+        check_unchanged(ds, ds.version, f"epoch {epoch + 1}")  # the store still holds the version trained on
         train_loader.dataset.set_epoch(epoch)
         budget = None if cfg.max_samples is None else cfg.max_samples - state.samples_seen
         total = n_train if budget is None else min(n_train, budget)
@@ -481,6 +485,7 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
 
+        check_unchanged(ds, ds.version, f"saving epoch {epoch + 1}'s checkpoint")  # its pairs were all one version
         state.epoch += 1
         state.samples_seen += stats["samples"]
         improved = val["mean"] < state.best_val_mace

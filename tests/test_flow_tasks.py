@@ -453,11 +453,14 @@ def test_train_evaluate_register_tasks(tmp_path, monkeypatch):
         assert len(scores.pairs) == scores.results["identity"]["n"] == min(8, manifest["splits"]["test"])
 
         registered = register_task.fn(run, result, scores)
-    assert registered.model_version == "1" and registered.champion
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    version = client.get_model_version_by_alias("hn-test", "champion")
-    assert str(version.version) == "1" and version.tags["dataset_version"] == manifest["dataset_version"]
+    version = client.get_model_version("hn-test", "1")
+    assert registered.model_version == "1" and version.tags["dataset_version"] == manifest["dataset_version"]
     r = client.get_run(run.run_id)
+    # champion exactly when it beats the identity by the margin on the same test pairs (model.registry)
+    beats = r.data.metrics["test_mace"] <= 0.95 * r.data.metrics["identity_mace"]
+    assert registered.champion == beats and r.data.tags["champion"] == str(beats).lower()
+    assert r.data.metrics["best_epoch"] == result.best_epoch == 1
     assert r.data.tags["origin"] == "unit" and "val_mace" in r.data.metrics and "identity_mace" in r.data.metrics
 
 

@@ -196,7 +196,7 @@ def test_a_run_with_an_impossible_device_fails_and_the_cli_says_why(server):
     run = server.flow_runs(deployment_id={"any_": [server.deployment("generate-and-train/local")["id"]]})[0]
     assert run["state_type"] == "FAILED", started.stdout + started.stderr
     logs = server.cli("flow-run", "logs", run["id"])
-    assert "train.device='tpu'" in logs.stdout and "use auto, cpu, cuda" in logs.stdout
+    assert "train.device: 'tpu' is not a device" in logs.stdout and "use auto, cpu, cuda" in logs.stdout
     inspected = server.cli("flow-run", "inspect", run["id"])
     assert "FAILED" in inspected.stdout.upper() and "train.device" in inspected.stdout
     assert not (server.root / "work" / "datasets").exists()  # refused before the first shard

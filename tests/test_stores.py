@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -218,15 +219,42 @@ def write_lock(out: str, pid: int) -> None:
         json.dump({"pid": pid, "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}, f)
 
 
+HOLD = """
+import sys, time
+from pathlib import Path
+from homogen.outputs import output_lock
+try:
+    with output_lock(sys.argv[1], wait_s=float(sys.argv[3])):
+        Path(sys.argv[2]).write_text("held")
+        time.sleep(float(sys.argv[4]))
+except Exception as exc:
+    Path(sys.argv[2]).write_text("refused " + str(exc))
+"""
+
+
+def hold_lock(out: str, flag: Path, wait_s: float = 0.0, hold_s: float = 60.0) -> subprocess.Popen:
+    """A process that takes the output's lock (writing ``held`` to ``flag``) and holds it ``hold_s``."""
+    return subprocess.Popen([sys.executable, "-c", HOLD, out, str(flag), str(wait_s), str(hold_s)], env=child_env())
+
+
+def wait_flag(flag: Path, proc: subprocess.Popen) -> str:
+    for _ in range(600):
+        if flag.exists() and flag.read_text():
+            return flag.read_text()
+        assert proc.poll() is None or flag.exists(), "the lock holder died"
+        time.sleep(0.05)
+    raise AssertionError("the holder never took the lock")
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_a_second_generation_is_refused_while_the_lock_is_held(tmp_path, suffix):
     out = str(tmp_path / f"ds{suffix}")
     cfg = GenerateConfig(output=out, source=SourceConfig(max_images=4))
     generate(cfg, progress=False)
     before = tree(out)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = hold_lock(out, tmp_path / "flag")
     try:
-        write_lock(out, holder.pid)
+        assert wait_flag(tmp_path / "flag", holder) == "held"
         with pytest.raises(StoreLocked, match=rf"being written by pid {holder.pid}"):
             generate(cfg, progress=False)
         with pytest.raises(StoreLocked):
@@ -235,7 +263,6 @@ def test_a_second_generation_is_refused_while_the_lock_is_held(tmp_path, suffix)
         holder.kill()
         holder.wait()
     assert tree(out) == before
-    assert os.path.exists(out + ".lock")  # not ours to remove
 
 
 def test_a_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
@@ -245,6 +272,53 @@ def test_a_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
     write_lock(out, dead.pid)
     m = generate(GenerateConfig(output=out, source=SourceConfig(max_images=2)), progress=False)
     assert m["num_pairs"] == 8 and not os.path.exists(out + ".lock")
+
+
+def test_a_lock_whose_holder_was_killed_is_free_at_once(tmp_path):
+    """A SIGKILLed holder leaves its lock file behind; the kernel has dropped its flock."""
+    out = str(tmp_path / "ds.zarr")
+    holder = hold_lock(out, tmp_path / "flag")
+    assert wait_flag(tmp_path / "flag", holder) == "held"
+    holder.kill()
+    holder.wait()
+    assert os.path.exists(out + ".lock")
+    m = generate(GenerateConfig(output=out, source=SourceConfig(max_images=2)), progress=False)
+    assert m["num_pairs"] == 8 and not os.path.exists(out + ".lock")
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_of_racing_processes_exactly_one_holds_the_lock(tmp_path, stale):
+    """Eight processes race for one output (over a stale lock file, or none): exactly one holds it
+    while the others are refused; never two at once."""
+    out = str(tmp_path / "ds.zarr")
+    if stale:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        write_lock(out, dead.pid)
+    flags = [tmp_path / f"flag{i}" for i in range(8)]
+    procs = [hold_lock(out, f, wait_s=0.0, hold_s=120.0) for f in flags]
+    try:
+        results = [wait_flag(f, p) for f, p in zip(flags, procs)]  # the holder holds until killed
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert sorted(r.split(" ")[0] for r in results) == ["held"] + ["refused"] * 7, results
+
+
+def test_the_same_output_by_a_symlink_takes_the_same_lock(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    holder = hold_lock(str(tmp_path / "real" / "ds.zarr"), tmp_path / "flag")
+    try:
+        assert wait_flag(tmp_path / "flag", holder) == "held"
+        for other in (tmp_path / "link" / "ds.zarr", tmp_path / "real" / "x" / ".." / "ds.zarr"):
+            with pytest.raises(StoreLocked, match=rf"pid {holder.pid}"):
+                generate(GenerateConfig(output=str(other), source=SourceConfig(max_images=2)), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "real" / "ds.zarr").exists()
 
 
 # ------------------------------------------------------------------ schema 2: plain readers
@@ -427,7 +501,7 @@ def test_a_hand_edited_manifest_is_an_error_naming_the_file(both_formats, tmp_pa
     else:
         with h5py.File(store, "r+") as f:
             f.attrs["homogen"] = json.dumps(edited)
-    with pytest.raises(StoreError, match=rf"the manifest in .*{where}.* lacks or mistypes \['shards'\]"):
+    with pytest.raises(StoreError, match=rf"the manifest in .*{where}.* was edited or damaged \(shards: Field required\)"):
         open_dataset(store)
     if fmt == "hdf5":
         with h5py.File(store, "r+") as f:
@@ -551,6 +625,7 @@ def test_the_arrays_do_not_depend_on_shard_size_chunk_size_or_a_quarantined_imag
 KILLER = r"""
 import json, os, sys
 from homogen import stores
+from homogen.store import hdf5_writer, zarr_writer
 from homogen.config import GenerateConfig
 from homogen.generate import generate
 
@@ -597,12 +672,12 @@ elif step == "mid-assemble":
     if fmt == "zarr":
         at(Writer, "_copy_rows", call=4)
     else:
-        at(stores, "_create_h5_dataset", call=3 + 3)  # 3 staged shards, then the root's third array
+        at(hdf5_writer, "_create_h5_dataset", call=3 + 3)  # 3 staged shards, then the root's third array
 elif step == "before-manifest":
     if fmt == "zarr":
-        at(stores.zarr, "consolidate_metadata", call=1, after=True)
+        at(zarr_writer.zarr, "consolidate_metadata", call=1, after=True)
     else:
-        at(stores.os, "replace", call=5)  # header, 3 shards, then the root file
+        at(hdf5_writer.os, "replace", call=5)  # header, 3 shards, then the root file
 elif step == "after-manifest":
     at(Writer, "remove_debris")
 generate(GenerateConfig.model_validate(args["config"]), progress=False)
