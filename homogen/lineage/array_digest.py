@@ -21,7 +21,6 @@ from typing import Any, Mapping
 import numpy as np
 import xxhash
 
-from homogen.check_report import CheckResult
 from homogen.schema import BY_NAME, FIELDS
 
 __all__ = ["HASH_NAME", "RowDigest", "arrays_digest", "check_array_digest", "store_digest"]
@@ -83,8 +82,11 @@ def store_digest(ds: Any) -> dict[str, Any]:
     return digest.result()
 
 
-def check_array_digest(ds: Any) -> CheckResult:
-    """``arrays_match_digest``: every array's digest recomputed from the store equals the manifest's."""
+def check_array_digest(ds: Any):
+    """``arrays_match_digest``: every array's digest recomputed from the store equals the manifest's
+    (a :class:`homogen.validation.report.CheckResult`)."""
+    from homogen.validation.report import CheckResult  # the store imports this module; validation imports the store
+
     name = "arrays_match_digest"
     recorded = ds.manifest.get(MANIFEST_KEY)
     if recorded is None:

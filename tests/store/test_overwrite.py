@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from homogen.cli import app
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
-from homogen.outputs import check_replaceable
-from homogen.stores import StoreConflict, ZarrWriter, open_dataset
+from homogen.store import StoreConflict, ZarrWriter, open_dataset
+from homogen.store.paths import check_replaceable
 
 
 def tree(root: Path) -> dict[str, bytes]:
