@@ -103,6 +103,16 @@ def check_array_digest(ds: Any):
         return CheckResult(
             name, None, 0, 0, f"digests were made with {recorded.get('hash')}, this homogen makes {HASH_NAME}"
         )
+    if ds.manifest.get("format") == "zarr":  # never read a chunk that is not a regular file (a link to /dev/zero)
+        from homogen.store import chunk_problems
+
+        bad = [f"{f} chunk {k} ({why})" for f, ks in chunk_problems(ds.uri, ds.arrays).items() for k, why in ks.items()]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            detail = (
+                f"not computed: {len(bad)} chunk(s) cannot be read as stored ({', '.join(bad[:3])}{more}; see readable)"
+            )
+            return CheckResult(name, False, len(FIELDS), len(FIELDS), detail)
     try:
         now = store_digest(ds)
     except Exception as exc:  # noqa: BLE001 - DamagedChunk names the chunk; codecs raise many types
