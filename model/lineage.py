@@ -147,8 +147,11 @@ class DatasetLineage:
                     f"  {m.model} v{m.version}  test MACE {mace}  trained on {trained}"
                     + ("  (champion)" if m.champion else "")
                 )
-        for name, version in sorted(self.champions.items()):
-            lines.append(f"champion of {name}: v{version}")
+        for name in sorted({m.model for m in self.models} | set(self.champions)):
+            version = self.champions.get(name)
+            lines.append(
+                f"champion of {name}: v{version}" if version else f"{name} has no champion (no version has the alias)"
+            )
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
