@@ -26,6 +26,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from homogen.config import workdir
@@ -121,7 +122,11 @@ def train_model(
     """
     from homogen.model.mlflow_run import TrainingRun
 
-    if flow_run.deployment_id:  # dispatched to a worker: refuse now what would lose the model after training
+    context = FlowRunContext.get()  # this run's own deployment (a subflow has none; prefect.runtime has no
+    # flow_run.deployment_id, and its deployment.id is the parent's deployment in a subflow)
+    if (
+        context and context.flow_run and context.flow_run.deployment_id
+    ):  # dispatched: refuse now what would lose the model
         check_worker_keeps_model(config, tracking)
     ds = open_dataset(dataset)
     version = ds.version
