@@ -150,8 +150,11 @@ class PairStream(IterableDataset):
         self.rank, self.world_size = int(rank), int(world_size)
         self.with_rows = bool(with_rows)
         self.num_workers = 0  # of the DataLoader iterating it (make_loader sets it): only __len__ needs it
-        self.epoch = 0
-        self._done: np.ndarray | None = None  # rows of this epoch already trained on (mark_read)
+        # The epoch lives in shared memory, so that persistent DataLoader workers (which keep the copy
+        # of the stream they started with) see set_epoch: their next pass reads it.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._done: np.ndarray | None = None  # rows of epoch _done_epoch already trained on (mark_read)
+        self._done_epoch = 0
         self.chunks: list[tuple[int, int]] = self._chunks_with_rows()
 
     # -- pickling to worker processes: the open store stays behind, workers reopen by uri ---------
@@ -167,6 +170,11 @@ class PairStream(IterableDataset):
         return self._ds
 
     # -- order ---------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order the next iteration produces."""
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration produces (set before each epoch).
 
@@ -175,14 +183,14 @@ class PairStream(IterableDataset):
         """
         if int(epoch) != self.epoch:
             self._done = None
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     # -- position ------------------------------------------------------------------------------
     def mark_read(self, rows: Any) -> None:
         """Record that the pairs at store indices ``rows`` were consumed in this epoch (call it
         where the batches are used, e.g. after each training step). Shape: ``(B,)`` integers."""
         if self._done is None:
-            self._done = np.zeros(len(self._split), bool)
+            self._done, self._done_epoch = np.zeros(len(self._split), bool), self.epoch
         self._done[np.asarray(rows, np.int64)] = True
 
     def read_mask(self) -> np.ndarray:
@@ -218,8 +226,9 @@ class PairStream(IterableDataset):
                 f"this {len(self._split)}-row store, split {self.split!r}: start the epoch afresh"
             )
         read = np.unpackbits(np.asarray(state["read"], np.uint8), count=len(self._split)).astype(bool)
-        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
-        self._done = read if read.any() else None
+        self._epoch.fill_(int(state["epoch"]))
+        self.seed = int(state["seed"])
+        self._done, self._done_epoch = (read if read.any() else None), int(state["epoch"])
 
     def _chunks_with_rows(self) -> list[tuple[int, int]]:
         """The store's chunks that hold rows of the split (all chunks when ``split`` is None).
@@ -324,7 +333,9 @@ class PairStream(IterableDataset):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid, 1])
-        done = None if self._done is None else self._done.copy()  # rows marked while iterating stay in this pass
+        # rows marked while iterating stay in this pass; a persistent worker's copy of a resumed
+        # epoch's rows applies to that epoch only
+        done = self._done.copy() if self._done is not None and self._done_epoch == self.epoch else None
         plan, bs, k = self.chunk_plan(wid, nw, done), self.batch_size, self.buffer_chunks
         blocks = self._blocks(plan, done)
         try:
@@ -422,13 +433,18 @@ def make_loader(
     rank: int | None = None,
     world_size: int | None = None,
     with_rows: bool = False,
+    persistent_workers: bool = True,
 ) -> DataLoader:
     """A :class:`~torch.utils.data.DataLoader` over a :class:`PairStream`.
 
     Batching happens in the stream (``batch_size=None`` here), so nothing is collated per sample.
     Call ``loader.dataset.set_epoch(e)`` before each epoch. ``pin_memory=None`` pins when CUDA is
-    available. Workers are not persistent, so each epoch's workers see the new epoch.
-    ``read_threads`` is per stream, i.e. per worker process when ``num_workers > 0``. ``rank``,
+    available.
+    ``read_threads`` is per stream, i.e. per worker process when ``num_workers > 0``. Workers are
+    persistent (``persistent_workers``): started once, not every epoch (that costs a fork, a store
+    opening and a refilled shuffle buffer per worker per epoch; see docs/BENCHMARKS.md); they see
+    :meth:`PairStream.set_epoch` through shared memory. Give a stream its position
+    (:meth:`PairStream.load_state_dict`) before the loader's first pass. ``rank``,
     ``world_size`` and ``with_rows``: see :class:`PairStream`.
     """
     stream = PairStream(
@@ -443,6 +459,7 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        persistent_workers=persistent_workers and num_workers > 0,
     )
 
 

@@ -24,7 +24,7 @@ import pickle
 import random
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,12 @@ def train_one_epoch(
     """
     model.train()
     world, me = world_size(), rank()
+    # cuDNN's autotuner (cudnn.benchmark) times every algorithm for each new input shape. Each loader
+    # worker ends its share of an epoch with a smaller batch of another size, so an epoch brings up
+    # to num_workers new shapes (and the chunk plan changes them every epoch): tune the full batch
+    # only, and let cuDNN's heuristics pick for the rest.
+    tune = device.type == "cuda" and torch.backends.cudnn.benchmark
+    largest = 0
     total = torch.zeros((), device=device)
     seen = 0  # over all ranks
     start = time.perf_counter()
@@ -232,6 +238,9 @@ def train_one_epoch(
             exhausted = True
             break
         n = counts[me]
+        largest = max(largest, n)
+        if tune:
+            torch.backends.cudnn.benchmark = n == largest
         if pairs is not None and n < len(pairs):
             pairs, offsets = pairs[:n], offsets[:n]
             rows = rows[:n] if rows is not None else None
@@ -261,6 +270,8 @@ def train_one_epoch(
                 bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{rate:.0f}")
         if budget is not None and seen >= budget:
             break
+    if tune:
+        torch.backends.cudnn.benchmark = True
     if world > 1:
         dist.all_reduce(total)
     if device.type == "cuda":
@@ -643,7 +654,8 @@ def train(
             )
         read = _read_by_all(stream, device)
         complete = stats["exhausted"] or int(read.sum()) >= n_train
-        val = evaluate(val_model, val_loader, device, **amp_kw) if main else None
+        with _no_cudnn_tuning():  # the val batches' sizes vary as well (see train_one_epoch)
+            val = evaluate(val_model, val_loader, device, **amp_kw) if main else None
         if world > 1:
             shared = [val]
             dist.broadcast_object_list(shared, src=0)  # every rank takes the same early-stopping decision
@@ -701,6 +713,16 @@ def train(
         best_epoch=state.best_epoch,
         stopped_early=state.epoch < cfg.epochs and cfg.patience is not None and state.bad_epochs >= cfg.patience,
     )
+
+
+@contextmanager
+def _no_cudnn_tuning():
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def _read_by_all(stream: Any, device: torch.device) -> np.ndarray:

@@ -289,3 +289,22 @@ def test_a_position_of_another_split_or_store_is_refused(store):
         PairStream(store, "val").load_state_dict(state)
     with pytest.raises(ValueError, match="rank must be in"):
         PairStream(store, "train", rank=2, world_size=2)
+
+
+def test_persistent_workers_follow_set_epoch_and_forget_a_resumed_position(store, everything):
+    def fresh(epoch):
+        return epoch_rows(make_loader(store.uri, None, batch_size=5, num_workers=2, seed=4), epoch, everything)
+
+    loader = make_loader(store.uri, None, batch_size=5, num_workers=2, seed=4, with_rows=True)
+    assert loader.persistent_workers
+    half = PairStream(store, None, seed=4)
+    half.set_epoch(1)
+    half.mark_read(np.arange(0, len(store), 2))
+    loader.dataset.load_state_dict(half.state_dict())  # resumed mid-epoch 1
+    loader.dataset.set_epoch(1)
+    assert sorted(i for _, _, rows in loader for i in rows.tolist()) == list(range(1, len(store), 2))
+    for epoch in (2, 3):  # the same worker processes, the next epochs in full, in their own order
+        loader.dataset.set_epoch(epoch)
+        ids = [i for _, _, rows in loader for i in rows.tolist()]
+        assert sorted(ids) == list(range(len(store)))
+        assert ids == fresh(epoch)  # what a new loader yields for that epoch
