@@ -740,6 +740,7 @@ def _read_by_all(stream: Any, device: torch.device) -> np.ndarray:
 
 def _launch(dataset: Any, cfg: TrainConfig, progress: bool, on_epoch: Callable | None) -> TrainResult:
     """Train on ``cfg.nproc_per_node`` new processes; rank 0's epochs reach ``on_epoch`` here, live."""
+    import contextvars
     import threading
 
     import torch.multiprocessing as mp
@@ -748,12 +749,13 @@ def _launch(dataset: Any, cfg: TrainConfig, progress: bool, on_epoch: Callable |
     preflight(ds, cfg)  # refuse bad input here, in one line, before any process starts
     records = mp.get_context("spawn").SimpleQueue()
     failures: list[BaseException] = []
+    context = contextvars.copy_context()  # the caller's (e.g. a Prefect task run's), for on_epoch
 
     def relay() -> None:
         while (record := records.get()) is not None:
             try:
                 if on_epoch is not None:
-                    on_epoch(record)
+                    context.run(on_epoch, record)
             except Exception as exc:  # noqa: BLE001 - the training goes on in the other processes
                 failures.append(exc)
                 log.warning("on_epoch failed for epoch %s: %s", record.get("epoch"), exc)
