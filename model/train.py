@@ -565,9 +565,9 @@ def train(
         if me:
             torch.manual_seed(cfg.seed + 1_000_003 * me + state.samples_seen)
         # BatchNorm: per-rank batch statistics, running statistics broadcast from rank 0 before
-        # each forward (DDP's broadcast_buffers): see README, training on several processes.
+        # each forward (DDP's default buffer sync): see README, training on several processes.
         net: nn.Module = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=True
+            model, device_ids=[device.index] if device.type == "cuda" else None
         )
     else:
         net = model
