@@ -28,6 +28,7 @@ import torch.distributed as dist
 __all__ = [
     "LaunchError",
     "backend_for",
+    "check_devices",
     "is_main",
     "launch",
     "launched_by_torchrun",
@@ -73,6 +74,38 @@ def local_device(device: str) -> str:
     if device in ("auto", "cuda") and (device == "cuda" or torch.cuda.is_available()):
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device
+
+
+def check_devices(device: str, nproc_per_node: int) -> None:
+    """Refuse a device that ``nproc_per_node`` processes cannot share out (one GPU each, or the CPU).
+
+    Raises:
+        ValueError: one line naming the device, the count and the fix.
+    """
+    if nproc_per_node == 1:
+        return
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda") from None
+    if dev.type == "cpu":
+        return
+    if dev.type != "cuda":
+        raise ValueError(f"device {device!r}: several training processes run on cuda (one GPU each) or cpu only")
+    if dev.index is not None:
+        raise ValueError(
+            f"device {device!r} names one GPU, but nproc_per_node={nproc_per_node} trains on one GPU per process: "
+            f"give device 'cuda' (the processes take cuda:0 to cuda:{nproc_per_node - 1}; CUDA_VISIBLE_DEVICES "
+            f"chooses which)"
+        )
+    have = torch.cuda.device_count()
+    if nproc_per_node > have:
+        raise ValueError(
+            f"nproc_per_node={nproc_per_node} needs {nproc_per_node} GPUs (one per process), this machine has "
+            f"{have}: use nproc_per_node={max(have, 1)}" + ("" if have else ", or device 'cpu'")
+        )
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from homogen.config import workdir
 from homogen.model.config import TrainConfig
 from homogen.model.data import as_dataset, check_compatible, make_loader
-from homogen.model.distributed import is_main, launch, process_group, rank, world_size
+from homogen.model.distributed import check_devices, is_main, launch, process_group, rank, world_size
 from homogen.model.evaluate import predict_network
 from homogen.model.metrics import pair_errors, summarize
 from homogen.model.losses import photometric_criterion
@@ -465,9 +465,12 @@ def preflight(ds: Any, cfg: TrainConfig) -> dict[str, Any] | None:
         the checkpoint to resume from, or None to start afresh.
 
     Raises:
-        IncompatibleStoreError, NoValidationSplitError, ValueError (no train pairs), CheckpointError.
+        IncompatibleStoreError, NoValidationSplitError, ValueError (no train pairs; a device that
+        ``nproc_per_node`` processes cannot share), CheckpointError.
     """
     check_compatible(ds, cfg.patch_size)
+    if world_size() == 1:  # about to launch: one GPU per process, or the CPU
+        check_devices(cfg.device, cfg.nproc_per_node)
     counts = ds.split_counts()
     split_pairs = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("train", "val", "test"))
     if counts.get("train", 0) == 0:

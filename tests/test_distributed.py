@@ -188,3 +188,24 @@ def _fail_on_rank_one() -> None:
 
     if os.environ["RANK"] == "1":
         raise ValueError("bad input on rank 1")
+
+
+@pytest.mark.parametrize(
+    "device, match",
+    [
+        ("cuda:1", r"device 'cuda:1' names one GPU, but nproc_per_node=2 .*give device 'cuda'"),
+        ("mps", r"device 'mps': several training processes run on cuda \(one GPU each\) or cpu only"),
+    ],
+)
+def test_a_device_the_processes_cannot_share_is_refused_before_anything_starts(store, tmp_path, device, match):
+    cfg = TrainConfig(nproc_per_node=2, checkpoint_dir=str(tmp_path / "ck"), **dict(TINY, device=device))
+    with pytest.raises(ValueError, match=match):
+        train(store, cfg, progress=False)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_more_processes_than_gpus_is_refused_naming_the_count(store, tmp_path):
+    have = torch.cuda.device_count()
+    cfg = TrainConfig(nproc_per_node=have + 2, **dict(TINY, device="cuda"))
+    with pytest.raises(ValueError, match=rf"needs {have + 2} GPUs \(one per process\), this machine has {have}"):
+        train(store, cfg, progress=False)
