@@ -85,6 +85,10 @@ def check_compatible(ds, patch_size: int) -> None:
         )
 
 
+_CURRENT = object()
+"""``PairStream.chunk_plan``'s default ``done``: the rows marked read in the current epoch."""
+
+
 class PairStream(IterableDataset):
     """Batches of one split of a homogen store, read chunk by chunk.
 
@@ -264,12 +268,16 @@ class PairStream(IterableDataset):
             return self.chunks
         return [(a, b) for a, b in self.chunks if self._remaining(a, b, done).any()]
 
-    def chunk_plan(
-        self, worker_id: int = 0, num_workers: int = 1, done: np.ndarray | None = None
-    ) -> list[tuple[int, int]]:
+    def _current_done(self) -> np.ndarray | None:
+        """The rows marked read, when they belong to the current epoch (a persistent worker keeps the
+        copy of a resumed epoch's rows it started with; it must not apply them to later epochs)."""
+        return self._done if self._done is not None and self._done_epoch == self.epoch else None
+
+    def chunk_plan(self, worker_id: int = 0, num_workers: int = 1, done: Any = _CURRENT) -> list[tuple[int, int]]:
         """This (rank, worker)'s chunks for the current epoch: the epoch's shuffled order of the chunks
-        with rows left, strided by rank, then the rank's share strided by worker (disjoint)."""
-        chunks = self._open_chunks(self._done if done is None else done)
+        with rows left, strided by rank, then the rank's share strided by worker (disjoint).
+        ``done``: the rows already read (``None``: none; default: those marked in this epoch)."""
+        chunks = self._open_chunks(self._current_done() if done is _CURRENT else done)
         order = np.arange(len(chunks))
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
@@ -278,15 +286,16 @@ class PairStream(IterableDataset):
 
     def rank_samples(self) -> int:
         """Pairs this rank yields in the rest of the current epoch (all its workers)."""
-        return sum(int(self._remaining(a, b, self._done).sum()) for a, b in self.chunk_plan(0, 1))
+        done = self._current_done()
+        return sum(int(self._remaining(a, b, done).sum()) for a, b in self.chunk_plan(0, 1, done))
 
     def __len__(self) -> int:
         """Batches this rank yields in the rest of the current epoch, over its ``num_workers``
         workers (each cuts its own last, smaller batch), i.e. ``len(DataLoader)``."""
-        nw = max(1, self.num_workers)
+        nw, done = max(1, self.num_workers), self._current_done()
         total = 0
         for w in range(nw):
-            n = sum(int(self._remaining(a, b, self._done).sum()) for a, b in self.chunk_plan(w, nw))
+            n = sum(int(self._remaining(a, b, done).sum()) for a, b in self.chunk_plan(w, nw, done))
             total += n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         return total
 
@@ -335,7 +344,7 @@ class PairStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid, 1])
         # rows marked while iterating stay in this pass; a persistent worker's copy of a resumed
         # epoch's rows applies to that epoch only
-        done = self._done.copy() if self._done is not None and self._done_epoch == self.epoch else None
+        done = None if self._current_done() is None else self._current_done().copy()
         plan, bs, k = self.chunk_plan(wid, nw, done), self.batch_size, self.buffer_chunks
         blocks = self._blocks(plan, done)
         try:

@@ -29,6 +29,7 @@ __all__ = [
     "LaunchError",
     "backend_for",
     "check_devices",
+    "cpu_group",
     "is_main",
     "launch",
     "launched_by_torchrun",
@@ -55,6 +56,22 @@ def world_size() -> int:
 def is_main() -> bool:
     """Rank 0, the process that validates, logs, checkpoints and scores (True outside a group)."""
     return rank() == 0
+
+
+_CPU_GROUPS: dict[int, Any] = {}
+
+
+def cpu_group() -> Any:
+    """A gloo group of all ranks for small CPU exchanges (the default group itself when it is gloo).
+
+    Every rank must call it the first time at the same point (it creates a group under NCCL).
+    """
+    if dist.get_backend() == "gloo":
+        return None  # the default group
+    key = id(dist.group.WORLD)
+    if key not in _CPU_GROUPS:
+        _CPU_GROUPS[key] = dist.new_group(backend="gloo")
+    return _CPU_GROUPS[key]
 
 
 def launched_by_torchrun() -> bool:
@@ -133,6 +150,7 @@ def process_group(device: str, timeout_minutes: float = 30.0) -> Iterator[str]:
     try:
         yield mine
     finally:
+        _CPU_GROUPS.clear()
         dist.destroy_process_group()
 
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from homogen.config import workdir
 from homogen.model.config import TrainConfig
 from homogen.model.data import as_dataset, check_compatible, make_loader
-from homogen.model.distributed import check_devices, is_main, launch, process_group, rank, world_size
+from homogen.model.distributed import check_devices, cpu_group, is_main, launch, process_group, rank, world_size
 from homogen.model.evaluate import predict_network
 from homogen.model.metrics import pair_errors, summarize
 from homogen.model.losses import photometric_criterion
@@ -214,6 +214,7 @@ def train_one_epoch(
     """
     model.train()
     world, me = world_size(), rank()
+    group = cpu_group() if world > 1 else None
     # cuDNN's autotuner (cudnn.benchmark) times every algorithm for each new input shape. Each loader
     # worker ends its share of an epoch with a smaller batch of another size, so an epoch brings up
     # to num_workers new shapes (and the chunk plan changes them every epoch): tune the full batch
@@ -231,7 +232,7 @@ def train_one_epoch(
         pairs, offsets, rows = (
             (None, None, None) if batch is None else (*batch[:2], batch[2] if len(batch) > 2 else None)
         )
-        counts = _batch_sizes(0 if pairs is None else len(pairs), device)
+        counts = _batch_sizes(0 if pairs is None else len(pairs), group)
         if budget is not None:
             counts = _within(counts, budget - seen)
         if sum(counts) == 0:  # every rank's loader ran out
@@ -286,13 +287,16 @@ def train_one_epoch(
     }
 
 
-def _batch_sizes(n: int, device: torch.device) -> list[int]:
-    """Every rank's batch size this step (``[n]`` outside a process group)."""
+def _batch_sizes(n: int, group: Any) -> list[int]:
+    """Every rank's batch size this step (``[n]`` outside a process group).
+
+    Exchanged on the CPU (``group``: gloo), so that reading it never waits for the GPU's queue.
+    """
     if world_size() == 1:
         return [n]
-    out = torch.zeros(world_size(), dtype=torch.int64, device=device)
+    out = torch.zeros(world_size(), dtype=torch.int64)
     out[rank()] = n
-    dist.all_reduce(out)  # an all-gather of one integer per rank, in the oldest collective there is
+    dist.all_reduce(out, group=group)  # an all-gather of one integer per rank, in the oldest collective there is
     return out.tolist()
 
 
