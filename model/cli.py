@@ -199,14 +199,18 @@ def predict(
 def train(
     store: str = typer.Argument(..., help="dataset store (path or URL)"),
     epochs: int = typer.Option(10, min=1),
-    batch_size: int = typer.Option(64, min=1),
-    lr: float = typer.Option(1e-3),
+    batch_size: int = typer.Option(64, min=1, help="pairs per step and per process (global: N x this)"),
+    lr: float = typer.Option(1e-3, help="Adam learning rate, as given for any --nproc-per-node (README)"),
     loss: str = typer.Option(
         "smooth_l1",
         help="smooth_l1 | mse (supervised, on the offsets) | photometric (unsupervised: A warped onto B, labels unread)",
     ),
     width: float = typer.Option(1.0, help="channel multiplier (1.0 = the paper's network)"),
-    max_samples: Optional[int] = typer.Option(None, min=1, help="stop after this many training samples"),
+    max_samples: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="stop after this many training samples (all processes); --resume with more continues mid-epoch",
+    ),
     patience: Optional[int] = typer.Option(5, min=1, help="early stopping patience (epochs)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     num_workers: int = typer.Option(0, min=0, help="loader processes (per training process)"),

@@ -20,7 +20,12 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(10, ge=1, description="epochs to train (a resumed run continues up to this many)")
-    max_samples: int | None = Field(None, ge=1, description="stop after this many training samples in all")
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="stop after this many training samples in all (all processes); the checkpoint keeps the "
+        "position, so resume with a larger value continues the epoch where it stopped",
+    )
     batch_size: int = Field(
         64,
         ge=1,
