@@ -8,7 +8,7 @@
 #   bench/gpu_proof.sh run [MINUTES]         # there (carry .gpu): install from .gpu, bench, recipe (1.25 min)
 #
 # `prepare` downloads, for the GPU image's Python 3.12, the wheels of what homogen's training path
-# imports and that image lacks (zarr, numcodecs, pydantic, kornia, simplejpeg, pycocotools, ...),
+# imports and that image lacks (zarr, numcodecs, pydantic, kornia, simplejpeg, pycocotools, filelock 4, ...),
 # builds homogen's own wheel, and copies the COCO images (default ../shared/data/coco-mini, 128
 # photographs) into .gpu/: about 45 MiB, under the 64 MiB a call may carry. The folder must be
 # ignored by git (.git/info/exclude: /.gpu/). mlflow, Prefect and Dask are not needed: the proof
@@ -29,7 +29,8 @@ prepare)
   python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat \
     -d .gpu/whl zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 \
     pydantic==2.13.4 pydantic_core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2 \
-    typing_extensions==4.16.0 kornia==0.9.0 kornia_rs==0.2.0 simplejpeg==1.9.0 pycocotools==2.0.11 || exit 1
+    typing_extensions==4.16.0 kornia==0.9.0 kornia_rs==0.2.0 simplejpeg==1.9.0 pycocotools==2.0.11 \
+    filelock==4.3.2 || exit 1
   python -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl . || exit 1
   cp -r "$src" .gpu/coco
   du -sh .gpu

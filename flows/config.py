@@ -32,23 +32,29 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from homogen.flows.cluster import DaskConfig
 from homogen.flows.generate import QUICK_GENERATE  # noqa: F401  (re-exported)
 from homogen.config import GenerateConfig
-from homogen.model.config import TrainConfig
+from homogen.model.config import DEVICE, TrainConfig
 from homogen.param_errors import describe_errors
 from homogen.redaction import redact
 
-QUICK_TRAIN = TrainConfig(epochs=2, width=0.25, batch_size=32, step_size=10, patience=None)
-"""Default training: 2 epochs of a quarter-width HomographyNet (about a minute on 2 CPU cores)."""
+QUICK_TRAIN = TrainConfig.model_construct(
+    _fields_set=set(), **TrainConfig(epochs=2, width=0.25, batch_size=32, step_size=10, patience=None).model_dump()
+)
+"""Default training: 2 epochs of a quarter-width HomographyNet (about a minute on 2 CPU cores).
+
+No field of it counts as set (``model_fields_set`` is empty): in a :class:`PipelineConfig`, the
+train fields a user gave are the set ones, which is what a dispatched training sends over the
+GPU deployment's own settings (:func:`dispatched_train_config`)."""
 
 
 class TrackingConfig(BaseModel):
     """Where datasets and models are recorded in MLflow."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     uri: str | None = Field(
         None, description="MLflow tracking URI; None: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db"
@@ -60,10 +66,10 @@ class TrackingConfig(BaseModel):
 class EvaluateConfig(BaseModel):
     """Which methods are scored beside the network on the dataset's test split."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     methods: tuple[str, ...] = Field(
-        ("identity", "orb", "sift"),
+        ("identity", "orb", "sift", "ecc"),  # homogen.model.evaluate.DEFAULT_METHODS (a test keeps them equal)
         description="model.evaluate.METHODS keys (identity, orb, sift, ecc, direct-mse, direct-ncc, "
         "METHOD+refine) or network+refine",
     )
@@ -75,7 +81,7 @@ class PipelineConfig(BaseModel):
 
     # hide_input_in_errors: an error never repeats the values given (a URL's credentials would reach
     # the run's state message and logs)
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False)
 
     generate: GenerateConfig = QUICK_GENERATE
     validate_regenerate: int = Field(
@@ -105,9 +111,24 @@ class PipelineConfig(BaseModel):
         merged = dict(data)
         for name, info in cls.model_fields.items():
             default, given = info.default, data.get(name)
-            if isinstance(default, BaseModel) and isinstance(given, dict):
+            if name != "train" and isinstance(default, BaseModel) and isinstance(given, dict):
                 merged[name] = deep_merge(default.model_dump(), given)
         return merged
+
+    @field_validator("train", mode="wrap")
+    @classmethod
+    def _train_over_quick_defaults(cls, value: Any, handler: Any) -> TrainConfig:
+        """A partial ``train`` section over :data:`QUICK_TRAIN`, remembering which fields it set.
+
+        Validated whole (an error names ``train.<field>``); the result's ``model_fields_set`` is the
+        keys given, so a dispatched training overrides the GPU deployment's settings with those only.
+        """
+        if not isinstance(value, dict):
+            return handler(value)  # a TrainConfig keeps its own fields_set
+        checked = handler(deep_merge(QUICK_TRAIN.model_dump(), value))
+        return TrainConfig.model_construct(
+            _fields_set=set(value) & set(TrainConfig.model_fields), **checked.model_dump()
+        )
 
     @model_validator(mode="after")
     def _check_consistent(self) -> "PipelineConfig":
@@ -167,7 +188,10 @@ URL_FIELDS: tuple[tuple[str, ...], ...] = (("generate", "source", "root"), ("gen
 """Paths of the config's URLs: they must carry no credentials, query or fragment (Prefect stores
 parameters in plain text); the deployments' parameter schema refuses them server-side as well."""
 
-NO_CREDENTIALS_PATTERN = r"^(?![\s\S]*[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#\s'\"<>]*@|[^?#\s'\"<>]*[?#]))"
+URL_WITH_CREDENTIALS = r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#\s'\"<>]*@|[^?#\s'\"<>]*[?#])"
+"""A regular expression found in any string holding a URL with ``user:password@``, a token, a query or a fragment."""
+
+NO_CREDENTIALS_PATTERN = rf"^(?![\s\S]*{URL_WITH_CREDENTIALS})"
 """JSON-schema ``pattern`` matching exactly the strings :func:`homogen.redaction.redact` leaves
 unchanged (no ``user:password@``, query or fragment in any URL): the server refuses a run whose URL
 parameters fail it before it stores them."""
@@ -228,8 +252,10 @@ def apply_overrides(config: PipelineConfig, **flat: Any) -> PipelineConfig:
     update: dict = {}
     for name, value in given.items():
         update = deep_merge(update, nest(FLAT_OVERRIDES[name], value))
+    data = config.model_dump()
+    data["train"] = config.train.model_dump(exclude_unset=True)  # the fields given stay the ones set
     try:
-        return PipelineConfig.model_validate(deep_merge(config.model_dump(), update))
+        return PipelineConfig.model_validate(deep_merge(data, update))
     except ValidationError as exc:
         raise InvalidParameters(describe_errors(exc, given)) from exc
 
@@ -255,7 +281,7 @@ def checked_config(data: dict, name: str, **flat: Any) -> PipelineConfig:
 def load_config(text: str | None, name: str = "--config") -> dict:
     """A config given on a command line (``--config`` / ``config=``): inline JSON or a JSON file's path; {} when empty.
 
-    The one parser of ``homogen run --config`` and ``python -m homogen.flows.generate_and_train config=``.
+    The one parser of ``homogen run --config`` (which ``python -m homogen.flows.generate_and_train`` runs).
 
     Raises:
         InvalidParameters: neither a JSON object nor a file holding one; the message names ``name``
@@ -275,10 +301,6 @@ def load_config(text: str | None, name: str = "--config") -> dict:
     if not isinstance(data, dict):
         raise InvalidParameters(f"{name} must be a JSON object, e.g. '{example}'")
     return data
-
-
-DEVICE = re.compile(r"auto|cpu|mps|cuda(?::(\d+))?")
-"""Devices the trainer takes (``torch.device`` strings it supports)."""
 
 
 def torch_has_cuda() -> bool:
@@ -332,6 +354,8 @@ def check_before_work(cfg: PipelineConfig) -> None:
         raise InvalidParameters(
             f"evaluate.methods: unknown method(s) {unknown}: use some of {sorted(METHODS)} or {NETWORK_REFINE}"
         )
+    if cfg.train_deployment is not None:
+        shareable_tracking_uri(cfg.tracking.uri, f"train_deployment={cfg.train_deployment!r}")
     device = cfg.train.device
     m = DEVICE.fullmatch(device)
     if m is None:
@@ -356,3 +380,49 @@ def check_before_work(cfg: PipelineConfig) -> None:
                 f"train.device={device!r}, but this machine has {count} CUDA device(s) visible: "
                 f"use {'cuda:0..cuda:' + str(count - 1) + ', ' if count else ''}auto or cpu{where}"
             )
+
+
+def shareable_tracking_uri(uri: str | None, why: str) -> str:
+    """The MLflow tracking URI (``uri``, else ``$MLFLOW_TRACKING_URI``, else the local default) that another
+    machine can reach, without credentials; refused when it is a local file or SQLite store.
+
+    A training dispatched to a GPU worker registers its model there, and the parent reads it back:
+    a path on one machine (``sqlite:///...``, ``file:...``, a plain path) would be a throwaway store on
+    the worker, and the model would be lost with the worker's temporary folder.
+
+    Raises:
+        InvalidParameters: naming the URI (redacted), ``why`` it must be shared, and what to set.
+    """
+    from urllib.parse import urlsplit
+
+    from homogen.model.tracking import resolve_tracking_uri
+
+    resolved = resolve_tracking_uri(uri)
+    scheme = urlsplit(resolved).scheme.lower()
+    if scheme in ("", "file", "sqlite") or len(scheme) == 1:  # a path, a file: URI, SQLite; "c:" is a drive
+        raise InvalidParameters(
+            f"tracking.uri resolves to {redact(resolved)!r}, a store on this machine only, but {why} trains and "
+            f"registers on another machine: set tracking.uri (or MLFLOW_TRACKING_URI on both machines) to an "
+            f"MLflow server both reach, e.g. http://mlflow-host:5000 (`mlflow server --host 0.0.0.0`)"
+        )
+    parts = urlsplit(resolved)
+    if parts.username or parts.password:  # credentials travel in MLFLOW_TRACKING_USERNAME/PASSWORD, never as parameters
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+    return parts.geturl()
+
+
+def dispatched_train_config(deployment_config: dict | None, train: TrainConfig) -> TrainConfig:
+    """What a dispatched training runs: the GPU deployment's own ``config`` with the fields the user set over it.
+
+    ``train``'s set fields (``model_fields_set``: those given in ``config.train`` or by a flat
+    shortcut such as ``epochs``) win; every other field is the deployment's, not the pipeline's
+    quick-start default (a quarter-width network for 2 epochs).
+
+    Raises:
+        InvalidParameters: the combination is not a valid training config (naming the field).
+    """
+    merged = {**dict(deployment_config or {}), **train.model_dump(mode="json", exclude_unset=True)}
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise InvalidParameters(f"train_deployment's config with yours: {describe_errors(exc)}") from exc

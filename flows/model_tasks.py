@@ -63,9 +63,14 @@ def train_task(
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(uri: str, model: Any, methods: tuple[str, ...], limit: int | None = None) -> TestScores:
-    """Score the network and the methods on the same test pairs (the first ``limit`` of the test split), once."""
-    scores = score_test(uri, model, methods, limit=limit)
+def evaluate_task(
+    uri: str, model: Any, methods: tuple[str, ...], limit: int | None = None, version: str | None = None
+) -> TestScores:
+    """Score the network and the methods on the same test pairs (the first ``limit`` of the test split), once.
+
+    ``version``: the dataset version trained on; a store regenerated since is refused (nothing registered).
+    """
+    scores = score_test(uri, model, methods, limit=limit, version=version)
     run_logger().info("test MACE %.3f px on %d pairs", scores.results[NETWORK]["mean"], len(scores.pairs))
     return scores
 
@@ -73,13 +78,7 @@ def evaluate_task(uri: str, model: Any, methods: tuple[str, ...], limit: int | N
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(run: TrainingRun, result: TrainResult, scores: TestScores) -> Registered:
     """Log the test scores and evaluation files to the run, log and register the model, apply the champion rule."""
-    run.set_tags(
-        {
-            "device": result.device,
-            "best_epoch": result.best_epoch,
-            "checkpoint": result.best_checkpoint or result.last_checkpoint,
-        }
-    )
+    run.log_result(result)
     run.log_test(scores)
     registered = run.register(result.model, scores)
     run_logger().info(

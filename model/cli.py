@@ -272,7 +272,9 @@ def train(
             patch_size=ds.patch_size,  # the network takes the store's patches
         )
     except ValidationError as exc:
-        _fail(f"invalid parameters: {exc}")
+        from homogen.param_errors import describe_errors
+
+        _fail(describe_errors(exc))
     from homogen.model.distributed import is_main, launched_by_torchrun, process_group
 
     group = contextlib.ExitStack()  # under torchrun (several machines): join its group; rank 0 does the rest
@@ -302,8 +304,8 @@ def train(
         result = _train(run_train, ds, cfg, run.log_epoch)
         ckpt = result.best_checkpoint or result.last_checkpoint
         try:
-            run.set_tags({"device": result.device, "best_epoch": result.best_epoch, "checkpoint": ckpt})
-            scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
+            run.log_result(result)
+            scores = score_test(ds, result.model, chosen, limit=limit, progress=True, version=result.dataset_version)
             run.log_test(scores)
             registered = run.register(result.model, scores)
         except Exception as exc:  # noqa: BLE001 - the checkpoint is safe on disk; say where

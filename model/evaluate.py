@@ -318,17 +318,27 @@ def score_test(
     limit: int | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    version: str | None = None,
 ) -> TestScores:
     """Score ``model`` and ``methods`` on the ``test`` split of ``dataset`` (its first ``limit`` pairs), once.
 
+    ``version``: the dataset version the model was trained on; the store must still hold it,
+    before and after the test pairs are read (:mod:`homogen.model.dataset_pin`).
+
     Raises:
         ValueError: the store has no test pairs (the message names the store and the fix).
+        DatasetChanged: the store holds another version than ``version``.
     """
     from homogen.model.data import as_dataset, load_split
+    from homogen.model.dataset_pin import check_unchanged
     from homogen.redaction import redact
 
     ds = as_dataset(dataset)
+    if version is not None:
+        check_unchanged(ds, version, "test scoring")
     pairs, offsets = load_split(ds, "test", limit=limit)
+    if version is not None:  # regenerated while the pairs were read: they may be of either version
+        check_unchanged(ds, version, "test scoring")
     if not len(pairs):
         raise ValueError(
             f"store {redact(str(ds.uri))} has no test pairs to evaluate on: generate it from more images "

@@ -13,13 +13,18 @@ What a run holds:
 
 - params: the whole training config, flat (``a.b``), plus ``dataset.*``; credentials removed;
 - tags: ``dataset_version``, ``store_uri``, ``mlflow.source.name`` = ``source`` (this project's
-  command or flow, not the process that happens to host it), ``checkpoint``, ``model_version``, ``champion``;
+  command or flow, not the process that happens to host it), ``device``, ``checkpoint``,
+  ``model_version``, ``champion`` (``true`` when registration made it champion; set to ``false``
+  when the alias moves to a later version, :mod:`homogen.model.registry`);
 - inputs: the store as three MLflow datasets (digest = dataset version, source = store URI):
   ``homogen-<version>/train`` (context ``training``), ``/val`` (``validation``) and ``/test``
   (``evaluation``), and the LoggedModel created when the run opens;
 - metrics, per epoch as it ends (step = epoch): ``train_loss``, ``val_mace``, ``val_mace_median``,
   ``val_mace_p95``, ``lr``, ``samples_per_s``; the ``val_*`` linked to the val dataset and to the
   model, so the model's page shows them;
+- metrics of the selection (step 0, :meth:`TrainingRun.log_result`): ``best_val_mace`` and
+  ``best_epoch``, the epoch whose weights are the model (``val_mace``'s last point is the last
+  epoch's, not necessarily the selected one's);
 - metrics after training (step 0): ``test_mace``, ``test_mace_median``, ``test_mace_p95``,
   ``test_ms_per_pair``, and ``<method>_mace``, ``_mace_median``, ``_mace_p95``, ``_failures``,
   ``_ms_per_pair`` per other method, same pairs; linked to the test dataset, and (by MLflow when
@@ -43,7 +48,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from homogen.model.registry import MODEL_NAME, promote_if_better, register_model_tags
+from homogen.model.registry import (
+    MODEL_NAME,
+    NotRegistrable,
+    check_registrable,
+    promote_if_better,
+    register_model_tags,
+)
 from homogen.model.tracking import experiment_name, setup_tracking
 from homogen.redaction import redact
 
@@ -349,6 +360,18 @@ class TrainingRun:
             self._client.log_artifacts(self.run_id, tmp, artifact_path="evaluation")
         self._test_logged = True
 
+    def log_result(self, result: Any) -> None:
+        """Log what training selected (a :class:`~homogen.model.train.TrainResult`): the metrics
+        ``best_val_mace`` and ``best_epoch`` (step 0) and the tags ``device``, ``best_epoch``, ``checkpoint``."""
+        best_epoch = getattr(result, "best_epoch", None)
+        self._metrics(
+            {"best_val_mace": result.best_val_mace, "best_epoch": best_epoch},
+            0,
+            "val",
+        )
+        ckpt = result.best_checkpoint or result.last_checkpoint
+        self.set_tags({"device": result.device, "best_epoch": best_epoch, "checkpoint": ckpt})
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for k, v in tags.items():
             self._client.set_tag(self.run_id, k, redact(str(v)))
@@ -359,7 +382,11 @@ class TrainingRun:
         """Log ``model`` (pt2, :mod:`homogen.model.mlflow_model`), register it, tag it, apply the champion rule.
 
         ``scores``: the run's :class:`~homogen.model.evaluate.TestScores` (its test MACE and pairs;
-        the pairs also score a champion that has no score on this dataset version, rule 3).
+        the pairs also score the identity, and a champion that has no score on them, rules 1 and 3).
+
+        Raises:
+            NotRegistrable: the network's test MACE is not finite; nothing is logged or registered
+                (the run ends FAILED, its checkpoint stays where training wrote it).
         """
         import mlflow
 
@@ -368,11 +395,22 @@ class TrainingRun:
         from homogen.model.metrics import pair_errors
         from homogen.model.mlflow_model import log_network
 
+        from homogen.model.dataset_pin import check_unchanged
+
+        version = str(self.ds.version)
+        check_unchanged(self.ds, version, "registration")  # the run's dataset is still what the store holds
+        p = int(self.ds.patch_size)
+        n = len(scores.pairs)
+        try:  # before anything is logged: a NaN network never becomes a version
+            check_registrable(scores.results[NETWORK], n)
+        except NotRegistrable as exc:
+            self.set_tags({"not_registered": str(exc)})
+            log.error("%s", exc)
+            raise
         if not self._test_logged:
             self.log_test(scores)
-        version = str(self.ds.version)
-        p = int(self.ds.patch_size)
         test_mace = float(scores.results[NETWORK]["mean"])
+        identity_mace = float(pair_errors(np.zeros_like(scores.offsets), scores.offsets).mean())
         metadata = {
             "patch_size": p,
             "width": float(getattr(model, "width", 1.0)),
@@ -391,6 +429,8 @@ class TrainingRun:
             rho=int(self.ds.rho),
             patch_size=p,
             test_mace=test_mace,
+            test_pairs=n,
+            identity_mace=identity_mace,
         )
 
         def score_champion(champ_version: str) -> float:
@@ -401,7 +441,14 @@ class TrainingRun:
             return float(pair_errors(pred, scores.offsets).mean())
 
         champion, reason = promote_if_better(
-            self._client, self.model_name, str(mv.version), version, test_mace, score_champion=score_champion
+            self._client,
+            self.model_name,
+            str(mv.version),
+            version,
+            test_mace,
+            score_champion=score_champion,
+            identity_mace=identity_mace,
+            test_pairs=n,
         )
         self.set_tags({"model_version": mv.version, "champion": str(champion).lower()})
         return Registered(info.model_uri, str(mv.version), champion, reason)

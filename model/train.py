@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from homogen.config import workdir
 from homogen.model.config import TrainConfig
 from homogen.model.data import as_dataset, check_compatible, make_loader
+from homogen.model.dataset_pin import check_unchanged
 from homogen.model.distributed import check_devices, cpu_group, is_main, launch, process_group, rank, world_size
 from homogen.model.evaluate import predict_network
 from homogen.model.metrics import pair_errors, summarize
@@ -528,6 +529,8 @@ def train(
             (before anything is trained).
         CheckpointError: ``resume`` found a checkpoint that is corrupt or belongs to another run.
         LaunchError: with ``nproc_per_node > 1``, a training process failed (rank and error).
+        DatasetChanged: the store was regenerated during training (checked before and after every
+            epoch, and before a mid-epoch checkpoint; the epoch that saw the change is not checkpointed).
     """
     cfg = cfg or TrainConfig()
     if cfg.nproc_per_node > 1 and world_size() == 1:
@@ -622,6 +625,7 @@ def train(
 
     while not done():
         epoch = state.epoch
+        check_unchanged(ds, ds.version, f"epoch {epoch + 1}")  # the store still holds the version trained on
         stream.set_epoch(epoch)
         read_before = int(stream.read_mask().sum())  # > 0 when resumed mid-epoch (same on every rank)
 
@@ -633,6 +637,7 @@ def train(
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 read = _read_by_all(stream, device)
                 if main:
+                    check_unchanged(ds, ds.version, f"saving epoch {epoch + 1}'s checkpoint at step {step}")
                     mid = _State(**{**state.as_dict(), "history": list(state.history)})
                     mid.samples_seen += int(read.sum()) - read_before
                     save_checkpoint(last_path, payload_for(mid, stream.position(read)))
@@ -668,6 +673,7 @@ def train(
             dist.broadcast_object_list(shared, src=0)  # every rank takes the same early-stopping decision
             val = shared[0]
         lr = optimizer.param_groups[0]["lr"]
+        check_unchanged(ds, ds.version, f"saving epoch {epoch + 1}'s checkpoint")  # its pairs were all one version
         if complete:
             scheduler.step()
             state.epoch += 1

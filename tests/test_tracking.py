@@ -20,7 +20,7 @@ from homogen.model.evaluate import score_test
 from homogen.model.loading import load_model
 from homogen.model.mlflow_run import TrainingRun, config_params
 from homogen.model.network import HomographyNet
-from homogen.model.registry import CHAMPION, promote_if_better, register_model_tags
+from homogen.model.registry import CHAMPION, IDENTITY_MARGIN, promote_if_better, register_model_tags
 from homogen.model.tracking import (
     DEFAULT_EXPERIMENT,
     TrackingError,
@@ -44,6 +44,25 @@ def const_net(bias: float, patch_size: int = 32) -> HomographyNet:
         net.head[-1].weight.zero_()
         net.head[-1].bias.fill_(bias)
     return net
+
+
+def fitted_net(ds, steps: int = 300, seed: int = 0) -> HomographyNet:
+    """A tiny HomographyNet fitted on the test pairs of ``ds`` themselves: it beats the identity there by far.
+
+    (Fitting on test pairs is what a real training must never do; here it makes a model whose
+    test MACE is known to be good, quickly, to exercise the champion rule.)
+    """
+    pairs, offsets = load_split(ds, "test")
+    torch.manual_seed(seed)
+    net = HomographyNet(width=0.125, patch_size=int(ds.patch_size))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(pairs), torch.from_numpy(offsets)
+    net.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.smooth_l1_loss(net(x), y).backward()
+        opt.step()
+    return net.eval()
 
 
 def zero_mace(offsets: np.ndarray) -> float:
@@ -204,11 +223,16 @@ def test_a_tracked_run_holds_test_scores_artifacts_and_a_registered_portable_mod
     with TrainingRun(ds, cfg, tracking_uri=env["uri"], model_name=name, source="homogen test") as run:
         result = train(ds, cfg, progress=False, on_epoch=run.log_epoch)
         scores = score_test(ds, result.model, methods=("identity", "sift"))
+        run.log_result(result)
         run.log_test(scores)
         registered = run.register(result.model, scores)
-    assert registered.model_version == "1" and registered.champion
     client = MlflowClient(env["uri"])
     r = client.get_run(run.run_id)
+    beats = r.data.metrics["test_mace"] <= (1 - IDENTITY_MARGIN) * r.data.metrics["identity_mace"]
+    assert registered.model_version == "1" and registered.champion == beats
+    assert r.data.metrics["best_epoch"] == result.best_epoch
+    assert r.data.metrics["best_val_mace"] == pytest.approx(result.best_val_mace)
+    assert r.data.metrics["best_val_mace"] == pytest.approx(min(h["val_mace"] for h in result.history))
 
     assert r.data.params["epochs"] == "2" and r.data.params["dataset.version"] == ds.version
     _, offsets = load_split(ds, "test")
@@ -222,7 +246,7 @@ def test_a_tracked_run_holds_test_scores_artifacts_and_a_registered_portable_mod
     assert r.data.metrics["test_pairs"] == len(offsets)
     for k in ("test_mace_median", "test_mace_p95", "sift_mace", "sift_failures", "sift_ms_per_pair"):
         assert k in r.data.metrics
-    assert r.data.tags["model_version"] == "1" and r.data.tags["champion"] == "true"
+    assert r.data.tags["model_version"] == "1" and r.data.tags["champion"] == str(beats).lower()
 
     # The evaluation files: the grid is homogen.render's (true quadrilaterals green, predicted red).
     arts = {a.path for a in client.list_artifacts(run.run_id, "evaluation")}
@@ -241,13 +265,14 @@ def test_a_tracked_run_holds_test_scores_artifacts_and_a_registered_portable_mod
     assert mv.tags["dataset_version"] == ds.version and float(mv.tags[f"test_mace.{ds.version}"]) == pytest.approx(
         r.data.metrics["test_mace"], rel=1e-5
     )
-    folder = mlflow.artifacts.download_artifacts(f"models:/{name}@{CHAMPION}", dst_path=str(tmp_path / "m"))
+    folder = mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / "m"))
     spec = yaml.safe_load(open(os.path.join(folder, "MLmodel")))
     assert spec["metadata"]["patch_size"] == 32 and spec["metadata"]["width"] == 0.125
     assert spec["metadata"]["rho"] == 8 and spec["metadata"]["dataset_version"] == ds.version
     assert "uint8" in spec["signature"]["inputs"] and "[-1, 2, 32, 32]" in spec["signature"]["inputs"]
-    assert os.path.isfile(os.path.join(folder, "data", "model.pt2")) and "input_example.json" in os.listdir(folder)
-    loaded = load_model(f"models:/{name}@{CHAMPION}", tracking_uri=env["uri"])
+    assert os.path.isfile(os.path.join(folder, "artifacts", "model.pt2")) and "input_example.json" in os.listdir(folder)
+    assert len(spec["metadata"]["archive_sha256"]) == 64
+    loaded = load_model(f"models:/{name}/1", tracking_uri=env["uri"])
     with torch.no_grad():
         assert torch.allclose(loaded(torch.from_numpy(pairs)), result.model(torch.from_numpy(pairs)), atol=1e-5)
 
@@ -267,10 +292,8 @@ BLOCK_HOMOGEN = textwrap.dedent("""
 def test_the_champion_loads_with_mlflow_pyfunc_in_a_process_that_cannot_import_homogen(env, tmp_path):
     ds = env["ds"][0]
     name = "hn-portable"
-    net = const_net(0.0)
-    with torch.no_grad():  # a network that depends on its input, so the check is not trivial
-        net.head[-1].weight.normal_(0, 0.01)
-    register_const(net, ds, env["uri"], name)
+    net = fitted_net(ds, steps=150)  # depends on its input, so the check is not trivial; and champion
+    assert register_const(net, ds, env["uri"], name)[1].champion
     pairs, _ = load_split(ds, "test")
     pairs = pairs[:5]
     np.save(tmp_path / "pairs.npy", pairs)
@@ -309,15 +332,20 @@ def test_a_tampered_model_archive_with_pickled_weights_is_refused_by_homogens_lo
     import json
     import zipfile
 
+    import yaml
+
+    from homogen.model.mlflow_model import archive_path
+    from homogen.model.mlflow_pyfunc import file_sha256
+
     import mlflow
 
     ds = env["ds"][0]
-    register_const(const_net(1.0), ds, env["uri"], "hn-tamper")
+    register_const(const_net(1.0), ds, env["uri"], "hn-tamper")  # registered, not champion: loads by version
     folder = mlflow.artifacts.download_artifacts(
         "models:/hn-tamper/1", dst_path=str(tmp_path / "m"), tracking_uri=env["uri"]
     )
     assert isinstance(load_model(folder), HomographyNet)  # the genuine folder loads
-    archive = os.path.join(folder, "data", "model.pt2")
+    archive = archive_path(folder)
     with zipfile.ZipFile(archive) as z:
         entries = {i.filename: z.read(i.filename) for i in z.infolist()}
     [cfg_name] = [n for n in entries if n.endswith("weights_config.json")]
@@ -327,6 +355,13 @@ def test_a_tampered_model_archive_with_pickled_weights_is_refused_by_homogens_lo
     with zipfile.ZipFile(archive, "w") as z:
         for n, data in entries.items():
             z.writestr(n, data)
+    with pytest.raises(ValueError, match="altered"):  # the digest recorded when it was logged no longer fits
+        load_model(folder)
+    # one who also rewrites the recorded digest still meets the pickle check
+    mlmodel = os.path.join(folder, "MLmodel")
+    text = open(mlmodel).read()
+    old_digest = yaml.safe_load(text)["metadata"]["archive_sha256"]
+    open(mlmodel, "w").write(text.replace(old_digest, file_sha256(archive)))
     with pytest.raises(ValueError, match="pickled.*refused"):
         load_model(folder)
 
@@ -368,21 +403,90 @@ def test_champion_rule_on_the_same_and_on_another_dataset_version(env):
     name = "hn-champion"
     client = MlflowClient(env["uri"])
     _, off0 = load_split(ds0, "test")
-    _, off1 = load_split(ds1, "test")
 
-    (_, r1, _), (_, r2, _), (_, r3, _) = (register_const(const_net(b), ds0, env["uri"], name) for b in (8.0, 0.0, 4.0))
+    good, better = fitted_net(ds0, steps=60), fitted_net(ds0, steps=300)
+    (_, r1, s1), (_, r2, s2), (_, r3, _) = (register_const(n, ds0, env["uri"], name) for n in (good, better, good))
+    m1, m2 = s1.results["homographynet"]["mean"], s2.results["homographynet"]["mean"]
+    assert m2 < m1 <= (1 - IDENTITY_MARGIN) * zero_mace(off0)  # the premise, by hand
     assert (r1.champion, r2.champion, r3.champion) == (True, True, False)
-    assert const_mace(off0, 0) < const_mace(off0, 4) < const_mace(off0, 8)  # the premise, by hand
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == r2.model_version
     assert "<" in client.get_model_version(name, r2.model_version).tags["promotion"]
+    # the alias is the one place that says "champion": v1's run no longer does
+    r1_run = client.get_model_version(name, r1.model_version).run_id
+    assert client.get_run(r1_run).data.tags["champion"] == "false"
 
-    # Another dataset version: the champion (v2, scored on ds0) is scored on ds1's test pairs.
-    _, r4, _ = register_const(const_net(8.0), ds1, env["uri"], name)
-    assert not r4.champion
+    # Another dataset version: the champion (v2, scored on ds0) is scored on ds1's test pairs and cached there.
+    _, r4, s4 = register_const(fitted_net(ds1, steps=300), ds1, env["uri"], name)
     champ = client.get_model_version(name, r2.model_version)
     assert champ.tags["dataset_version"] == ds0.version
-    assert float(champ.tags[f"test_mace.{ds1.version}"]) == pytest.approx(zero_mace(off1), rel=1e-4)
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == r2.model_version
+    champ_on_ds1 = float(champ.tags[f"test_mace.{ds1.version}"])
+    assert int(champ.tags[f"test_pairs.{ds1.version}"]) == len(s4.pairs)
+    from homogen.model.metrics import pair_errors
+
+    with torch.no_grad():
+        pred = better(torch.from_numpy(s4.pairs)).numpy()
+    assert champ_on_ds1 == pytest.approx(float(pair_errors(pred, s4.offsets).mean()), rel=1e-4)
+    champ_is_bad = champ_on_ds1 > (1 - IDENTITY_MARGIN) * zero_mace(s4.offsets)
+    assert r4.champion == (s4.results["homographynet"]["mean"] < champ_on_ds1 or champ_is_bad)
+
+
+def test_a_nan_or_worse_than_identity_network_never_becomes_champion(env):
+    from mlflow.tracking import MlflowClient
+
+    from homogen.model.registry import NotRegistrable
+
+    ds = env["ds"][0]
+    name = "hn-gate"
+    client = MlflowClient(env["uri"])
+    with pytest.raises(NotRegistrable, match="not finite.*not registered.*lower the learning rate"):
+        register_const(const_net(float("nan")), ds, env["uri"], name)
+    assert not client.search_model_versions(f"name='{name}'")  # nothing registered
+    [run] = client.search_runs(
+        [client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id],
+        filter_string="tags.not_registered LIKE '%not finite%'",
+    )
+    assert run.info.status == "FAILED"
+
+    for bias in (0.0, 4.0):  # the identity itself, and worse than it: registered, never champion
+        _, r, _ = register_const(const_net(bias), ds, env["uri"], name)
+        assert not r.champion and "not 5% below the identity's" in r.promotion
+        assert client.get_model_version(name, r.model_version).tags["promotion"] == r.promotion
+    with pytest.raises(Exception, match="alias"):
+        client.get_model_version_by_alias(name, CHAMPION)
+    _, r, _ = register_const(fitted_net(ds), ds, env["uri"], name)
+    assert r.champion and r.promotion.startswith("first champion")
+
+
+def _crown(client, name: str, net, ds, uri: str) -> str:
+    """Register ``net`` and set the alias on it by hand, as an older homogen (without the gate) did."""
+    import mlflow
+
+    from homogen.model.mlflow_model import log_network
+
+    pairs, _ = load_split(ds, "test")
+    setup_tracking(uri)
+    with mlflow.start_run():
+        meta = {"patch_size": int(ds.patch_size), "width": 0.125, "rho": int(ds.rho), "dataset_version": ds.version}
+        info = log_network(net, pairs[:2], meta)
+    v = str(mlflow.register_model(info.model_uri, name).version)
+    register_model_tags(
+        client, name, v, dataset_version=ds.version, rho=int(ds.rho), patch_size=int(ds.patch_size), test_mace=999.0
+    )
+    client.set_registered_model_alias(name, CHAMPION, v)
+    return v
+
+
+@pytest.mark.parametrize("bad", ["nan", "worse than identity"])
+def test_a_later_good_model_is_promoted_over_a_bad_champion(env, bad):
+    from mlflow.tracking import MlflowClient
+
+    ds = env["ds"][0]
+    name = f"hn-bad-champion-{bad.split()[0]}"
+    client = MlflowClient(env["uri"])
+    v_bad = _crown(client, name, const_net(float("nan") if bad == "nan" else 8.0), ds, env["uri"])
+    _, r, _ = register_const(fitted_net(ds), ds, env["uri"], name)
+    assert r.champion and f"replaced v{v_bad}" in r.promotion and "does not beat the identity" in r.promotion
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == r.model_version
 
 
 def test_promote_if_better_rules_on_registry_entries(env):
@@ -395,28 +499,52 @@ def test_promote_if_better_rules_on_registry_entries(env):
 
     def version(dsv: str, m: float) -> str:
         v = str(client.create_model_version(name, source="file:///nonexistent/model").version)
-        register_model_tags(client, name, v, dataset_version=dsv, rho=32, patch_size=128, test_mace=m)
+        register_model_tags(client, name, v, dataset_version=dsv, rho=32, patch_size=128, test_mace=m, test_pairs=100)
         return v
 
+    ident = {"identity_mace": 20.0, "test_pairs": 100}
     calls = []
+    v0 = version("aaaa", 19.5)  # not 5 % better than the identity: registered, not champion
+    ok, why = promote_if_better(client, name, v0, "aaaa", 19.5, **ident)
+    assert not ok and "not 5% below the identity's 20.0000" in why
     v1 = version("aaaa", 10.0)
-    assert promote_if_better(client, name, v1, "aaaa", 10.0) == (True, "first version: no champion yet")
+    ok, why = promote_if_better(client, name, v1, "aaaa", 10.0, **ident)
+    assert ok and why.startswith("first champion")
     v2 = version("aaaa", 10.0)  # a tie is not better
-    assert promote_if_better(client, name, v2, "aaaa", 10.0)[0] is False
+    assert promote_if_better(client, name, v2, "aaaa", 10.0, **ident)[0] is False
     v3 = version("bbbb", 1.0)  # other dataset, no way to score the champion there: it stays
-    ok, why = promote_if_better(client, name, v3, "bbbb", 1.0)
+    ok, why = promote_if_better(client, name, v3, "bbbb", 1.0, **ident)
     assert not ok and "no test MACE on dataset bbbb" in why
-    ok, _ = promote_if_better(client, name, v3, "bbbb", 1.0, score_champion=lambda v: calls.append(v) or 5.0)
+    ok, _ = promote_if_better(client, name, v3, "bbbb", 1.0, score_champion=lambda v: calls.append(v) or 5.0, **ident)
     assert ok and calls == [v1]
     assert float(client.get_model_version(name, v1).tags["test_mace.bbbb"]) == 5.0
-    v4 = version("cccc", 0.1)
+    # a cached score on another number of test pairs is not the same pairs: the champion is scored again
+    v4 = version("bbbb", 0.9)
+    ok, _ = promote_if_better(
+        client,
+        name,
+        v4,
+        "bbbb",
+        0.9,
+        score_champion=lambda v: calls.append(v) or 0.5,
+        identity_mace=20.0,
+        test_pairs=50,
+    )
+    assert not ok and calls == [v1, v3]
+    v5 = version("cccc", 0.1)
 
-    def boom(v):
+    def unreachable(v):
+        raise RuntimeError("tracking server went away")
+
+    ok, why = promote_if_better(client, name, v5, "cccc", 0.1, score_champion=unreachable, **ident)
+    assert not ok and "could not be scored" in why
+
+    def other_patch(v):
         raise ValueError("patch size 64 differs from the dataset's 128")
 
-    ok, why = promote_if_better(client, name, v4, "cccc", 0.1, score_champion=boom)
-    assert not ok and "cannot be scored" in why
-    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == v3
+    ok, why = promote_if_better(client, name, v5, "cccc", 0.1, score_champion=other_patch, **ident)
+    assert ok and f"replaced v{v3}: it cannot be scored" in why
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == v5
 
 
 # ----------------------------------------------------------------------------------- credentials
