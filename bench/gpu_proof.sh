@@ -54,17 +54,18 @@ import torch
 from torch.utils.data import DataLoader
 list(DataLoader([torch.zeros(2, 128, 128, dtype=torch.uint8)] * 4096, batch_size=1024, num_workers=2))
 " || { echo "loader workers fail on this machine: running with 0"; workers=0; }
-  # About 4 minutes in all: throughput ~1 min, CPU processes ~1 min, recipe ~2 min (+ install).
+  # About 4 minutes in all (timeouts: 6.3 min at worst): throughput ~1 min, CPU processes ~0.5 min,
+  # recipe ~2.5 min (generation on one core, 1.25 min of training, ECC on 300 test pairs) + install.
   echo "== throughput: in memory vs loader in the loop (persistent workers), float32 vs AMP bf16 + channels_last;"
   echo "   first step at new batch sizes with cuDNN's autotuner on and off"
-  timeout 150 python3 "$repo/bench/train.py" --device cuda --batch-size 256 --steps 100 --warmup 20 \
+  timeout 120 python3 "$repo/bench/train.py" --device cuda --batch-size 256 --steps 100 --warmup 20 \
     --num-workers "$workers" 2>&1 | tee "$out/throughput.log"
   echo "== DDP on CPU (gloo): train() on 1 and 4 processes side by side (16 cores: 4 threads each)"
-  timeout 120 python3 "$repo/bench/train.py" --device cpu --processes 1 4 --width 0.125 2>&1 \
+  timeout 90 python3 "$repo/bench/train.py" --device cpu --processes 1 4 --width 0.125 2>&1 \
     | grep -v "Warning\|nn.parallel" | tee "$out/processes.log"
   echo "== recipe: generate from $(ls "$repo/.gpu/coco/train2017" | wc -l) COCO images, train ${minutes} min with AMP, test table"
-  timeout 200 python3 "$repo/bench/train.py" --device cuda --recipe --source "$repo/.gpu/coco" --pairs 20000 \
-    --minutes "$minutes" --batch-size 256 --step-size 8 --test-pairs 500 --num-workers "$workers" \
+  timeout 170 python3 "$repo/bench/train.py" --device cuda --recipe --source "$repo/.gpu/coco" --pairs 12000 \
+    --minutes "$minutes" --batch-size 256 --step-size 8 --test-pairs 300 --num-workers "$workers" \
     --workdir /tmp/recipe 2>&1 | grep -v "it/s\]$" | tee "$out/recipe.log"
   ;;
 *)
