@@ -4,7 +4,13 @@
 :func:`train_one_epoch` on the ``train`` split and :func:`evaluate` (MACE) on the ``val`` split, with
 a step learning-rate decay, early stopping on validation MACE, and an atomic checkpoint after every
 epoch (``last.pt``, plus ``best.pt`` when validation MACE improves). ``resume=True`` continues from
-``last.pt``: on CPU a resumed run ends with the same weights as an uninterrupted one.
+``last.pt``: on CPU a resumed run ends with the same weights as an uninterrupted one. A checkpoint
+written inside an epoch (the sample budget, ``checkpoint_every``) carries the loader's position, and
+the resumed run trains on exactly the pairs of that epoch not yet trained on.
+
+``TrainConfig.nproc_per_node > 1`` trains on that many processes (:mod:`homogen.model.distributed`,
+DistributedDataParallel): each rank trains its share of every epoch, the ranks step together,
+rank 0 alone validates and writes the checkpoints (see README, training on several processes).
 
 The ``test`` split is never read here: model selection sees ``train`` and ``val`` only, and the
 test pairs are scored once, after training (:func:`homogen.model.evaluate.score_test`).
