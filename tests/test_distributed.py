@@ -209,3 +209,23 @@ def test_more_processes_than_gpus_is_refused_naming_the_count(store, tmp_path):
     cfg = TrainConfig(nproc_per_node=have + 2, **dict(TINY, device="cuda"))
     with pytest.raises(ValueError, match=rf"needs {have + 2} GPUs \(one per process\), this machine has {have}"):
         train(store, cfg, progress=False)
+
+
+def test_homogen_train_refuses_one_named_gpu_for_two_processes_before_opening_an_mlflow_run(store, tmp_path):
+    import typer
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from homogen.model.cli import register
+
+    app = typer.Typer()
+    register(app)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", store.uri, "--nproc-per-node", "2", "--device", "cuda:1", "--width", "0.125", "--methods", "none"]
+    res = CliRunner().invoke(app, [*args, "--tracking-uri", uri, "--checkpoint-dir", str(tmp_path / "ck")])
+    assert res.exit_code == 2, res.output
+    assert "names one GPU" in res.output and "give device 'cuda'" in res.output
+    assert "Traceback" not in res.output
+    client = MlflowClient(uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+    assert not (tmp_path / "ck").exists()
