@@ -96,7 +96,7 @@ def atomic_write(path: str, data: bytes) -> None:
     """Write ``path`` whole or not at all: a temporary file beside it, fsync'd, renamed over it,
     then the folder fsync'd (the rename survives a power cut)."""
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # the writers' debris rule removes what a kill leaves
     try:
         with open(tmp, "wb") as f:
             f.write(data)
