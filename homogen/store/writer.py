@@ -56,7 +56,7 @@ class StoreWriter:
 
     # -- lifecycle --------------------------------------------------------------------------
     def lock(self, wait_s: float = 0.0):
-        """Hold the output for one generation (:func:`homogen.outputs.output_lock`)."""
+        """Hold the output for one generation (:func:`homogen.store.lock.output_lock`)."""
         return output_lock(self.url, wait_s)
 
     def prepare(self, plan: "Plan", overwrite: bool = False) -> dict:
