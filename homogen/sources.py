@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import fsspec
 
 from homogen.config import SourceConfig
+from homogen.images import file_kind
 from homogen.redaction import redact
 from homogen.schema import shard_name
+from homogen.store.paths import is_local, local_path
 from homogen.splits import hashed_split, training_split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -110,6 +112,11 @@ def _load_coco(root: str, split: str):
     from pycocotools.coco import COCO
 
     ann = _join(root, "annotations", f"instances_{split}.json")
+    kind = _local_kind(ann)
+    if kind is not None:  # a FIFO would block the read forever, a device never end
+        raise SourceError(
+            f"annotations file {redact(ann)} is {kind}, not a regular file: replace it with the JSON file"
+        )
     try:
         with fsspec.open(ann, "rb") as f:
             data = json.load(f)
@@ -136,6 +143,17 @@ def _load_coco(root: str, split: str):
     except (KeyError, TypeError) as exc:
         raise SourceError(f"annotations file {redact(ann)} is malformed: missing field {exc}") from None
     return coco
+
+
+def _local_kind(path: str) -> str | None:
+    """What a local path that exists is when it is not a regular file (``"a FIFO (named pipe)"``...), else None."""
+    if not is_local(path):
+        return None
+    try:
+        mode = os.stat(local_path(path)).st_mode
+    except OSError:
+        return None  # missing: the open below says so
+    return file_kind(mode)
 
 
 MAX_IMAGE_ID = 2**63 - 1
