@@ -188,7 +188,8 @@ def _entry_problem(entry) -> str | None:
     if "://" in name:
         return f"file_name {shown!r} is a URL, not a path relative to the split folder"
     if "?" in name or "#" in name:
-        return f"file_name {redact('x://' + name)[4:]!r} carries a query string or fragment (a signed URL?), not a file name"
+        shown = redact("x://" + name)[4:]  # the name without its query: a signature never reaches a message
+        return f"file_name {shown!r} carries a query string or fragment (a signed URL?), not a file name"
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", name):
         return f"file_name {shown!r} leaves the split folder (absolute, or with '..')"
@@ -256,7 +257,8 @@ def _coco_records(cfg: SourceConfig, split: str, assign) -> list[ImageRecord]:
         if unknown:
             raise SourceError(
                 f"annotations file {redact(ann)} has annotations of {len(unknown)} image ids that are not in its "
-                f"'images' list (first: {unknown[:5]}): fix the annotations file, or drop source.categories (--category)"
+                f"'images' list (first: {unknown[:5]}): fix the annotations file, "
+                f"or drop source.categories (--category)"
             )
         img_ids = sorted(ids)
         if not img_ids:

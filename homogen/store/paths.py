@@ -124,10 +124,11 @@ def _inside(path: str, folder: str) -> bool:
 def check_replaceable(url: str, source_root: str | None, store_names: set[str]) -> None:
     """Refuse to delete a local output that --overwrite must never delete, before anything is deleted.
 
-    Refused: an output given by a symbolic link (name its real path), a filesystem root, the home folder, the working directory or any folder above it, the
-    source (``source_root``) or any folder that contains it, and a folder holding anything but a
-    homogen store, i.e. any entry whose name is not in ``store_names`` (the caller has already
-    checked that a homogen manifest is there). Object-store URLs: only the source rule applies
+    Refused: an output given by a symbolic link (name its real path), a filesystem root, the home
+    folder, the working directory or any folder above it, the source (``source_root``) or any
+    folder that contains it, and a folder holding anything but a homogen store, i.e. any entry
+    whose name is not in ``store_names`` (the caller has already checked that a homogen manifest
+    is there). Object-store URLs: only the source rule applies
     (by URL prefix).
 
     Raises:

@@ -87,7 +87,8 @@ class StoreWriter:
                 elif header is None:
                     what = "the staged shards of another generation"
                 elif header.get("schema_version") != SCHEMA_VERSION:
-                    what = f"a schema-{header.get('schema_version')!s:.8} store (an older layout) of version {header.get('dataset_version')!s:.20}"
+                    schema, version = header.get("schema_version"), header.get("dataset_version")
+                    what = f"a schema-{schema!s:.8} store (an older layout) of version {version!s:.20}"
                 else:
                     what = f"dataset version {header.get('dataset_version')!s:.20}"
                 fix = (
