@@ -113,8 +113,9 @@ class StoreWriter:
         return header
 
     def _check_resumable(self, header: dict, plan: "Plan") -> None:
-        if header.get("state") == "complete":
-            return  # the dataset is complete: whatever the shard or chunk size, nothing to write
+        if header.get("state") == "complete":  # whatever the shard or chunk size, nothing to write
+            manifests.check_manifest(self.url, header, self.header_file() or redact(self.url))  # an edit: one line
+            return
         for key, now in (("shard_size", plan.config.shard_size), ("chunk_size", self.chunk_size)):
             if header.get(key) != now:
                 raise StoreConflict(
