@@ -44,6 +44,11 @@ def default_threads() -> int:
     return min(32, 4 * (os.cpu_count() or 1))
 
 
+def bytes_digest(data: bytes) -> str:
+    """The digest of bytes already read: equal to :func:`file_digest` of a file holding them."""
+    return xxhash.xxh3_128(data).hexdigest()
+
+
 def file_digest(path: str) -> str | None:
     """The digest of one file (local path or fsspec URL), 32 hex characters; ``None`` if it does
     not exist.

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import fsspec
 
-from homogen.check_report import CheckResult
 from homogen.config import GenerateConfig
 from homogen.digests import HASH_NAME, DigestError, changed_files, digest_files
 from homogen.redaction import redact
 from homogen.schema import SCHEMA_VERSION
+from homogen.validation.report import CheckResult
 
 if TYPE_CHECKING:
     from homogen.sources import ImageRecord

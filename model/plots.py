@@ -23,7 +23,7 @@ import numpy as np
 
 from homogen.render import BACKGROUND, TEXT, sample_grid, save_png
 from homogen.sampling import patch_homography
-from homogen.pixel_check import warp_a_by_h
+from homogen.validation.pixel_check import warp_a_by_h
 
 __all__ = ["error_histogram", "overlay", "overlay_strip", "write_plots"]
 
@@ -108,6 +108,7 @@ def write_plots(
         The paths written.
     """
     from homogen.model.evaluate import method_label
+
     from homogen.render import SEP, grid_layout
 
     out = Path(folder)

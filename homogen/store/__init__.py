@@ -23,7 +23,7 @@ Layout of a store (schema 2):
   as fill values without an error, and resolves its links against the reader's working directory.
 """
 
-from homogen.store.dataset import Dataset, detect_format, missing_chunks, open_dataset
+from homogen.store.dataset import Dataset, chunk_problems, detect_format, missing_chunks, open_dataset
 from homogen.store.errors import DamagedChunk, StoreConflict, StoreError, StoreLocked
 from homogen.store.hdf5_writer import HDF5Writer
 from homogen.store.manifest import ATTR, check_manifest
@@ -43,6 +43,7 @@ __all__ = [
     "StoreWriter",
     "ZarrWriter",
     "check_manifest",
+    "chunk_problems",
     "chunk_key",
     "detect_format",
     "is_local",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Iterator
 
 import fsspec
 import h5py
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from homogen.redaction import redact
 from homogen.schema import FIELDS, SCHEMA, split_code
@@ -158,6 +160,9 @@ class Dataset:
 
 
 def _check_arrays(uri: str, manifest: dict, arrays: dict, where: str) -> None:
+    """Every field present, of the manifest's shape and the schema's dtype, and checksummed
+    (Zarr: a ``crc32c`` codec; HDF5: Fletcher-32): a store re-encoded without its checksums would
+    turn a later flipped bit into a wrong value that nothing reports."""
     n = manifest["num_pairs"]
     p = int(manifest["config"]["sampling"]["patch_size"])
     for f in SCHEMA:
@@ -169,32 +174,83 @@ def _check_arrays(uri: str, manifest: dict, arrays: dict, where: str) -> None:
                 f"{redact(uri)}: array {f.name} is {a.dtype}{tuple(a.shape)}, the manifest ({where}) says "
                 f"{f.dtype}{(n,) + f.row_shape(p)}: the manifest or the array was edited; regenerate the store"
             )
+        if not _checksummed(a):
+            what = "a crc32c codec" if isinstance(a, zarr.Array) else "a Fletcher-32 filter"
+            raise StoreError(
+                f"{redact(uri)}: array {f.name} has no checksum per chunk ({what} is required): it was re-encoded "
+                f"after generation, so damage to it would go unnoticed; regenerate the store or restore it from a copy"
+            )
 
 
-def missing_chunks(uri: str, arrays: dict) -> dict[str, list[int]]:
-    """Per array of a Zarr store, the chunk numbers that should exist and do not (zarr would read
-    them as the fill value, silently). One listing per array."""
+def _checksummed(array) -> bool:
+    if isinstance(array, zarr.Array):
+        return any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs)
+    return bool(array.fletcher32)
+
+
+def chunk_problems(uri: str, arrays: dict) -> dict[str, dict[int, str]]:
+    """Per array of a Zarr store, the chunks that cannot be read as stored: missing (zarr would
+    read them as the fill value, silently), a symbolic link (never followed: a link to
+    ``/dev/zero`` would be read forever), or not a regular file. One listing per array."""
     fs, path = fsspec.core.url_to_fs(uri)
-    out = {}
+    local = is_local(uri)
+    out: dict[str, dict[int, str]] = {}
     for name, arr in arrays.items():
         n, c = arr.shape[0], arr.chunks[0]
         base = f"{path}/{name}/"
-        present = {p[len(base) :] for p in fs.find(base)} if n else set()
-        gone = [k for k in range(-(-n // c)) if chunk_key(k, arr.ndim) not in present]
-        if gone:
-            out[name] = gone
+        if local:
+            kinds = _local_files(base.rstrip("/"))
+        else:
+            kinds = {p[len(base) :]: None for p in fs.find(base)} if n else {}
+        bad = {}
+        for k in range(-(-n // c)):
+            key = chunk_key(k, arr.ndim)
+            if key not in kinds:
+                bad[k] = "missing from storage"
+            elif kinds[key] is not None:
+                bad[k] = kinds[key]
+        if bad:
+            out[name] = bad
     return out
+
+
+def _local_files(folder: str) -> dict[str, str | None]:
+    """Every entry under ``folder`` by relative key: None for a regular file, else what it is
+    (a symbolic link, anywhere on the way, is never followed)."""
+    if os.path.islink(folder):
+        return {}  # the whole array folder is a link: every chunk counts as missing
+    out: dict[str, str | None] = {}
+    for dirpath, dirs, files in os.walk(folder, followlinks=False):
+        rel = os.path.relpath(dirpath, folder)
+        for entry in [*files, *(d for d in dirs if os.path.islink(os.path.join(dirpath, d)))]:
+            full = os.path.join(dirpath, entry)
+            key = entry if rel == "." else f"{rel}/{entry}".replace(os.sep, "/")
+            mode = os.lstat(full).st_mode
+            if stat.S_ISLNK(mode):
+                out[key] = "a symbolic link (never followed inside a store)"
+            elif not stat.S_ISREG(mode):
+                out[key] = "not a regular file"
+            else:
+                out[key] = None
+    return out
+
+
+def missing_chunks(uri: str, arrays: dict) -> dict[str, list[int]]:
+    """Per array of a Zarr store, the chunk numbers that cannot be read as stored (:func:`chunk_problems`)."""
+    return {name: sorted(bad) for name, bad in chunk_problems(uri, arrays).items()}
 
 
 def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
     """Open a finished store of either format (path or fsspec URL).
 
-    ``check_chunks``: list each Zarr array's chunks and refuse a store that lacks one (validation
-    turns it off to report every damaged chunk itself).
+    ``check_chunks``: list each Zarr array's chunks and refuse a store that lacks one, or where
+    one is a symbolic link or not a regular file (validation turns it off to report every damaged
+    chunk itself).
 
     Raises:
-        StoreError: no store, an old layout, an incomplete or edited manifest, a truncated
-            ``zarr.json``, a missing chunk: each naming the file and the fix.
+        StoreError: no store, an old layout, an incomplete or edited manifest, damaged metadata
+            (a truncated or bit-flipped ``zarr.json``, HDF5 header), an array without its
+            checksum codec, a missing or linked chunk: each in one line naming the file and the fix.
     """
     uri = str(uri).rstrip("/")
     uri = local_path(uri) if is_local(uri) else uri
@@ -206,17 +262,25 @@ def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
         with quiet_zarr():
             root = zarr.open_group(uri, mode="r")
             arrays = {f: root[f] for f in FIELDS if f in root}
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+            for a in arrays.values():
+                if not isinstance(a, zarr.Array):
+                    raise ValueError(f"{a.path} is a group, not an array")
+    except Exception as exc:  # noqa: BLE001 - damaged metadata raises whatever zarr's parser meets
         raise StoreError(
-            f"{redact(uri)}: the metadata of an array cannot be read ({exc}): regenerate the store"
+            f"{redact(uri)}: the metadata of an array cannot be read ({type(exc).__name__}: {redact(str(exc))[:160]}): "
+            f"a zarr.json in the store is damaged or was edited; regenerate the store or restore it from a copy"
         ) from exc
     _check_arrays(uri, manifest, arrays, where)
-    gone = missing_chunks(uri, arrays) if check_chunks else {}
-    if gone:
-        files = [f"{redact(uri)}/{f}/{chunk_key(k, arrays[f].ndim)}" for f, ks in gone.items() for k in ks]
+    bad = chunk_problems(uri, arrays) if check_chunks else {}
+    if bad:
+        files = [
+            f"{redact(uri)}/{f}/{chunk_key(k, arrays[f].ndim)} ({why})"
+            for f, ks in bad.items()
+            for k, why in ks.items()
+        ]
         raise DamagedChunk(
-            f"{redact(uri)} lacks {len(files)} chunk file(s) ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}): "
-            f"they were deleted; regenerate the dataset or restore the store from a copy"
+            f"{redact(uri)} has {len(files)} chunk file(s) that cannot be read as stored ({', '.join(files[:3])}"
+            f"{', ...' if len(files) > 3 else ''}): regenerate the dataset or restore the store from a copy"
         )
     return Dataset(uri, manifest, arrays)
 
@@ -226,21 +290,37 @@ def _open_hdf5(path: str) -> Dataset:
         raise StoreError(f"no store at {path}: check the path, or generate it with `homogen generate`")
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError mostly; a damaged superblock may raise others
         raise StoreError(
             f"{path} is not a readable HDF5 file ({exc}): it is truncated or not a store; regenerate it"
         ) from exc
     try:
-        raw = f.attrs.get(ATTR)
         try:
+            raw = f.attrs.get(ATTR)
             manifest = json.loads(raw) if raw is not None else None
         except ValueError as exc:
             raise StoreError(
-                f"the manifest in {path} is not valid JSON ({exc}): it was edited; regenerate the store"
+                f"the manifest in {path} is not valid JSON ({exc}): it was edited or damaged; regenerate the store"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - a damaged header raises OSError, KeyError, RuntimeError, ...
+            raise StoreError(
+                f"the manifest in {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}): it was edited "
+                f"or damaged; regenerate the store or restore it from a copy"
             ) from exc
         check_manifest(path, manifest, path)
-        arrays = {name: f[name] for name in FIELDS if name in f}
-        _check_arrays(path, manifest, arrays, path)
+        try:
+            arrays = {name: f[name] for name in FIELDS if name in f}
+            for a in arrays.values():
+                if not isinstance(a, h5py.Dataset):
+                    raise TypeError(f"{a.name} is a group, not a dataset")
+            _check_arrays(path, manifest, arrays, path)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - damaged object headers raise whatever libhdf5 meets
+            raise StoreError(
+                f"{path}: the metadata of a dataset cannot be read ({type(exc).__name__}: {str(exc)[:120]}): "
+                f"the file is damaged; regenerate the store or restore it from a copy"
+            ) from exc
     except BaseException:
         f.close()
         raise

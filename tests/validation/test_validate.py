@@ -16,7 +16,7 @@ from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
 from homogen.images import load_gray
 from homogen.sources import list_images
-from homogen.validate import PER_PAIR_CHECKS, pixel_tolerance, validate_dataset
+from homogen.validation import PER_PAIR_CHECKS, pixel_tolerance, validate_dataset
 from homogen.warping import cut_pair
 
 SOURCE = SourceConfig(max_images=6)  # 6 bundled COCO photographs: 4 train, 2 test

@@ -20,12 +20,14 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+from faultlib import REPO, child_env, run_cli, small_disk
+from helpers import assert_same_arrays, bad_image_bytes
 
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate, plan
-from homogen.sources import list_images
 from homogen.schema import FIELDS, SCHEMA, SCHEMA_VERSION, SPLIT_CODES
-from homogen.stores import (
+from homogen.sources import list_images
+from homogen.store import (
     DamagedChunk,
     StoreConflict,
     StoreError,
@@ -34,10 +36,7 @@ from homogen.stores import (
     open_dataset,
     open_writer,
 )
-from homogen.validate import validate_dataset
-
-from helpers import assert_same_arrays, bad_image_bytes
-from faultlib import REPO, child_env, run_cli, small_disk
+from homogen.validation import validate_dataset
 
 SMALL = dict(source=SourceConfig(max_images=8), shard_size=3, chunk_size=5)
 
@@ -222,7 +221,7 @@ def write_lock(out: str, pid: int) -> None:
 HOLD = """
 import sys, time
 from pathlib import Path
-from homogen.outputs import output_lock
+from homogen.store.lock import output_lock
 try:
     with output_lock(sys.argv[1], wait_s=float(sys.argv[3])):
         Path(sys.argv[2]).write_text("held")
@@ -354,8 +353,8 @@ def test_readme_plain_readers_open_the_store_without_homogen(both_formats, tmp_p
         script = "\n".join(
             [
                 "import numpy as np",
-                f"path, path_h5, OUT = {both_formats['zarr']!r}, {both_formats['hdf5']!r}, {str(out)!r}",
-                block,
+                f"path, OUT = {both_formats['zarr']!r}, {str(out)!r}",  # what the section's intro names
+                block.replace('"work/datasets/photos.h5"', repr(both_formats["hdf5"])),  # each block defines the rest
                 EPILOGUES[key],
                 "import sys",
                 "assert not [m for m in sys.modules if m.split('.')[0] == 'homogen'], 'homogen was imported'",
@@ -467,11 +466,14 @@ def test_a_deleted_chunk_is_an_error_naming_the_file(both_formats, tmp_path):
     store = tmp_path / "ds.zarr"
     shutil.copytree(both_formats["zarr"], store)
     os.remove(store / "homography" / "c" / "3" / "0" / "0")
-    with pytest.raises(DamagedChunk, match=r"lacks 1 chunk file\(s\) \(.*ds\.zarr/homography/c/3/0/0\)"):
+    with pytest.raises(
+        DamagedChunk, match=r"has 1 chunk file\(s\) .* \(.*ds\.zarr/homography/c/3/0/0 \(missing from storage\)\)"
+    ):
         open_dataset(str(store))
     shutil.rmtree(store / "image_id")  # a whole array: its metadata lives on in the consolidated copy
     with pytest.raises(
-        DamagedChunk, match=r"lacks 8 chunk file\(s\) \(.*homography/c/3/0/0, .*ds\.zarr/image_id/c/0, "
+        DamagedChunk,
+        match=r"has 8 chunk file\(s\) .*homography/c/3/0/0 \(missing from storage\), .*ds\.zarr/image_id/c/0 ",
     ):
         open_dataset(str(store))
 
@@ -501,7 +503,9 @@ def test_a_hand_edited_manifest_is_an_error_naming_the_file(both_formats, tmp_pa
     else:
         with h5py.File(store, "r+") as f:
             f.attrs["homogen"] = json.dumps(edited)
-    with pytest.raises(StoreError, match=rf"the manifest in .*{where}.* was edited or damaged \(shards: Field required\)"):
+    with pytest.raises(
+        StoreError, match=rf"the manifest in .*{where}.* was edited or damaged \(shards: Field required\)"
+    ):
         open_dataset(store)
     if fmt == "hdf5":
         with h5py.File(store, "r+") as f:
@@ -624,14 +628,13 @@ def test_the_arrays_do_not_depend_on_shard_size_chunk_size_or_a_quarantined_imag
 
 KILLER = r"""
 import json, os, sys
-from homogen import stores
 from homogen.store import hdf5_writer, zarr_writer
 from homogen.config import GenerateConfig
 from homogen.generate import generate
 
 args = json.loads(sys.argv[1])
 step, fmt = args["step"], args["format"]
-Writer = stores.ZarrWriter if fmt == "zarr" else stores.HDF5Writer
+Writer = zarr_writer.ZarrWriter if fmt == "zarr" else hdf5_writer.HDF5Writer
 
 
 def die():
@@ -861,7 +864,7 @@ def test_shards_parse_the_header_once_until_it_is_rewritten(tmp_path, monkeypatc
     """Every shard asks whether the store is complete, and the header holds the per-image source
     table (~10 MB of JSON for full COCO): one parse per process until prepare or commit rewrites it."""
     from homogen.generate import generate_shard
-    from homogen.stores import HDF5Writer
+    from homogen.store import HDF5Writer
 
     out = str(tmp_path / ("ds.zarr" if fmt == "zarr" else "ds.h5"))
     cfg = GenerateConfig(output=out, **SMALL)
@@ -881,3 +884,21 @@ def test_shards_parse_the_header_once_until_it_is_rewritten(tmp_path, monkeypatc
     assert all(r.skipped for r in again), "the rewritten (complete) header was not seen"
     assert [r.pairs for r in again] == [r.pairs for r in results]
     assert len(parses) == 1
+
+
+def test_the_old_import_paths_still_work():
+    """Code written against homogen.stores, homogen.outputs, homogen.validate and
+    homogen.check_report before the packages existed goes on importing the same objects."""
+    import homogen.check_report
+    import homogen.outputs
+    import homogen.store
+    import homogen.stores
+    import homogen.validate
+    import homogen.validation
+    import homogen.validation.report
+
+    assert homogen.stores.open_dataset is homogen.store.open_dataset
+    assert homogen.stores.StoreError is homogen.outputs.StoreError is homogen.store.StoreError
+    assert homogen.outputs.output_lock is homogen.store.lock.output_lock
+    assert homogen.validate.validate_dataset is homogen.validation.validate_dataset
+    assert homogen.check_report.CheckResult is homogen.validation.report.CheckResult

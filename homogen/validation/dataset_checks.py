@@ -1,4 +1,4 @@
-"""Checks over a whole dataset, from what one walk over its chunks gathered (:class:`homogen.validate.Walk`):
+"""Checks over a whole dataset, from what one walk over its chunks gathered (:class:`homogen.validation.walk.Walk`):
 counts against the manifest, the planned images, duplicates, uniform offsets, disjoint splits."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from homogen.check_report import MAX_EXAMPLES, CheckResult
 from homogen.schema import LABEL_NAMES, SPLIT_CODES
-from homogen.stores import Dataset
+from homogen.store import Dataset
+from homogen.validation.report import MAX_EXAMPLES, CheckResult
 
 if TYPE_CHECKING:
-    from homogen.validate import Walk
+    from homogen.validation.walk import Walk
 
 UNIFORMITY_Z = 5.0
 MIN_PAIRS_UNIFORMITY = 20
