@@ -8,8 +8,9 @@ so the shards are plain Dask tasks and Prefect sees one task for all of them.
 Workers import this module only: neither Prefect nor torch.
 
 Retries: Dask's own (``client.submit(..., retries=SHARD_RETRIES)``): a shard whose attempt raises
-(an I/O error) is run again by the scheduler, up to :data:`SHARD_RETRIES` times, and the last
-attempt's error is raised, with the worker's traceback. A worker that dies is handled by Dask as
+(an I/O error) is run again by the scheduler, up to :data:`SHARD_RETRIES` times; if every attempt
+fails, the other shards still finish, then the last attempt's error is raised, with the worker's
+traceback. A worker that dies is handled by Dask as
 well, which reruns its tasks on the other workers (``distributed.scheduler.allowed-failures``). A
 failed attempt leaves nothing behind (the library writes a shard under a temporary name and renames it).
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-from distributed import Client, as_completed
+from distributed import Client, Future, as_completed
 
 from homogen.config import SamplingConfig
 from homogen.generate import ShardResult, generate_shard
@@ -45,9 +46,9 @@ def shard_results(
 ) -> Iterator[ShardResult]:
     """Run :func:`write_shard` for every shard on ``client``'s cluster; yield results as they finish.
 
-    Each shard is retried by Dask up to :data:`SHARD_RETRIES` times. Raises the error of a shard
-    that failed every attempt (the shards still running are cancelled; those written stay in the
-    store for the next run).
+    Each shard is retried by Dask up to :data:`SHARD_RETRIES` times. A shard that failed every
+    attempt does not stop the others: they all finish (and stay in the store for the next run),
+    then the first such shard's error is raised, with the worker's traceback.
     """
     token = uuid.uuid4().hex[:8]  # keys unique to this call (the output URL stays out of the dashboard)
     futures = [
@@ -64,8 +65,14 @@ def shard_results(
         )
         for shard in shards
     ]
+    failed: Future | None = None
     try:
         for future in as_completed(futures):
-            yield future.result()  # raises the last attempt's error, with the worker's traceback
+            if future.status == "finished":
+                yield future.result()
+            elif failed is None:
+                failed = future  # every attempt failed; the other shards go on
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        client.cancel([f for f in futures if not f.done()])  # only when the caller stops early
+    if failed is not None:
+        failed.result()  # raises the last attempt's error, with the worker's traceback

@@ -27,7 +27,8 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
-from prefect.runtime import deployment, flow_run
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
 
 from homogen.config import workdir
 from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, InvalidParameters, TrackingConfig, shareable_tracking_uri
@@ -126,8 +127,11 @@ def train_model(
     """
     from homogen.model.mlflow_run import TrainingRun
 
-    # prefect.runtime.flow_run has no deployment_id (Prefect 3.9.1: AttributeError on every run); the deployment's is here
-    if deployment.id:  # dispatched to a worker: refuse now what would lose the model after training
+    context = FlowRunContext.get()  # this run's own deployment (a subflow has none; prefect.runtime has no
+    # flow_run.deployment_id, and its deployment.id is the parent's deployment in a subflow)
+    if (
+        context and context.flow_run and context.flow_run.deployment_id
+    ):  # dispatched: refuse now what would lose the model
         check_worker_keeps_model(config, tracking)
     ds = open_dataset(dataset)
     version = ds.version

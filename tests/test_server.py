@@ -412,6 +412,10 @@ def test_pipeline_events_arrive_and_drive_the_automations_and_the_gpu_limit_exis
     from homogen.flows.generate import generate_dataset
 
     url, received = receiver
+    automations = [sys.executable, "-m", "homogen.deployments.automations", "--notify", "custom-webhook/homogen-ops"]
+    refused = subprocess.run(automations, env=server.client_env(), cwd=server.root, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: no deployment train-model/gpu on this server")
+    assert "python -m homogen.deployments.gpu --pool gpu" in refused.stderr and refused.stderr.count("\n") == 1
     # the README's walk-through: the GPU pool and deployment, a notification block, then the one command
     server.cli("work-pool", "create", "gpu", "--type", "process")
     command = [sys.executable, "-m", "homogen.deployments.gpu", "--pool", "gpu"]
@@ -422,9 +426,11 @@ def test_pipeline_events_arrive_and_drive_the_automations_and_the_gpu_limit_exis
     with temporary_settings({PREFECT_API_URL: server.url}):
         block = CustomWebhookNotificationBlock(name="ops", url=url, json_data={"text": "{{subject}}: {{body}}"})
         block.save("homogen-ops", overwrite=True)
-    command = [sys.executable, "-m", "homogen.deployments.automations", "--notify", "custom-webhook/homogen-ops"]
+    missing = [*automations[:-1], "custom-webhook/nobody"]
+    refused = subprocess.run(missing, env=server.client_env(), cwd=server.root, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--notify custom-webhook/nobody: no such block" in refused.stderr
     done = subprocess.run(
-        command, env=server.client_env(), cwd=server.root, capture_output=True, text=True, timeout=120
+        automations, env=server.client_env(), cwd=server.root, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "automation homogen-train-on-commit" in done.stdout and "automation homogen-regenerate-failed" in done.stdout
@@ -432,7 +438,7 @@ def test_pipeline_events_arrive_and_drive_the_automations_and_the_gpu_limit_exis
     names = {a["name"] for a in server.api("POST", "automations/filter", {})}
     assert {"homogen-train-on-commit", "homogen-regenerate-failed"} <= names
     again = subprocess.run(
-        command, env=server.client_env(), cwd=server.root, capture_output=True, text=True, timeout=120
+        automations, env=server.client_env(), cwd=server.root, capture_output=True, text=True, timeout=120
     )
     assert again.returncode == 0 and len(server.api("POST", "automations/filter", {})) == len(names)  # replaced
 
