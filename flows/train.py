@@ -30,7 +30,7 @@ if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from homogen.config import workdir
 from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, InvalidParameters, TrackingConfig, shareable_tracking_uri
@@ -65,9 +65,10 @@ def check_worker_keeps_model(config: TrainConfig, tracking: TrackingConfig) -> N
         InvalidParameters: naming what to set on the worker.
     """
     shareable_tracking_uri(tracking.uri, "this deployment")
-    temp = Path(tempfile.gettempdir()).resolve()
+    here, temp = Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve()
     where = Path(config.checkpoint_dir or workdir()).resolve()
-    if where == temp or temp in where.parents:
+    # a process worker runs each flow in a fresh temporary folder (its cwd) and removes it afterwards
+    if temp in here.parents and (where == here or here in where.parents):
         raise InvalidParameters(
             f"checkpoints would go to {where}, inside this worker's temporary folder, which is removed when the "
             f"run ends: start the worker with HOMOGEN_WORKDIR set to a lasting folder (e.g. "
@@ -109,7 +110,7 @@ def train_model(
     """
     from homogen.model.mlflow_run import TrainingRun
 
-    if flow_run.deployment_id:  # dispatched to a worker: refuse now what would lose the model after training
+    if deployment.id:  # dispatched to a worker: refuse now what would lose the model after training
         check_worker_keeps_model(config, tracking)
     ds = open_dataset(dataset)
     version = ds.version
