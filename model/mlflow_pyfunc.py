@@ -65,8 +65,8 @@ def verify_archive(path: str | os.PathLike, sha256: str | None) -> None:
             )
 
 
-# MLflow advises type hints on ``predict`` when the class is made; none fits a uint8 tensor, and the
-# signature (given when logging) is what MLflow enforces: silence that one advice here.
+# MLflow advises type hints on ``predict`` when the class is made and when it is set; none fits a uint8
+# tensor, and the signature (given when logging) is what MLflow enforces: silence that one advice here.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
@@ -100,5 +100,4 @@ with warnings.catch_warnings():
                     out[s : s + len(batch)] = self.module(batch).float().numpy()
             return out
 
-
-mlflow.models.set_model(HomographyNetPyfunc())  # how MLflow's "models from code" finds the model in this file
+    mlflow.models.set_model(HomographyNetPyfunc())  # how MLflow's "models from code" finds the model here
