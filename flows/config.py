@@ -398,7 +398,7 @@ def shareable_tracking_uri(uri: str | None, why: str) -> str:
         raise InvalidParameters(
             f"tracking.uri resolves to {redact(resolved)!r}, a store on this machine only, but {why} trains and "
             f"registers on another machine: set tracking.uri (or MLFLOW_TRACKING_URI on both machines) to an "
-            f"MLflow server both reach, e.g. http://mlflow-host:5000 (`mlflow server --host 0.0.0.0`)"
+            f"MLflow server both reach, e.g. http://mlflow-host:5000"
         )
     parts = urlsplit(resolved)
     if parts.username or parts.password:  # credentials travel in MLFLOW_TRACKING_USERNAME/PASSWORD, never as parameters

@@ -183,7 +183,10 @@ def predict(
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     net = _load(model, tracking_uri)
-    pred = predict_homography(net, a, b)
+    try:
+        pred = predict_homography(net, a, b)
+    except ValueError as exc:  # a model predicting NaN: no homography is printed, exit 1
+        _fail(f"{model}: {exc}", code=1)
     typer.echo(f"H (maps B pixels to A pixels; A {a.shape[1]}x{a.shape[0]}, B {b.shape[1]}x{b.shape[0]}):")
     typer.echo(format_homography(pred.homography))
     typer.echo("patch offsets (px, P=%d): %s" % (pred.patch_size, " ".join(f"{v:.2f}" for v in pred.offsets)))
