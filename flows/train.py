@@ -30,7 +30,8 @@ if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import deployment, flow_run
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run
 
 from homogen.config import workdir
 from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, InvalidParameters, TrackingConfig, shareable_tracking_uri
@@ -55,6 +56,13 @@ def _initial_run_name() -> str:
     if isinstance(config, dict):
         config = TrainConfig.model_validate(config)
     return run_name(config if isinstance(config, TrainConfig) else QUICK_TRAIN)
+
+
+def _run_from_a_deployment() -> bool:
+    """Whether this very flow run was created from a deployment (``train-model/gpu``), not called as a
+    subflow in-process (``prefect.runtime.deployment.id`` would answer the parent's deployment there)."""
+    ctx = FlowRunContext.get()
+    return bool(ctx is not None and ctx.flow_run is not None and ctx.flow_run.deployment_id)
 
 
 def check_worker_keeps_model(config: TrainConfig, tracking: TrackingConfig) -> None:
@@ -110,7 +118,7 @@ def train_model(
     """
     from homogen.model.mlflow_run import TrainingRun
 
-    if deployment.id:  # dispatched to a worker: refuse now what would lose the model after training
+    if _run_from_a_deployment():  # dispatched to a worker: refuse now what would lose the model after training
         check_worker_keeps_model(config, tracking)
     ds = open_dataset(dataset)
     version = ds.version
