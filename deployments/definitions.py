@@ -21,9 +21,8 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 from prefect.utilities.callables import ParameterSchema
 
-from homogen.flows.config import FLAT_OVERRIDES, NO_CREDENTIALS_PATTERN, URL_FIELDS
+from homogen.flows.config import FLAT_OVERRIDES, URL_FIELDS, URL_WITH_CREDENTIALS
 from homogen.flows.generate_and_train import generate_and_train
-from homogen.flows.train import train_model
 
 TAGS = ["homogen"]
 
@@ -41,8 +40,19 @@ GPU_TRAIN = {"device": "cuda", "width": 1.0, "epochs": 10, "batch_size": 64, "nu
 """``train-model/gpu``'s default training parameters (full-width network on CUDA)."""
 
 
+CREDENTIALS_REFUSED = {
+    "description": "no credentials in a URL parameter (Prefect stores parameters in plain text): name a Secret "
+    "block holding the storage options in config.storage_secret, or set them in the environment "
+    "(FSSPEC_<PROTOCOL>_<OPTION>, AWS_ACCESS_KEY_ID, MLFLOW_TRACKING_USERNAME/PASSWORD); see the README",
+    "type": "string",
+    "pattern": URL_WITH_CREDENTIALS,
+}
+"""What a URL parameter must not be (JSON schema ``not``). The server's refusal quotes this schema,
+so it names the fix first (a plain ``pattern`` refusal would quote only the regular expression)."""
+
+
 def refuse_credentials(deployment: RunnerDeployment) -> RunnerDeployment:
-    """``deployment`` whose parameter schema refuses URLs with credentials (``pattern`` on each URL field).
+    """``deployment`` whose parameter schema refuses URLs with credentials (``not``: :data:`CREDENTIALS_REFUSED`).
 
     The server validates a run's parameters against this schema before it stores the run, so
     ``--param source=s3://KEY:SECRET@bucket/coco`` is refused with nothing written to its database
@@ -60,10 +70,10 @@ def refuse_credentials(deployment: RunnerDeployment) -> RunnerDeployment:
         return field(defs[ref]["properties"], path[1:])
 
     for path in URL_FIELDS:
-        field(schema["properties"], ("config", *path))["pattern"] = NO_CREDENTIALS_PATTERN
+        field(schema["properties"], ("config", *path))["not"] = CREDENTIALS_REFUSED
     for name, path in FLAT_OVERRIDES.items():
         if path in URL_FIELDS:
-            schema["properties"][name]["pattern"] = NO_CREDENTIALS_PATTERN
+            schema["properties"][name]["not"] = CREDENTIALS_REFUSED
     deployment._parameter_openapi_schema = ParameterSchema(**schema)
     return deployment
 
@@ -104,6 +114,8 @@ def gpu_deployment(pool: str = GPU_POOL, train: dict | None = None) -> RunnerDep
     ``train``: its training settings (default :data:`GPU_TRAIN`); a dispatched run uses them, with
     only the fields the user set in the parent's ``config.train`` laid over them.
     """
+    from homogen.flows.train import train_model  # torch: not in the serving process, nor its Dask workers
+
     return train_model.to_deployment(
         name="gpu",
         description="Train, evaluate and register HomographyNet on a GPU machine (store and MLflow must be shared).",

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import typer
 
 from homogen.cli import fail as _fail
-from homogen.flows.entry import prefect_defaults
+from homogen.flows.entry import prefect_settings
 
 __all__ = ["register"]
 
@@ -33,7 +33,8 @@ def run(config: Optional[str] = None, **flat: Any) -> None:
         _fail(str(exc))
     from homogen.flows.generate_and_train import generate_and_train
 
-    result = generate_and_train(cfg, **flat)
+    with prefect_settings():
+        result = generate_and_train(cfg, **flat)
     typer.echo(
         f"dataset {result['dataset_version']} ({result['pairs']} pairs, {result['dataset_uri']}) -> "
         f"{result['model_name']} version {result['model_version']}" + (" (champion)" if result.get("champion") else "")
@@ -56,11 +57,6 @@ def _options() -> inspect.Signature:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``run`` to the root ``homogen`` app (its options made when the command is registered).
-
-    Called when the ``homogen`` command starts, before anything imports Prefect (making the options
-    does): so :func:`homogen.flows.entry.prefect_defaults` applies to ``homogen run``'s ephemeral Prefect.
-    """
-    prefect_defaults()
+    """Add ``run`` to the root ``homogen`` app (its options made when the command is registered)."""
     run.__signature__ = _options()
     app.command("run")(run)

@@ -188,7 +188,10 @@ URL_FIELDS: tuple[tuple[str, ...], ...] = (("generate", "source", "root"), ("gen
 """Paths of the config's URLs: they must carry no credentials, query or fragment (Prefect stores
 parameters in plain text); the deployments' parameter schema refuses them server-side as well."""
 
-NO_CREDENTIALS_PATTERN = r"^(?![\s\S]*[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#\s'\"<>]*@|[^?#\s'\"<>]*[?#]))"
+URL_WITH_CREDENTIALS = r"[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/?#\s'\"<>]*@|[^?#\s'\"<>]*[?#])"
+"""A regular expression found in any string holding a URL with ``user:password@``, a token, a query or a fragment."""
+
+NO_CREDENTIALS_PATTERN = rf"^(?![\s\S]*{URL_WITH_CREDENTIALS})"
 """JSON-schema ``pattern`` matching exactly the strings :func:`homogen.redaction.redact` leaves
 unchanged (no ``user:password@``, query or fragment in any URL): the server refuses a run whose URL
 parameters fail it before it stores them."""
@@ -278,7 +281,7 @@ def checked_config(data: dict, name: str, **flat: Any) -> PipelineConfig:
 def load_config(text: str | None, name: str = "--config") -> dict:
     """A config given on a command line (``--config`` / ``config=``): inline JSON or a JSON file's path; {} when empty.
 
-    The one parser of ``homogen run --config`` and ``python -m homogen.flows.generate_and_train config=``.
+    The one parser of ``homogen run --config`` (which ``python -m homogen.flows.generate_and_train`` runs).
 
     Raises:
         InvalidParameters: neither a JSON object nor a file holding one; the message names ``name``

@@ -14,16 +14,13 @@ Run directly: ``python -m homogen.flows.generate`` (bundled images, ephemeral Pr
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
-    from homogen.flows.entry import prefect_defaults
-
-    prefect_defaults()
-
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import opaque
 
 from homogen.flows.cluster import DaskConfig, dask_scheduler
+from homogen.flows.entry import prefect_settings
+from homogen.flows.events import dataset_committed
 from homogen.flows.tasks import commit_dataset, generate_shards, list_shards, prepare_store, writer_for
 from homogen.flows.ui import rename_current_run
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
@@ -79,6 +76,7 @@ def generate_dataset(config: GenerateConfig = QUICK_GENERATE, dask: DaskConfig =
             prepare_store(opaque(p))
             results = generate_shards(opaque(p), scheduler)
             manifest = commit_dataset(opaque(p), opaque(results))
+    dataset_committed(manifest)  # the event an automation reacts to (homogen.dataset.committed)
     skipped = sum(r.skipped for r in results)
     log.info(
         "dataset %s complete: %d pairs, %d images quarantined, %d shards generated, %d already complete",
@@ -92,4 +90,5 @@ def generate_dataset(config: GenerateConfig = QUICK_GENERATE, dask: DaskConfig =
 
 
 if __name__ == "__main__":
-    print(generate_dataset())
+    with prefect_settings():
+        print(generate_dataset())

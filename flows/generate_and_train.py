@@ -11,9 +11,9 @@ run before training), ``train-model`` (in-process, or the deployment named by
 
 ``python -m homogen.flows.generate_and_train`` runs it once in Prefect's ephemeral mode (no server needed)
 with the defaults: the 32 bundled images, 1,024 pairs, 2 short epochs, a model registered in
-``./work/mlflow.db`` (``$HOMOGEN_WORKDIR`` moves ``./work``). Arguments: ``config=<JSON or file>`` and
-the flat shortcuts ``key=value``, e.g. ``python -m homogen.flows.generate_and_train rho=24 epochs=3``;
-``--help`` lists them.
+``./work/mlflow.db`` (``$HOMOGEN_WORKDIR`` moves ``./work``). Options: those of ``homogen run``
+(``--config JSON|FILE`` and one per flat shortcut), e.g. ``python -m homogen.flows.generate_and_train
+--rho 24 --epochs 3``; ``--help`` lists them.
 
 Importing this module reaches no torch: Dask starts its workers with *spawn*, which re-imports the
 ``__main__`` module (this one, under ``-m``) in every worker. Training is imported when it runs.
@@ -24,28 +24,20 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import sys
 from typing import Any
-
-if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
-    from homogen.flows.entry import prefect_defaults
-
-    prefect_defaults()
 
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
+from homogen.flows.cluster import SERVED_DASK_ADDRESS_ENV
 from homogen.flows.config import (
-    FLAT_OVERRIDES,
     InvalidParameters,
     PipelineConfig,
     apply_overrides,
     check_before_work,
-    checked_config,
     dispatched_train_config,
     flat_parameters,
-    load_config,
     shareable_tracking_uri,
 )
 from homogen.flows.generate import generate_dataset
@@ -73,7 +65,7 @@ def use_storage_secret(name: str) -> list[str]:
 
     The options go into fsspec's configuration here (every filesystem this process opens gets them)
     and into ``FSSPEC_<PROTOCOL>`` of this process's environment, which the Dask LocalCluster
-    workers started afterwards inherit. Workers of an external cluster need the same variables set
+    workers started afterwards inherit (so the run starts its own, never a serving process's warm one). Workers of an external cluster need the same variables set
     where they run. Returns the protocols configured (the values are never logged).
 
     Raises:
@@ -91,6 +83,8 @@ def use_storage_secret(name: str) -> list[str]:
     for protocol, opts in options.items():
         fsspec.config.conf.setdefault(protocol, {}).update(opts)
         os.environ[f"FSSPEC_{protocol.upper()}"] = json.dumps(fsspec.config.conf[protocol])
+    # the serving process's warm cluster started without these options: this run starts its own workers
+    os.environ.pop(SERVED_DASK_ADDRESS_ENV, None)
     return sorted(options)
 
 
@@ -213,67 +207,18 @@ generate_and_train.__doc__ += (
 generate_and_train = flow(name="generate-and-train", flow_run_name=_initial_run_name)(generate_and_train)
 
 
-def usage() -> str:
-    """``--help``: the command, ``config=``, and each flat shortcut with its help (from :func:`flat_parameters`)."""
-    lines = [
-        "usage: python -m homogen.flows.generate_and_train [config=JSON|FILE] [KEY=VALUE ...]",
-        "",
-        "Generate a dataset, validate it, train HomographyNet and register it in MLflow, as one Prefect flow",
-        "(ephemeral Prefect unless PREFECT_API_URL is set). Every value is checked before the flow starts.",
-        "",
-        "  config=JSON|FILE  PipelineConfig as inline JSON or a JSON file; partial sections keep the other defaults,",
-        '                    e.g. config=\'{"generate": {"source": {"test_split": "val2017"}}}\'',
-    ]
-    lines += [f"  {name}=VALUE  {text}" for name, (_, text) in flat_parameters().items()]
-    lines += ["", "Flat shortcuts win over config. Example: python -m homogen.flows.generate_and_train rho=24 epochs=3"]
-    return "\n".join(lines)
+def main(args: list[str] | None = None) -> None:
+    """``python -m homogen.flows.generate_and_train [OPTIONS]``: the command ``homogen run`` (one parser, made
+    from the config's fields by :mod:`homogen.flows.cli`): every value checked before the flow starts,
+    ``--help`` lists the options, a refused value prints one ``error:`` line and exits 2. Exits when done."""
+    import typer
 
+    from homogen.flows.cli import register
 
-def parse_args(args: list[str]) -> tuple[dict, dict]:
-    """``["config={...}", "rho=24", "epochs=3"]`` -> (the config's dict, ``{"rho": 24, "epochs": 3}``).
-
-    ``config=`` is inline JSON or a JSON file (:func:`homogen.flows.config.load_config`, as ``homogen run
-    --config``); flat values are JSON when they parse, else strings.
-
-    Raises:
-        InvalidParameters: an argument that is not ``key=value`` with a known key, or a config that is not JSON.
-    """
-    config: dict = {}
-    flat = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key == "config":
-            config = load_config(value, "config")
-        elif sep and key in FLAT_OVERRIDES:
-            try:
-                flat[key] = json.loads(value)
-            except json.JSONDecodeError:
-                flat[key] = value
-        else:
-            raise InvalidParameters(
-                f"expected key=value with key config or one of {sorted(FLAT_OVERRIDES)}, got {arg!r} (see --help)"
-            )
-    return config, flat
-
-
-def main(args: list[str]) -> None:
-    """``python -m homogen.flows.generate_and_train config='{...}' rho=24``: check the parameters here, then run the flow.
-
-    Checked before the flow is called, so that a refused value (a URL with credentials above all)
-    never reaches Prefect's database as a run parameter. ``--help``/``-h`` prints :func:`usage`; a
-    refused argument prints ``error: ...`` on stderr and exits 2 (as ``homogen run`` does).
-    """
-    if any(arg in ("-h", "--help") for arg in args):
-        print(usage())
-        return
-    try:
-        config, flat = parse_args(args)
-        cfg = checked_config(config, "config", **flat)
-    except InvalidParameters as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    print(json.dumps(generate_and_train(cfg, **flat), indent=2, default=str))
+    app = typer.Typer(add_completion=False)
+    register(app)
+    app(args=args, prog_name="python -m homogen.flows.generate_and_train")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

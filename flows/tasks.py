@@ -2,12 +2,16 @@
 
 Each task calls one ``homogen`` function and adds only orchestration (logging, artifacts). They
 run in the flow's process; ``generate-shards`` hands the shards to Dask as plain Dask tasks
-(:mod:`homogen.flows.shards`, retried with back-off), which receive configs and paths, never open
+(:mod:`homogen.flows.shards`, retried by Dask), which receive configs and paths, never open
 handles, so a shard runs the same on any worker that can reach the source and the output (local
 paths or fsspec URLs). ``task.fn`` is the plain function (the unit tests call it).
 
 This module imports no torch (``python -m`` entry points that import it are re-imported by
 Dask's spawned workers).
+
+Retries: declared on the decorators (``retries``, ``retry_delay_seconds``, ``retry_jitter_factor``),
+for the errors a second attempt can cure (:func:`transient_error`): a flaky network or object
+store. Bad input (a missing source, a store of another version, a held lock) fails at once.
 
 Caching: the store is the cache. A shard that is already complete is skipped by the library
 (:func:`homogen.generate.generate_shard`), whatever run wrote it, so Prefect's result cache is
@@ -17,6 +21,7 @@ off (``NO_CACHE``): it would only duplicate that bookkeeping and hash large inpu
 from __future__ import annotations
 
 import base64
+import errno
 import os
 from dataclasses import replace
 
@@ -34,6 +39,30 @@ from homogen.schema import LABEL_NAMES
 from homogen.stores import Dataset, StoreWriter, is_local, local_path, open_dataset, open_writer
 
 
+PERMANENT_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+"""OS errors that name a path problem: another attempt would fail the same way."""
+
+PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG})
+"""Full disk, quota, read-only file system, name too long: seconds later, the same."""
+
+
+def transient_error(task, task_run, state) -> bool:
+    """Prefect's ``retry_condition_fn``: retry only an I/O error a second attempt can cure (network, storage)."""
+    error = state.result(raise_on_failure=False)
+    if not isinstance(error, OSError) or isinstance(error, PERMANENT_OS_ERRORS):
+        return False
+    return error.errno not in PERMANENT_ERRNOS
+
+
+RETRIES = {
+    "retries": 3,
+    "retry_delay_seconds": [2, 5, 15],
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": transient_error,
+}
+"""The declared retries of the tasks that touch storage (back-off with jitter; transient errors only)."""
+
+
 def absolute_output(p: Plan) -> Plan:
     """``p`` with a relative local output made absolute, so that every worker writes the same place."""
     if is_local(p.output) and not os.path.isabs(local_path(p.output)):
@@ -46,13 +75,13 @@ def writer_for(p: Plan) -> StoreWriter:
     return open_writer(p.output, p.config.store_format(), p.config.chunk_size)
 
 
-@task(name="list-shards", cache_policy=NO_CACHE)
+@task(name="list-shards", cache_policy=NO_CACHE, **RETRIES)
 def list_shards(config: GenerateConfig) -> Plan:
     """List the source, compute the dataset version and cut the shards (no decoding)."""
     return absolute_output(plan(config))
 
 
-@task(name="prepare-store", cache_policy=NO_CACHE)
+@task(name="prepare-store", cache_policy=NO_CACHE, **RETRIES)
 def prepare_store(p: Plan) -> str:
     """Create ``p``'s output, or resume it when it holds the same version; returns the output."""
     writer_for(p).prepare(p, overwrite=p.config.overwrite)
@@ -68,22 +97,11 @@ def generate_shards(p: Plan, scheduler: str) -> list[ShardResult]:
     """Generate every shard of ``p`` on the Dask cluster at ``scheduler`` (``tcp://host:port``); results in shard order.
 
     One Dask task per shard (:func:`homogen.flows.shards.shard_results`): a shard already complete
-    in the store is skipped, a failed attempt is logged and retried with back-off, and the progress
-    artifact ``dataset-<version>-progress`` shows the share of shards done. Raises the error of a
+    in the store is skipped, a failed attempt is retried by Dask (:data:`homogen.flows.shards.SHARD_RETRIES`),
+    and the progress artifact ``dataset-<version>-progress`` shows the share of shards done. Raises the error of a
     shard that failed every attempt; the shards written stay in the store for the next run.
     """
     log = run_logger()
-
-    def on_retry(shard, attempt: int, error: BaseException, delay_s: float) -> None:
-        log.warning(
-            "shard %d attempt %d failed (%s: %s); retrying in %.1f s",
-            shard.index,
-            attempt,
-            type(error).__name__,
-            error,
-            delay_s,
-        )
-
     cfg = p.config
     key = artifact_key("dataset", p.version, "progress")
     log.info("%d shards on the Dask cluster at %s", len(p.shards), scheduler)
@@ -95,12 +113,12 @@ def generate_shards(p: Plan, scheduler: str) -> list[ShardResult]:
                 f"no Dask worker joined the scheduler {scheduler} in {WORKERS_WAIT_S:g} s: "
                 "see the workers' logs (or start workers for that scheduler)"
             ) from exc
-        results = shard_results(client, p.output, cfg.store_format(), cfg.chunk_size, p.shards, cfg.sampling, on_retry)
+        results = shard_results(client, p.output, cfg.store_format(), cfg.chunk_size, p.shards, cfg.sampling)
         done = list(with_progress(results, len(p.shards), key, f"shards of dataset {p.version} written"))
     return sorted(done, key=lambda r: r.index)
 
 
-@task(name="commit-dataset", cache_policy=NO_CACHE)
+@task(name="commit-dataset", cache_policy=NO_CACHE, **RETRIES)
 def commit_dataset(p: Plan, results: list[ShardResult]) -> dict:
     """Write the final manifest once every shard is complete; returns it."""
     return writer_for(p).commit(p, results)
@@ -133,7 +151,7 @@ def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-@task(name="validate", cache_policy=NO_CACHE)
+@task(name="validate", cache_policy=NO_CACHE, **RETRIES)
 def validate_task(uri: str, regenerate: int = 0, source_root: str | None = None):
     """Every check of :func:`homogen.validate.validate_dataset` on a finished store; returns the report."""
     from homogen.validate import validate_dataset

@@ -23,18 +23,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
-    from homogen.flows.entry import prefect_defaults
-
-    prefect_defaults()
-
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from homogen.config import workdir
 from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, InvalidParameters, TrackingConfig, shareable_tracking_uri
+from homogen.flows.entry import prefect_settings
+from homogen.flows.events import model_registered
 from homogen.flows.model_tasks import evaluate_task, register_task, train_task
 from homogen.flows.ui import artifact_key, rename_current_run
 from homogen.model.config import TrainConfig
@@ -44,6 +42,20 @@ from homogen.stores import open_dataset
 
 FLOW_RUN_TAG = "prefect_flow_run_id"
 """MLflow run tag holding the ``train-model`` flow run id (how a parent finds a remote run's model)."""
+
+GPU_LIMIT = "gpu"
+"""Prefect global concurrency limit held while a run trains and evaluates (one slot): with the limit
+created (``python -m homogen.deployments.automations`` makes it, limit 1), two runs never train on
+one GPU at once, the second waits. Without it (ephemeral mode), training does not wait."""
+
+
+def not_registered(exc: Exception, result) -> RuntimeError:
+    """The error of a run that trained but could not register: it says where the trained weights are."""
+    ckpt = result.best_checkpoint or result.last_checkpoint
+    return RuntimeError(
+        f"trained, but not registered ({type(exc).__name__}: {redact(str(exc))[:400]}); "
+        f"the checkpoint is at {ckpt} on {socket.gethostname()}"
+    )
 
 
 def run_name(config: TrainConfig, version: str | None = None) -> str:
@@ -134,18 +146,29 @@ def train_model(
         tags=tags,
         source="homogen flow train-model",
     ) as run:
-        result = train_task(
-            dataset, config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch
-        )
+        with concurrency(GPU_LIMIT, occupy=1):
+            result = train_task(
+                dataset, config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch
+            )
+            try:
+                scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit, result.dataset_version)
+            except Exception as exc:  # the run fails saying where the trained weights are
+                raise not_registered(exc, result) from exc
         try:
-            scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit, result.dataset_version)
             registered = register_task(run, result, scores)
-        except Exception as exc:  # the run fails saying where the trained weights are
-            ckpt = result.best_checkpoint or result.last_checkpoint
-            raise RuntimeError(
-                f"trained, but not registered ({type(exc).__name__}: {redact(str(exc))[:400]}); "
-                f"the checkpoint is at {ckpt} on {socket.gethostname()}"
-            ) from exc
+        except Exception as exc:
+            raise not_registered(exc, result) from exc
+    test_mace = float(scores.results[NETWORK]["mean"])
+    model_registered(
+        tracking.model_name,
+        registered.model_version,
+        version,
+        registered.champion,
+        model_uri=registered.model_uri,
+        run_id=run.run_id,
+        test_mace=test_mace,
+        promotion=registered.promotion,
+    )
     create_markdown_artifact(
         evaluation_markdown(
             version,
@@ -166,9 +189,10 @@ def train_model(
         "champion": registered.champion,
         "promotion": registered.promotion,
         "dataset_version": version,
-        "test_mace": scores.results[NETWORK]["mean"],
+        "test_mace": test_mace,
     }
 
 
 if __name__ == "__main__":
-    print(train_model(sys.argv[1]))
+    with prefect_settings():
+        print(train_model(sys.argv[1]))

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__":  # run as `python -m`: before Prefect is imported (it reads its settings then)
-    from homogen.flows.entry import prefect_defaults
-
-    prefect_defaults()
-
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from homogen.flows.entry import prefect_settings
 from homogen.flows.tasks import data_url, label_statistics, sample_grid_png, validate_task
 from homogen.flows.ui import (
     artifact_key,
@@ -80,4 +76,5 @@ def validate_dataset_flow(uri: str, regenerate: int = 8, source_root: str | None
 
 
 if __name__ == "__main__":
-    print(validate_dataset_flow(sys.argv[1])["passed"])
+    with prefect_settings():
+        print(validate_dataset_flow(sys.argv[1])["passed"])

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig
 from homogen.param_errors import describe_errors
 from homogen.sources import SourceError
-from homogen.stores import StoreError, open_dataset
+from homogen.store import StoreError, open_dataset
 
 app = typer.Typer(
     help="Versioned synthetic homography datasets from image collections (COCO by default).",
@@ -168,7 +168,7 @@ def validate(
     report: Optional[str] = typer.Option(None, help="write the report as JSON here"),
 ) -> None:
     """Check a store's consistency; exit 1 if any check fails."""
-    from homogen.validate import validate_dataset
+    from homogen.validation import validate_dataset
 
     result = validate_dataset(
         _open(store, check_chunks=False), regenerate=regenerate, source_root=source_root, sources=sources

@@ -7,7 +7,8 @@ is not a cryptographic hash, and need not be: the digests detect changed images,
 authenticate them (whoever can replace an image can also rewrite the manifest and its version).
 
 Files are read through fsspec (local paths and URLs alike); the planner calls :func:`digest_files`
-once for the whole source list, never decoding an image. A file that does not exist gets the
+once for the whole source list, never decoding an image. A file that does not exist, or is not a
+regular file (a FIFO, socket or device: never opened), gets the
 digest ``None`` (generation quarantines it with its reason, as before); any other read error stops
 planning with the file's name.
 """
@@ -15,9 +16,9 @@ planning with the file's name.
 from __future__ import annotations
 
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence
-from urllib.parse import urlsplit
 
 import fsspec
 import xxhash
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 
 from homogen.redaction import redact
 from homogen.sources import SourceError
+from homogen.store.paths import is_local, local_path
 
 HASH_NAME = "xxh3-128"
 """Recorded in the manifest beside the digests, so a later reader knows how to recompute them."""
@@ -42,6 +44,11 @@ def default_threads() -> int:
     return min(32, 4 * (os.cpu_count() or 1))
 
 
+def bytes_digest(data: bytes) -> str:
+    """The digest of bytes already read: equal to :func:`file_digest` of a file holding them."""
+    return xxhash.xxh3_128(data).hexdigest()
+
+
 def file_digest(path: str) -> str | None:
     """The digest of one file (local path or fsspec URL), 32 hex characters; ``None`` if it does
     not exist.
@@ -51,10 +58,14 @@ def file_digest(path: str) -> str | None:
     """
     h = xxhash.xxh3_128()
     try:
+        if is_local(path):  # never opens a FIFO, socket or device (it could block or never end)
+            st = os.stat(local_path(path))
+            if not stat.S_ISREG(st.st_mode):
+                return None  # generation quarantines it, naming what it is (homogen.images.regular_file)
         with _open(path) as f:
             while block := f.read(BLOCK):
                 h.update(block)
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
     except Exception as exc:  # noqa: BLE001 - OSError, and each fsspec backend's own error types
         reason = redact(f"cannot read source image {path} to hash it ({exc})")  # URLs in exc too
@@ -63,10 +74,11 @@ def file_digest(path: str) -> str | None:
 
 
 def _open(path: str):
-    """A plain file object for a local path (fsspec's wrapper costs ~70 us per file), else fsspec's."""
-    scheme = urlsplit(path).scheme
-    if not scheme or len(scheme) == 1 or scheme in ("file", "local"):  # a path, a Windows drive, file://
-        return open(path.removeprefix("file://").removeprefix("local://"), "rb")
+    """A plain file object for a local path (fsspec's wrapper costs ~70 us per file), else fsspec's;
+    a local file is opened non-blocking (it was a regular file a moment ago; if it was swapped for
+    a FIFO meanwhile, the open does not wait for a writer)."""
+    if is_local(path):
+        return open(os.open(local_path(path), os.O_RDONLY | os.O_NONBLOCK), "rb")
     return fsspec.open(path, "rb")
 
 

@@ -6,19 +6,21 @@ recipe in one process (the CLI, tests and benchmarks use it).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from homogen.config import GenerateConfig, SamplingConfig
-from homogen.images import BadImage, load_gray
-from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
+from homogen.images import BadImage, check_texture, load_gray
 from homogen.redaction import redact
+from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
 from homogen.schema import SPLIT_CODES, empty_arrays
 from homogen.sources import ImageRecord, Shard, list_images, make_shards
-from homogen.outputs import check_writable
-from homogen.stores import StoreWriter, open_writer
+from homogen.splits import unify_same_bytes
+from homogen.store import StoreWriter, open_writer
+from homogen.store.paths import check_writable
 from homogen.versions import SourceTable, dataset_version, source_table
 from homogen.warping import cut_pair
 
@@ -74,6 +76,7 @@ def shard_arrays(records: tuple[ImageRecord, ...] | list[ImageRecord], cfg: Samp
     for record in records:
         try:
             image = load_gray(record.path, cfg.image_width, cfg.image_height, min_side=cfg.patch_size)
+            check_texture(image)
         except BadImage as exc:
             # recorded in the shard's attributes: never with the credentials of a source URL
             quarantined.append({"image_id": record.image_id, "path": redact(record.path), "reason": exc.reason})
@@ -104,6 +107,8 @@ class Plan:
     output: str
     sources: SourceTable
     shards: list[Shard]
+    same_bytes: list[list[int]] = field(default_factory=list)
+    """Ids of images with identical bytes, one list per group (all in the split of its lowest id)."""
 
     @property
     def digest(self) -> str:
@@ -115,13 +120,15 @@ class Plan:
         return len(self.sources)
 
     def manifest_sources(self) -> dict:
-        """The manifest's ``source`` section: root (no credentials), image count, table digest and
-        the table itself (``files``: image_id, name, split, digest columns; homogen.versions)."""
+        """The manifest's ``source`` section: root (no credentials), image count, table digest, the
+        table itself (``files``: image_id, name, split, digest columns; homogen.versions) and the
+        groups of images with the same bytes (``same_bytes``, homogen.splits)."""
         return {
             "root": redact(self.config.source.root),
             "digest": self.digest,
             "images": self.num_images,
             "files": self.sources.to_manifest(),
+            "same_bytes": self.same_bytes,
         }
 
 
@@ -134,8 +141,11 @@ def plan(config: GenerateConfig, threads: int | None = None, progress: bool = Fa
     """
     records = list_images(config.source)
     sources = source_table(records, config.source.root, threads, progress)
+    records, same_bytes = unify_same_bytes(records, sources.digest)  # one split per content
+    sources = dataclasses.replace(sources, split=tuple(r.split for r in records))
     version = dataset_version(config, sources)
-    return Plan(config, version, config.resolved_output(version), sources, make_shards(records, config.shard_size))
+    shards = make_shards(records, config.shard_size)
+    return Plan(config, version, config.resolved_output(version), sources, shards, same_bytes)
 
 
 @dataclass

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 
 import cv2
 import fsspec
 import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
+
+from homogen.store.paths import is_local, local_path
 
 Image.MAX_IMAGE_PIXELS = None  # only headers are read with PIL; the size limit is ours, below
 
@@ -44,12 +48,60 @@ class BadImage(Exception):
         self.reason = reason
 
 
-def read_bytes(path: str) -> bytes:
-    """The file's bytes (local path or fsspec URL); a missing or unreadable file is a :class:`BadImage`."""
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def file_kind(mode: int) -> str | None:
+    """What a non-regular file is (``"a FIFO (named pipe)"``, ...), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def regular_file(path: str) -> int:
+    """Open the local file ``path`` for reading, only if it is a regular file (through any symlinks).
+
+    The type is checked by ``stat`` before the file is opened, so a FIFO, socket or device is never
+    opened (opening a FIFO waits for a writer; a device can be endless); the open is non-blocking
+    and re-checked with ``fstat`` in case the name was replaced meanwhile.
+
+    Returns:
+        an open file descriptor (the caller closes it).
+
+    Raises:
+        BadImage: missing, not a regular file (naming what it is), or unreadable.
+    """
     try:
-        if "://" not in path:  # local: plain open, a tenth of a millisecond less than fsspec's
-            with open(path, "rb") as f:
-                return f.read()
+        kind = file_kind(os.stat(path).st_mode)
+        if kind is not None:
+            raise BadImage(f"not a regular file ({kind}): homogen reads only regular files; replace it with the image")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as exc:
+        raise BadImage("missing file: the source lists it but it does not exist") from exc
+    except PermissionError as exc:
+        raise BadImage("unreadable file (permission denied): make it readable") from exc
+    except OSError as exc:
+        raise BadImage(f"unreadable file ({exc.strerror or exc})") from exc
+    kind = file_kind(os.fstat(fd).st_mode)
+    if kind is not None:
+        os.close(fd)
+        raise BadImage(f"not a regular file ({kind}): homogen reads only regular files; replace it with the image")
+    return fd
+
+
+def read_bytes(path: str) -> bytes:
+    """The file's bytes (local path or fsspec URL); a missing, unreadable or non-regular file
+    (FIFO, socket, device, directory; also through a symlink) is a :class:`BadImage`, never opened."""
+    if is_local(path):  # a plain read, a tenth of a millisecond less than fsspec's
+        with open(regular_file(local_path(path)), "rb") as f:
+            return f.read()
+    try:
         with fsspec.open(path, "rb") as f:
             return f.read()
     except FileNotFoundError as exc:
@@ -79,7 +131,7 @@ def _jpeg_header(data: bytes, min_side: int) -> tuple[int, int]:
     if colorspace in ("CMYK", "YCCK"):
         raise BadImage("CMYK image: convert it to RGB or grayscale first")
     _check_size("JPEG", w, h, min_side)
-    if not data.rstrip(b"\x00")[-2:] == b"\xff\xd9" and b"\xff\xd9" not in data[-4096:]:
+    if b"\xff\xd9" not in data:  # anything after it (a phone's "motion photo" video) is left to the strict decode
         raise BadImage("truncated JPEG (no end-of-image marker)")
     return w, h
 
@@ -105,9 +157,29 @@ def _other_header(data: bytes, min_side: int) -> str:
     if fmt == "PNG":
         if data[12:16] == b"IHDR" and data[24] == 16:  # PIL opens 16-bit colour PNGs as 8-bit RGB
             raise BadImage(f"16-bit PNG ({mode}): convert it to 8-bit first")
-        if b"IEND" not in data[-64:]:
-            raise BadImage("truncated PNG (no IEND chunk)")
+        try:  # every chunk up to IEND, with its CRC; bytes after IEND are ignored, as by every PNG reader
+            Image.open(io.BytesIO(data)).verify()
+        except Exception as exc:  # noqa: BLE001 - PIL raises SyntaxError, OSError, struct.error on damage
+            raise BadImage(f"truncated PNG or damaged chunk ({exc}): re-download or re-encode the file") from exc
     return fmt
+
+
+MIN_FRAME_STD = 2.0
+"""Frames whose grayscale standard deviation (in 8-bit levels, on the W x H frame) is below this
+are quarantined: a flat or nearly flat image (one grey level, a blank scan) gives patches with no
+texture, whose labels no method can recover and whose pixel check passes whatever the labels.
+Photographs are far above it (the bundled 32: 33 to 84 levels; a foggy or night shot: 5 to 15);
+one grey level is 0, JPEG noise on it well under 1."""
+
+
+def check_texture(frame: np.ndarray) -> None:
+    """Refuse a frame with no texture (std below :data:`MIN_FRAME_STD`) as a :class:`BadImage`."""
+    std = float(cv2.meanStdDev(frame)[1][0, 0])
+    if std < MIN_FRAME_STD:
+        raise BadImage(
+            f"no texture: the frame's standard deviation is {std:.2f} grey levels, below "
+            f"{MIN_FRAME_STD} (homogen.images.MIN_FRAME_STD): a flat image gives pairs whose labels cannot be recovered"
+        )
 
 
 def reduction_factor(width: int, height: int, target_w: int, target_h: int) -> int:

@@ -2,8 +2,10 @@
 
 :func:`redact` takes a URL, a plain path or any text (an error message, a config value): in every
 ``scheme://...`` URL it finds, it drops the ``user:password@`` (or lone ``token@``) part and the
-whole query string and fragment (pre-signed URLs carry their signature there). Plain paths,
-Windows paths and text without URLs come back unchanged.
+whole query string and fragment (pre-signed URLs carry their signature there). A query string
+without a scheme before it (``a.jpg?X-Amz-Signature=...``, a path joined to a signed name) is
+dropped too when it names a credential (signature, token, key, credential, password, secret).
+Plain paths, Windows paths and text without URLs come back unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = ["redact"]
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
+_SIGNED_QUERY = re.compile(
+    r"\?[^\s'\"<>?#]*(?:signature|sig=|token|credential|key=|password|secret|x-amz-|x-goog-)[^\s'\"<>]*", re.I
+)
 
 
 def _redact_url(url: str) -> str:
@@ -46,7 +51,13 @@ def redact(text: Any) -> Any:
     'failed for https://host:5000/x and gs://bkt/y'
     >>> redact("/data/user@host/ds.zarr")
     '/data/user@host/ds.zarr'
+    >>> redact("cannot read /coco/train2017/a.jpg?X-Amz-Signature=abc&X-Amz-Credential=AKIA (denied)")
+    'cannot read /coco/train2017/a.jpg (denied)'
+    >>> redact("what?")
+    'what?'
     """
-    if not isinstance(text, str) or "://" not in text:
+    if not isinstance(text, str):
         return text
-    return _URL.sub(lambda m: _redact_url(m.group(0)), text)
+    if "://" in text:
+        text = _URL.sub(lambda m: _redact_url(m.group(0)), text)
+    return _SIGNED_QUERY.sub("", text) if "?" in text else text

@@ -145,6 +145,12 @@ MAX_LISTED = 10
 """Bad annotation entries named in one error (the count says how many there are in all)."""
 
 
+def coco_name(name: str) -> str:
+    """A COCO ``file_name`` in its one spelling: ``./`` and repeated or trailing separators removed
+    (``./000000000009.jpg`` and ``000000000009.jpg`` name one file, and are one name)."""
+    return posixpath.normpath(name)
+
+
 def _entry_problem(entry) -> str | None:
     """Why one ``images`` entry of a COCO file cannot be used, or None."""
     if not isinstance(entry, dict):
@@ -160,26 +166,32 @@ def _entry_problem(entry) -> str | None:
         return "no 'file_name'"
     if not isinstance(name, str) or not name.strip():
         return f"file_name {name!r} is not a file name"
+    shown = redact(name)
+    if "://" in name:
+        return f"file_name {shown!r} is a URL, not a path relative to the split folder"
+    if "?" in name or "#" in name:
+        return f"file_name {redact('x://' + name)[4:]!r} carries a query string or fragment (a signed URL?), not a file name"
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", name):
-        return f"file_name {name!r} leaves the split folder (absolute, or with '..')"
+        return f"file_name {shown!r} leaves the split folder (absolute, or with '..')"
     return None
 
 
 def _check_images(images: list, ann: str) -> None:
     """Refuse an ``images`` list with unusable entries (bad or duplicate id, bad or duplicate
-    file_name), naming each by its index, before anything is written."""
+    file_name, compared in their one spelling :func:`coco_name`), naming each by its index, before
+    anything is written."""
     problems = []
     first_of_id: dict[int, int] = {}
     first_of_name: dict[str, int] = {}
     for index, entry in enumerate(images):
         why = _entry_problem(entry)
         if why is None:
-            image_id, name = entry["id"], entry["file_name"]
+            image_id, name = entry["id"], coco_name(entry["file_name"])
             if image_id in first_of_id:
                 why = f"id {image_id} is also the id of entry {first_of_id[image_id]}"
             elif name in first_of_name:
-                why = f"file_name {name!r} is also the file of entry {first_of_name[name]}"
+                why = f"file_name {entry['file_name']!r} is also the file of entry {first_of_name[name]}"
             first_of_id.setdefault(image_id, index)
             first_of_name.setdefault(name, index)
         if why is not None:
@@ -222,6 +234,12 @@ def _coco_records(cfg: SourceConfig, split: str, assign) -> list[ImageRecord]:
         for cat_ids in _category_ids(coco, cfg.categories, ann).values():
             for cat_id in cat_ids:
                 ids.update(coco.catToImgs.get(cat_id, ()))
+        unknown = sorted(i for i in ids if i not in coco.imgs)
+        if unknown:
+            raise SourceError(
+                f"annotations file {redact(ann)} has annotations of {len(unknown)} image ids that are not in its "
+                f"'images' list (first: {unknown[:5]}): fix the annotations file, or drop source.categories (--category)"
+            )
         img_ids = sorted(ids)
         if not img_ids:
             raise SourceError(
@@ -238,7 +256,7 @@ def _coco_records(cfg: SourceConfig, split: str, assign) -> list[ImageRecord]:
         img_ids = img_ids[: cfg.max_images]
     out = []
     for info in coco.loadImgs(img_ids):
-        out.append(ImageRecord(info["id"], _join(cfg.root, split, info["file_name"]), assign(info["id"])))
+        out.append(ImageRecord(info["id"], _join(cfg.root, split, coco_name(info["file_name"])), assign(info["id"])))
     return out
 
 
@@ -291,6 +309,15 @@ def _folder_records(cfg: SourceConfig) -> list[ImageRecord]:
     local = protocol in ("file", "local")
     files = _local_files(path) if local else fs.find(path)
     names = sorted(p for p in files if p.lower().endswith(IMAGE_SUFFIXES))
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+            raise SourceError(
+                f"image file name {redact(shown)} is not valid UTF-8, and the manifest records every name: "
+                f"rename it (e.g. with `convmv -f latin1 -t utf8`), or move it out of {redact(cfg.root)}"
+            ) from None
     ids = _folder_ids([posixpath.relpath(name, path) for name in names])
     recs = []
     for name in names:
@@ -314,6 +341,9 @@ def list_images(cfg: SourceConfig) -> list[ImageRecord]:
     the split is a stable hash of the image id (homogen.splits: ``test_fraction`` of them in 'test',
     ``val_fraction`` of the rest in 'val').
     """
+    fs, path = _fs(cfg.root)
+    if not fs.exists(path):
+        raise SourceError(f"source {redact(cfg.root)} does not exist: check source.root (--source)")
     kind = detect_kind(cfg)
     if kind == "folder":
         check_folder_options(cfg)

@@ -27,20 +27,23 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import fsspec
 
-from homogen.check_report import CheckResult
 from homogen.config import GenerateConfig
 from homogen.digests import HASH_NAME, DigestError, changed_files, digest_files
 from homogen.redaction import redact
 from homogen.schema import SCHEMA_VERSION
+from homogen.validation.report import CheckResult
 
 if TYPE_CHECKING:
     from homogen.sources import ImageRecord
 
-GENERATOR_VERSION = "1.1"
+GENERATOR_VERSION = "1.2"
 """Bump when the pixels or labels produced for a given config change.
 
 1.1: strict JPEG decoding (homogen.images): JPEGs with corrupt entropy-coded data are quarantined
-instead of decoded to garbage. Intact files give the same pixels as 1.0 (checked on 364 encodings)."""
+instead of decoded to garbage. Intact files give the same pixels as 1.0 (checked on 364 encodings).
+1.2: flat frames (no texture) and non-regular files are quarantined; JPEGs and PNGs with bytes after
+their end are used; images with the same bytes share one split (homogen.splits). Other sources
+give the same pixels and labels as 1.1."""
 
 SPLIT_PARAMETERS = ("train_split", "test_split", "test_fraction", "val_fraction")
 """The fields of ``SourceConfig`` that decide the splits (the others only decide the image list)."""

@@ -107,6 +107,7 @@ def write_plots(
         The paths written.
     """
     from homogen.model.evaluate import method_label
+
     from homogen.render import SEP, grid_layout
 
     out = Path(folder)

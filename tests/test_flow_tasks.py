@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -104,14 +105,8 @@ def test_commit_refuses_while_a_shard_is_missing(tmp_path):
         commit_dataset.fn(p, results)
 
 
-def test_shards_are_retried_with_back_off():
-    from homogen.flows.shards import SHARD_RETRY_DELAYS_S
-
-    assert len(SHARD_RETRY_DELAYS_S) >= 2 and all(b > a for a, b in zip(SHARD_RETRY_DELAYS_S, SHARD_RETRY_DELAYS_S[1:]))
-
-
-def flaky(monkeypatch, failures: dict[int, int]) -> dict[int, int]:
-    """Make the first ``failures[i]`` attempts at shard ``i`` raise ``OSError``; returns the attempt counts."""
+def flaky(monkeypatch, failures: dict[int, int], retries: int = 2) -> dict[int, int]:
+    """Make the first ``failures[i]`` attempts at shard ``i`` raise ``OSError``, with ``retries`` Dask retries; returns the attempt counts."""
     import homogen.flows.shards as shards
 
     real, attempts = shards.generate_shard, {}
@@ -123,20 +118,15 @@ def flaky(monkeypatch, failures: dict[int, int]) -> dict[int, int]:
         return real(writer, shard, cfg)
 
     monkeypatch.setattr(shards, "generate_shard", generate_shard)
-    monkeypatch.setattr(shards, "SHARD_RETRY_DELAYS_S", (0.01, 0.02))
+    monkeypatch.setattr(shards, "SHARD_RETRIES", retries)
     return attempts
 
 
-def test_a_failed_shard_attempt_is_logged_retried_and_the_dataset_equals_the_library_s(tmp_path, monkeypatch, caplog):
+def test_a_failed_shard_attempt_is_retried_by_dask_and_the_dataset_equals_the_library_s(tmp_path, monkeypatch):
     attempts = flaky(monkeypatch, {1: 2})
     cfg = small_config(str(tmp_path / "flaky.zarr"))
-    with caplog.at_level("WARNING", logger="flows"):
-        manifest = run_tasks(cfg)
+    manifest = run_tasks(cfg)
     assert attempts == {0: 1, 1: 3, 2: 1}
-    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
-    assert len(retries) == 2 and retries[0].startswith(
-        "shard 1 attempt 1 failed (OSError: injected I/O error in shard 1"
-    )
     reference = generate(small_config(str(tmp_path / "direct.zarr")), progress=False)
     assert manifest["dataset_version"] == reference["dataset_version"]
     for f, want in read_store(str(tmp_path / "direct.zarr")).items():
@@ -152,9 +142,30 @@ def test_a_shard_failing_every_attempt_raises_its_error_and_keeps_the_other_shar
     prepare_store.fn(p)
     with dask_scheduler(THREADS) as scheduler, pytest.raises(OSError, match="injected I/O error in shard 2, attempt 3"):
         generate_shards.fn(p, scheduler)
-    assert attempts[2] == 3  # the first attempt and one per retry delay
+    assert attempts[2] == 3  # the first attempt and the 2 retries
     writer = open_writer(cfg.output)
     assert [writer.shard_info(i) is not None for i in range(3)] == [True, True, False]
+
+
+def test_storage_tasks_declare_retries_for_transient_errors_only():
+    from prefect.states import Failed
+
+    from homogen.flows.tasks import commit_dataset, transient_error, validate_task
+
+    for t in (list_shards, prepare_store, commit_dataset, validate_task):
+        assert t.retries == 3 and t.retry_delay_seconds == [2, 5, 15] and t.retry_condition_fn is transient_error
+    assert generate_shards.retries == 0  # its shards are retried by Dask, one by one
+    for error, retried in (
+        (ConnectionResetError("peer reset"), True),
+        (TimeoutError("read timed out"), True),
+        (OSError(5, "Input/output error"), True),
+        (FileNotFoundError("no such source"), False),
+        (PermissionError("read-only output"), False),
+        (OSError(28, "No space left on device"), False),
+        (ValueError("rho=100 exceeds"), False),
+        (RuntimeError("store locked"), False),
+    ):
+        assert transient_error(list_shards, None, Failed(data=error)) is retried, error
 
 
 # ------------------------------------------------------------------------------------ validation and report
@@ -275,6 +286,22 @@ def test_dask_address_comes_from_the_parameter_then_the_environment(monkeypatch)
     assert DaskConfig(n_workers=3).resolved_workers() == 3 and DaskConfig().resolved_workers() >= 1
 
 
+def test_a_run_takes_the_serving_process_cluster_only_with_default_dask_settings(monkeypatch):
+    from homogen.flows.cluster import SERVED_DASK_ADDRESS_ENV
+    from homogen.flows.config import PipelineConfig
+
+    monkeypatch.delenv("HOMOGEN_DASK_ADDRESS", raising=False)
+    monkeypatch.setenv(SERVED_DASK_ADDRESS_ENV, "tcp://127.0.0.1:40000")
+    assert DaskConfig().resolved_address() == "tcp://127.0.0.1:40000"
+    merged = PipelineConfig.model_validate({"train": {"epochs": 1}, "dask": {}}).dask  # a partial config
+    assert merged.resolved_address() == "tcp://127.0.0.1:40000"
+    assert DaskConfig(n_workers=1).resolved_address() is None  # settings of its own: a cluster of its own
+    assert DaskConfig(processes=False).resolved_address() is None
+    assert DaskConfig(address="tcp://sched:8786").resolved_address() == "tcp://sched:8786"
+    monkeypatch.setenv("HOMOGEN_DASK_ADDRESS", "tcp://10.0.0.5:8786")
+    assert DaskConfig().resolved_address() == "tcp://10.0.0.5:8786"  # the user's own cluster first
+
+
 def test_a_cluster_without_workers_fails_naming_the_scheduler_instead_of_waiting_forever(tmp_path, monkeypatch):
     import homogen.flows.tasks as flow_tasks
     from homogen.flows.cluster import local_cluster
@@ -297,28 +324,26 @@ def test_a_local_cluster_is_sized_from_the_config():
     assert kwargs["n_workers"] == 2 and kwargs["threads_per_worker"] == 1 and kwargs["processes"]
 
 
-def test_the_flows_worker_processes_start_without_re_importing_the_program_and_with_their_dask_config(monkeypatch):
-    """The flow's LocalCluster workers are forked from a forkserver that has imported what the
-    program's ``__main__`` needs (distributed used to replace that preload list, and every worker
-    re-imported the program: ~2 CPU s each); they run without Dask's MALLOC_TRIM_THRESHOLD_ (every
-    buffer over 128 KiB a fresh mmap: shards 10-15 % slower) and without its statistical profiler,
-    with one OpenCV / OpenMP thread each. The flow process keeps its own environment (Dask's
-    OMP_NUM_THREADS=1 left there made torch train on one thread), and a variable it sets after the
-    forkserver started (a storage option from a Secret block) reaches the next cluster's workers."""
+def test_the_flows_worker_processes_start_with_their_environment_and_dask_config_and_leave_this_one_alone(monkeypatch):
+    """The flow's LocalCluster workers (distributed's default *spawn*) start with one OpenCV / OpenMP
+    thread each, without Dask's MALLOC_TRIM_THRESHOLD_ (every buffer over 128 KiB a fresh mmap:
+    shards 10-15 % slower) and without its statistical profiler, and with this process's environment
+    as it is when the cluster starts (a storage option from a Secret block). This process keeps its
+    own environment: Dask writes its pre-spawn variables here (OMP_NUM_THREADS=1 left there made
+    torch train on one thread; PYTHONHASHSEED)."""
     import os
 
     import dask
     from distributed import Client
 
     def worker_state() -> dict:
-        import sys
-
+        import cv2
         import dask
 
         return {
-            "preloaded": "homogen.flows.shards" in sys.modules,  # no shard has run here: the forkserver had it
-            "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
             "omp": os.environ.get("OMP_NUM_THREADS"),
+            "opencv_threads": cv2.getNumThreads(),
+            "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
             "profile": dask.config.get("distributed.worker.profile.enabled"),
             "storage": os.environ.get("FSSPEC_S3"),
         }
@@ -329,10 +354,11 @@ def test_the_flows_worker_processes_start_without_re_importing_the_program_and_w
             (state,) = client.run(worker_state).values()
         return state
 
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("FSSPEC_S3", raising=False)
-    assert cluster_state() == {"preloaded": True, "malloc_trim": None, "omp": "1", "profile": False, "storage": None}
-    assert "OMP_NUM_THREADS" not in os.environ  # this process's environment is its own
+    for var in ("OMP_NUM_THREADS", "FSSPEC_S3", "PYTHONHASHSEED", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(var, raising=False)
+    want = {"omp": "1", "opencv_threads": 1, "malloc_trim": None, "profile": False, "storage": None}
+    assert cluster_state() == want
+    assert not {"OMP_NUM_THREADS", "PYTHONHASHSEED", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ)  # its own
     monkeypatch.setenv("FSSPEC_S3", '{"anon": true}')
     assert cluster_state()["storage"] == '{"anon": true}'
     # the settings stay scoped to the flow's cluster
@@ -340,98 +366,50 @@ def test_the_flows_worker_processes_start_without_re_importing_the_program_and_w
     assert dask.config.get("distributed.worker.profile.enabled") is True
 
 
-def test_a_shard_reads_storage_options_set_in_the_environment_after_fsspec_was_imported(tmp_path, monkeypatch):
-    """A forked worker imported fsspec in its forkserver; the options the flow puts in
-    ``FSSPEC_<PROTOCOL>`` later still apply to the shards it writes."""
-    import fsspec.config
-
-    monkeypatch.setattr(fsspec.config, "conf", {})
-    monkeypatch.setenv("FSSPEC_S3", '{"anon": true}')
-    cfg = small_config(str(tmp_path / "ds.zarr"))
-    p = list_shards.fn(cfg)
-    prepare_store.fn(p)
-    write_shard(p.output, cfg.store_format(), cfg.chunk_size, p.shards[0], cfg.sampling)
-    assert fsspec.config.conf["s3"] == {"anon": True}
+SCRIPT_IMPORTS = "from homogen.flows.cluster import DaskConfig, dask_scheduler\n"
+START = (
+    "with dask_scheduler(DaskConfig(n_workers=1, dashboard_address=None)) as address:\n    print('started', address)\n"
+)
 
 
-def test_the_forkserver_preloads_what_a_script_or_a_module_run_as_main_imports(monkeypatch):
-    """multiprocessing re-runs ``__main__`` in each worker: the forkserver holds its imports, never
-    the main module itself (run twice, or a warning in every worker)."""
+@pytest.mark.parametrize(
+    ("script", "refused"),
+    [
+        (SCRIPT_IMPORTS + START, True),
+        (SCRIPT_IMPORTS + "def main():\n" + textwrap.indent(START, "    ") + "main()\n", True),
+        (SCRIPT_IMPORTS + 'if __name__ == "__main__":\n' + textwrap.indent(START, "    "), False),
+        (SCRIPT_IMPORTS + "if '__main__' == __name__:\n" + textwrap.indent(START, "    "), False),
+    ],
+    ids=["module level", "a function called at module level", "guarded", "guarded, reversed"],
+)
+def test_a_script_that_starts_the_cluster_unguarded_is_refused_at_once_naming_the_guard(tmp_path, script, refused):
+    """multiprocessing re-runs the main script in every worker process: unguarded, each would start the
+    flow again and no worker would ever join (the flow used to wait 180 s, then blame the workers)."""
+    (tmp_path / "make_data.py").write_text(script)
+    done = subprocess.run([sys.executable, "make_data.py"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    if refused:
+        assert done.returncode == 1 and "started" not in done.stdout
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("RuntimeError: ") and "make_data.py, line " in last
+        assert 'Put that call under `if __name__ == "__main__":`' in last
+    else:
+        assert done.returncode == 0 and "started tcp://127.0.0.1:" in done.stdout, done.stderr[-3000:]
+
+
+def test_python_m_and_interactive_mains_are_never_refused(monkeypatch):
+    """``python -m pkg`` (``pkg.__main__``), ``python -c`` and notebooks are not re-run by
+    multiprocessing; a module run with ``-m`` is, and its guarded call (as in every entry point here) passes."""
     import types
 
     import homogen.flows.cluster as cluster
 
-    def main(spec_name: str | None, file: str | None = None) -> types.ModuleType:
+    for spec, file in ((None, None), ("mytool.__main__", __file__), ("homogen.flows.generate", None)):
         module = types.ModuleType("__main__")
-        module.__spec__ = types.SimpleNamespace(name=spec_name) if spec_name else None
+        module.__spec__ = types.SimpleNamespace(name=spec) if spec else None
         if file:
             module.__file__ = file
-        exec("import json\nfrom homogen.flows.generate import generate_dataset\nfrom prefect import flow", vars(module))
         monkeypatch.setitem(sys.modules, "__main__", module)
-        return module
-
-    imported = {"json", "homogen.flows.generate", "prefect.flows"}
-    main(None, "/somewhere/make_data.py")  # python make_data.py
-    preload = cluster.forkserver_preload()
-    assert imported <= set(preload) and not {"__main__", "builtins"} & set(preload)
-    main("homogen.flows.generate_and_train")  # python -m homogen.flows.generate_and_train
-    preload = cluster.forkserver_preload()
-    assert imported <= set(preload) and "homogen.flows.generate_and_train" not in preload
-    main("mytool.__main__", "/somewhere/mytool/__main__.py")  # python -m mytool: never re-run in a worker
-    assert cluster.forkserver_preload() == []
-    main(None)  # python -c, a notebook: never re-run in a worker
-    assert cluster.forkserver_preload() == []
-
-
-def test_a_module_that_fails_in_the_forkserver_is_skipped_quietly_and_the_rest_preloaded(tmp_path, monkeypatch, capsys):
-    """The forkserver must never die of a preload: a module parsing sys.argv when imported finds
-    the server's ['-c'] there and exits; it is skipped (its usage message too), the others load,
-    found through the program's sys.path."""
-    import json
-
-    from homogen.flows.forkserver import preload
-
-    (tmp_path / "homogen_test_argv_mod.py").write_text(
-        "import argparse\np = argparse.ArgumentParser()\np.add_argument('--name', required=True)\nARGS = p.parse_args()\n"
-    )
-    (tmp_path / "homogen_test_good_mod.py").write_text("VALUE = 42\n")
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(sys, "argv", ["-c"])
-    for name in ("homogen_test_argv_mod", "homogen_test_good_mod", "homogen_test_missing_mod"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    spec = json.dumps(
-        {
-            "modules": ["homogen_test_argv_mod", "homogen_test_good_mod", "homogen_test_missing_mod"],
-            "path": [str(tmp_path)],
-        }
-    )
-    assert preload(spec) == ["homogen_test_argv_mod", "homogen_test_missing_mod"]
-    assert sys.modules["homogen_test_good_mod"].VALUE == 42
-    assert "usage" not in capsys.readouterr().err
-    assert preload(None) == []
-
-
-def test_workers_start_for_a_script_whose_own_module_parses_its_arguments_when_imported(tmp_path):
-    """A script's imported module that calls argparse at import (it would exit in the forkserver,
-    which has no arguments) does not keep the flow's workers from starting."""
-    (tmp_path / "cliargs.py").write_text(
-        "import argparse\np = argparse.ArgumentParser()\np.add_argument('--name', required=True)\nARGS = p.parse_args()\n"
-    )
-    (tmp_path / "run.py").write_text(
-        "import cliargs\n"
-        "from distributed import Client\n"
-        "from homogen.flows.cluster import DaskConfig, dask_scheduler\n"
-        "if __name__ == '__main__':\n"
-        "    with dask_scheduler(DaskConfig(n_workers=1, dashboard_address=None)) as address, Client(address) as c:\n"
-        "        c.wait_for_workers(1, timeout=90)\n"
-        "        print('workers', len(c.run(lambda: 1)), cliargs.ARGS.name)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "run.py", "--name", "foo"], cwd=tmp_path, capture_output=True, text=True, timeout=180
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "workers 1 foo" in done.stdout
-    assert "the following arguments are required" not in done.stderr
+        assert cluster.unguarded_main_call() is None
 
 
 # ------------------------------------------------------------------------------------ model tasks
@@ -534,12 +512,16 @@ def test_progress_artifact_is_throttled_but_always_reaches_100(monkeypatch):
 
 
 def test_local_cluster_workers_get_one_library_thread_per_dask_thread(monkeypatch):
-    """OpenCV / Blosc / OpenMP pools are sized to ``threads_per_worker`` in worker processes, so n
-    single-threaded workers use n cores; a value the caller sets wins."""
+    """OpenCV / Blosc / OpenMP pools are sized to ``threads_per_worker`` in worker processes (Dask's
+    pre-spawn environment), so n single-threaded workers use n cores; a value the caller sets wins."""
+    import dask
+
     import homogen.flows.cluster as cluster
 
     seen: dict = {}
-    monkeypatch.setattr(cluster, "LocalCluster", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(
+        cluster, "LocalCluster", lambda **kw: seen.update(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    )
     cluster.local_cluster(n_workers=2, threads_per_worker=1, env={"BLOSC_NTHREADS": "2"})
-    env = seen["env"]
-    assert env["OPENCV_FOR_THREADS_NUM"] == env["OMP_NUM_THREADS"] == "1" and env["BLOSC_NTHREADS"] == "2"
+    assert seen["OPENCV_FOR_THREADS_NUM"] == seen["OMP_NUM_THREADS"] == "1" and seen["BLOSC_NTHREADS"] == "2"
+    assert seen.get("MALLOC_TRIM_THRESHOLD_") is None

@@ -232,11 +232,29 @@ def inject(monkeypatch, faults: Faults) -> None:
     monkeypatch.setattr(flow_shards, "generate_shard", flaky_generate_shard)
 
 
+def test_a_transient_error_in_a_storage_task_is_retried_by_prefect(tmp_path, monkeypatch, prefect_api):
+    import homogen.flows.tasks as tasks
+    from homogen.flows.tasks import list_shards
+
+    monkeypatch.setattr(list_shards, "retry_delay_seconds", [0])
+    calls, real = [], tasks.plan
+
+    def flaky_plan(config):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionResetError("object store reset the connection")
+        return real(config)
+
+    monkeypatch.setattr(tasks, "plan", flaky_plan)
+    p = list_shards(small(str(tmp_path / "retry.zarr")))
+    assert len(calls) == 2 and p.num_images == 12
+
+
 def test_a_shard_that_keeps_failing_fails_the_run_and_a_rerun_completes_it(prefect_api, workdir, monkeypatch):
     faults = Faults(workdir / "faults")
     faults.fail(shard=2, n=99)
     inject(monkeypatch, faults)
-    monkeypatch.setattr(flow_shards, "SHARD_RETRY_DELAYS_S", (0.01,))  # one retry
+    monkeypatch.setattr(flow_shards, "SHARD_RETRIES", 1)
     cfg = small(str(workdir / "broken.zarr"))
     state = generate_dataset(cfg, threads(), return_state=True)
     assert state.is_failed() and "injected I/O error in shard 2, attempt 2" in state.message

@@ -340,3 +340,88 @@ def test_a_source_whose_every_image_is_quarantined_is_an_error_not_an_empty_data
         generate(GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=str(out)), progress=False)
     with pytest.raises(StoreError):  # nothing a reader or `validate` could take for a dataset
         read_store(out)
+
+
+# ------------------------------------------------------- only regular files, trailing bytes, texture
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_trailing_bytes_after_a_complete_jpeg_are_accepted(progressive, rgb_photo):
+    """A phone "motion photo" is a JPEG followed by a video: more than 4 KB after the end-of-image
+    marker. The strict decode succeeds, and the pixels are the JPEG's own."""
+    ok, enc = cv2.imencode(".jpg", rgb_photo[:, :, ::-1], [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+    jpeg = enc.tobytes()
+    tail = np.random.default_rng(0).integers(0, 256, 64 * 1024, dtype=np.uint8).tobytes()
+    assert np.array_equal(decode_gray(jpeg + tail, 320, 240), decode_gray(jpeg, 320, 240))
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_a_jpeg_cut_anywhere_is_still_quarantined(progressive, rgb_photo):
+    """Without the old "end marker in the last 4 KB" rule, strict decoding alone refuses every cut."""
+    ok, enc = cv2.imencode(".jpg", rgb_photo[:, :, ::-1], [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+    jpeg = enc.tobytes()
+    for cut in np.linspace(len(jpeg) * 0.05, len(jpeg) - 2, 12).astype(int):
+        with pytest.raises(BadImage):
+            decode_gray(jpeg[:cut], 320, 240)
+
+
+def test_trailing_bytes_after_a_png_are_accepted_and_a_cut_png_is_not(rgb_photo):
+    png = encode(Image.fromarray(rgb_photo), "PNG")
+    assert np.array_equal(decode_gray(png + b"\0trailing data" * 100, 320, 240), decode_gray(png, 320, 240))
+    for cut in (len(png) // 2, len(png) - 13, len(png) - 1):
+        with pytest.raises(BadImage, match="truncated PNG|corrupt PNG"):
+            decode_gray(png[:cut], 320, 240)
+
+
+def test_flat_frames_are_quarantined_with_the_documented_threshold(tmp_path, sample_photos):
+    from homogen.images import MIN_FRAME_STD, check_texture
+
+    for level in (0, 128, 255):
+        with pytest.raises(BadImage, match=r"no texture: .* 0\.00 grey levels"):
+            check_texture(np.full((240, 320), level, np.uint8))
+    rng = np.random.default_rng(0)
+    faint = (128 + rng.normal(0, MIN_FRAME_STD / 2, (240, 320))).astype(np.uint8)
+    with pytest.raises(BadImage, match="no texture"):
+        check_texture(faint)
+    check_texture((128 + rng.normal(0, MIN_FRAME_STD * 2, (240, 320))).astype(np.uint8))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sample_photos[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    cv2.imwrite(str(folder / "grey.jpg"), np.full((480, 640), 77, np.uint8))
+    m = generate(
+        GenerateConfig(source=SourceConfig(root=str(folder), kind="folder"), output=str(tmp_path / "o.zarr")),
+        progress=False,
+    )
+    assert [q["reason"][:10] for q in m["quarantine"]] == ["no texture"] and m["num_images"] == 2
+
+
+@pytest.mark.timeout(120)
+def test_fifos_sockets_and_devices_are_quarantined_and_never_opened(tmp_path, sample_photos):
+    """A FIFO, a socket and links to /dev/zero and to a FIFO in a source folder: generation neither
+    hangs (the digest step included) nor reads a device; each is quarantined with what it is."""
+    import os
+    import socket
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sample_photos[:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    os.mkfifo(folder / "fifo.jpg")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "sock.jpg"))
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "elsewhere")
+    (folder / "piped.png").symlink_to(tmp_path / "elsewhere")
+    try:
+        m = generate(
+            GenerateConfig(source=SourceConfig(root=str(folder), kind="folder"), output=str(tmp_path / "o.zarr")),
+            progress=False,
+        )
+    finally:
+        sock.close()
+    reasons = {os.path.basename(q["path"]): q["reason"] for q in m["quarantine"]}
+    assert sorted(reasons) == ["fifo.jpg", "piped.png", "sock.jpg", "zero.jpg"]
+    assert "a FIFO" in reasons["fifo.jpg"] and "a FIFO" in reasons["piped.png"]
+    assert "a socket" in reasons["sock.jpg"] and "a character device" in reasons["zero.jpg"]
+    assert all(r.startswith("not a regular file") for r in reasons.values()) and m["num_images"] == 2

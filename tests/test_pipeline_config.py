@@ -130,9 +130,9 @@ def test_python_m_refuses_before_the_flow_is_called(monkeypatch, capsys):
 
     monkeypatch.setattr(gat, "generate_and_train", lambda *a, **k: pytest.fail("the flow must not start"))
     with pytest.raises(SystemExit) as err:
-        gat.main(["device=cuda:7"])
+        gat.main(["--device", "cuda:7"])
     assert err.value.code == 2 and "train.device='cuda:7'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as err:
-        gat.main(["output=s3://AKIA:s3cr3t@bucket/ds.zarr"])
+        gat.main(["--output", "s3://AKIA:s3cr3t@bucket/ds.zarr"])
     message = capsys.readouterr().err
     assert err.value.code == 2 and "generate.output" in message and "s3cr3t" not in message

@@ -36,3 +36,17 @@ def test_paths_and_plain_text_come_back_unchanged(text):
 
 def test_non_strings_come_back_unchanged():
     assert redact(3) == 3 and redact(None) is None
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("quarantined /c/train2017/a.jpg?X-Amz-Signature=abc&X-Amz-Date=1", "quarantined /c/train2017/a.jpg"),
+        ("b.png?sig=xyz: missing", "b.png missing"),  # a query runs to the next space
+        ("/c/a.jpg?token=t0k3n and /c/b.jpg?GoogleAccessId=x&Signature=s", "/c/a.jpg and /c/b.jpg"),
+        ("is it?", "is it?"),
+        ("/c/what?.jpg", "/c/what?.jpg"),
+    ],
+)
+def test_a_signed_query_without_a_scheme_is_dropped_too(text, expected):
+    assert redact(text) == expected

@@ -207,7 +207,8 @@ SECRET = "n0t-in-the-database"
 
 def test_credentials_in_url_parameters_are_refused_before_anything_is_stored(server):
     local = server.deployment("generate-and-train/local")
-    before = len(server.flow_runs())
+    of_local = {"deployment_id": {"any_": [local["id"]]}}  # the scheduler adds regenerate runs meanwhile
+    before = len(server.flow_runs(**of_local))
     refused = server.cli(
         "deployment",
         "run",
@@ -216,15 +217,17 @@ def test_credentials_in_url_parameters_are_refused_before_anything_is_stored(ser
         f"source=https://reader:{SECRET}@images.example.com/coco",
         check=False,
     )
-    assert refused.returncode != 0 and "does not match" in refused.stdout + refused.stderr  # the server's schema check
+    said = " ".join((refused.stdout + refused.stderr).split())  # the server's schema check, as the CLI prints it
+    assert refused.returncode != 0 and "no credentials in a URL parameter" in said, said
+    assert "name a Secret block holding the storage options in config.storage_secret" in said
     for params in (
         {"config": {"generate": {"output": f"s3://AKIAEXAMPLE:{SECRET}@bucket/ds.zarr"}}},
         {"config": {"tracking": {"uri": f"https://mlflow.example.com/?token={SECRET}"}}},
         {"output": f"gs://{SECRET}@bucket/ds.zarr"},
     ):
         response = httpx.post(f"{server.url}/deployments/{local['id']}/create_flow_run", json={"parameters": params})
-        assert response.status_code == 409 and "does not match" in response.text, params
-    assert len(server.flow_runs()) == before  # no run was created
+        assert response.status_code == 409 and "name a Secret block" in response.text, params
+    assert len(server.flow_runs(**of_local)) == before  # no run was created
     for path in server.db.parent.glob("prefect.db*"):  # the database, its WAL and journal, byte for byte
         assert SECRET.encode() not in path.read_bytes(), path.name
 
@@ -236,16 +239,19 @@ def test_storage_credentials_come_from_a_secret_block_into_this_process_and_its_
     from prefect.blocks.system import Secret
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from homogen.flows.cluster import SERVED_DASK_ADDRESS_ENV
     from homogen.flows.config import InvalidParameters, PipelineConfig
     from homogen.flows.generate_and_train import use_storage_secret
 
     monkeypatch.setattr(fsspec.config, "conf", {})
     monkeypatch.setenv("FSSPEC_MEMORY", "{}")  # restored (removed) after the test
+    monkeypatch.setenv(SERVED_DASK_ADDRESS_ENV, "tcp://127.0.0.1:40000")  # a serving process's warm cluster
     token = "t0ken-from-a-secret-block"
     with temporary_settings({PREFECT_API_URL: server.url}):
         Secret(value={"memory": {"token": token}}).save("homogen-storage", overwrite=True)
         Secret(value="a plain string").save("not-storage-options", overwrite=True)
         assert use_storage_secret("homogen-storage") == ["memory"]
+        assert SERVED_DASK_ADDRESS_ENV not in os.environ  # its workers lack the options: the run starts its own
         with pytest.raises(InvalidParameters, match="storage options per protocol"):
             use_storage_secret("not-storage-options")
     assert fsspec.filesystem("memory", skip_instance_cache=True).storage_options["token"] == token
@@ -362,3 +368,191 @@ def test_the_flow_on_an_external_dask_cluster_makes_the_local_cluster_dataset_an
     for log in logs:
         text = log.read_text()
         assert "database is locked" not in text and "Traceback" not in text, f"{log.name}:\n{text[-2000:]}"
+
+
+# --- events, automations and the gpu concurrency limit ------------------------------------------------
+
+
+@pytest.fixture
+def receiver():
+    """An HTTP endpoint on 127.0.0.1 that keeps the bodies POSTed to it (where the notification block points)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bodies: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/notify", bodies
+    finally:
+        httpd.shutdown()
+
+
+def events_named(server: Server, name: str) -> list[dict]:
+    return server.api("POST", "events/filter", {"filter": {"event": {"name": [name]}}, "limit": 50})["events"]
+
+
+def test_pipeline_events_arrive_and_drive_the_automations_and_the_gpu_limit_exists(server, receiver, tmp_path):
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+    from homogen.flows.cluster import DaskConfig
+    from homogen.flows.events import model_registered
+    from homogen.flows.generate import generate_dataset
+
+    url, received = receiver
+    # the README's walk-through: the GPU pool and deployment, a notification block, then the one command
+    server.cli("work-pool", "create", "gpu", "--type", "process")
+    command = [sys.executable, "-m", "homogen.deployments.gpu", "--pool", "gpu"]
+    done = subprocess.run(
+        command, env=server.client_env(), cwd=server.root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with temporary_settings({PREFECT_API_URL: server.url}):
+        block = CustomWebhookNotificationBlock(name="ops", url=url, json_data={"text": "{{subject}}: {{body}}"})
+        block.save("homogen-ops", overwrite=True)
+    command = [sys.executable, "-m", "homogen.deployments.automations", "--notify", "custom-webhook/homogen-ops"]
+    done = subprocess.run(
+        command, env=server.client_env(), cwd=server.root, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "automation homogen-train-on-commit" in done.stdout and "automation homogen-regenerate-failed" in done.stdout
+    assert server.api("GET", "v2/concurrency_limits/gpu")["limit"] == 1
+    names = {a["name"] for a in server.api("POST", "automations/filter", {})}
+    assert {"homogen-train-on-commit", "homogen-regenerate-failed"} <= names
+    again = subprocess.run(
+        command, env=server.client_env(), cwd=server.root, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0 and len(server.api("POST", "automations/filter", {})) == len(names)  # replaced
+
+    # a dataset is committed by the generate-dataset flow: the event arrives...
+    config = GenerateConfig(
+        source=SourceConfig(max_images=8, test_fraction=0.25),
+        sampling=SamplingConfig(pairs_per_image=2),
+        shard_size=4,
+        chunk_size=8,
+        output=str(tmp_path / "committed.zarr"),
+    )
+    with temporary_settings({PREFECT_API_URL: server.url}):
+        dataset = generate_dataset(config, DaskConfig(n_workers=1, processes=False, dashboard_address=None))
+    resource = f"homogen.dataset.{dataset['version']}"
+    [event] = wait_for(
+        "homogen.dataset.committed",
+        lambda: [
+            e
+            for e in events_named(server, "homogen.dataset.committed")
+            if e["resource"]["prefect.resource.id"] == resource
+        ],
+        60,
+        server.procs,
+    )
+    assert event["payload"]["uri"] == dataset["uri"] and event["payload"]["pairs"] == dataset["pairs"] == 16
+    assert event["payload"]["recipe"]["rho"] == 32 and event["payload"]["version"] == dataset["version"]
+    assert any(r["prefect.resource.id"].startswith("prefect.flow-run.") for r in event["related"])
+    # ...and the automation runs train-model/gpu on that store
+    gpu = server.deployment("train-model/gpu")
+    wait_for(
+        "the automation's train-model/gpu run",
+        lambda: [
+            r
+            for r in server.flow_runs(deployment_id={"any_": [gpu["id"]]})
+            if r["parameters"].get("dataset") == dataset["uri"]
+        ],
+        60,
+        server.procs,
+    )
+
+    # model registered and promoted: both events, related to the dataset version
+    with temporary_settings({PREFECT_API_URL: server.url}):
+        sent = model_registered(
+            "homographynet", 3, dataset["version"], True, model_uri="models:/homographynet/3", run_id="r", test_mace=1.5
+        )
+    assert sent == ["homogen.model.registered", "homogen.model.promoted"]
+    for name in sent:
+        [event] = wait_for(name, lambda name=name: events_named(server, name), 60, server.procs)
+        assert event["resource"]["prefect.resource.id"] == "homogen.model.homographynet.3"
+        assert {"prefect.resource.id": resource, "prefect.resource.role": "dataset"}.items() <= event["related"][
+            0
+        ].items()
+        assert event["payload"]["test_mace"] == 1.5 and event["payload"]["champion"] is True
+
+    # a failed regenerate run is reported through the block
+    server.cli(
+        "deployment",
+        "run",
+        "generate-and-train/regenerate",
+        "--param",
+        "device=tpu",
+        "--watch",
+        "--watch-interval",
+        "1",
+        check=False,
+        timeout=180,
+    )
+    [report] = wait_for("the failure report", lambda: [b for b in received if "regenerate" in b], 60, server.procs)
+    assert "homogen: a regenerate run failed" in report and "prefect flow-run logs" in report
+    assert "train.device" in report  # the state message says why
+
+
+def test_a_served_run_shards_on_the_serving_process_cluster_and_its_model_events_arrive(server):
+    """The serving process keeps one Dask cluster for its runs (no worker start per run); a real run of
+    generate-and-train/local on it completes, and its train-model subflow emits homogen.model.registered."""
+    import json
+    import re
+
+    serving = server.procs[1][2].read_text()
+    address = re.search(r"Dask cluster for the runs at (tcp://127\.0\.0\.1:\d+)", serving)
+    assert address, serving[-3000:]
+    config = {
+        "generate": {
+            "source": {"max_images": 8, "test_fraction": 0.25, "val_fraction": 0.25},
+            "sampling": {"pairs_per_image": 4},
+        },
+        "train": {"epochs": 1},
+        "evaluate": {"methods": ["identity"]},
+    }
+    local = server.deployment("generate-and-train/local")
+    before = {r["id"] for r in server.flow_runs(deployment_id={"any_": [local["id"]]})}
+    started = server.cli(
+        "deployment",
+        "run",
+        "generate-and-train/local",
+        "--param",
+        f"config={json.dumps(config)}",
+        "--watch",
+        "--watch-interval",
+        "2",
+        check=False,
+        timeout=500,
+    )
+    [run] = [r for r in server.flow_runs(deployment_id={"any_": [local["id"]]}) if r["id"] not in before]
+    logs = server.cli("flow-run", "logs", run["id"]).stdout
+    assert run["state_type"] == "COMPLETED", started.stdout[-2000:] + logs[-3000:]
+    [generate] = [
+        r for r in server.flow_runs(parent_flow_run_id={"any_": [run["id"]]}) if r["name"].startswith("generate ")
+    ]
+    generate_logs = " ".join(server.cli("flow-run", "logs", generate["id"]).stdout.split())
+    assert f"shards on the Dask cluster at {address.group(1)}" in generate_logs, generate_logs[-3000:]
+    dataset, version = re.search(r"dataset (\w+) -> homographynet version (\d+)", logs).groups()
+    registered = wait_for(
+        "the run's homogen.model.registered",
+        lambda: [
+            e
+            for e in events_named(server, "homogen.model.registered")
+            if e["resource"]["prefect.resource.id"] == f"homogen.model.homographynet.{version}"
+        ],
+        60,
+        server.procs,
+    )
+    assert registered[0]["related"][0]["prefect.resource.id"] == f"homogen.dataset.{dataset}"

@@ -290,3 +290,78 @@ def test_the_command_line_refuses_bad_coco_entries_in_one_line_before_any_output
     res = CliRunner().invoke(app, ["generate", "--source", str(tmp_path / "coco"), "--output", str(out)])
     assert res.exit_code == 2 and "images[0]: id 1.5 is not an integer" in res.output
     assert "Traceback" not in res.output and not out.exists() and not (tmp_path / "out.zarr.lock").exists()
+
+
+# ------------------------------------------------- entries that crashed generation, now one line
+
+
+def _cli_generate(*args: str):
+    from typer.testing import CliRunner
+
+    from homogen.cli import app
+
+    return CliRunner().invoke(app, ["generate", *args])
+
+
+def _one_error_line(res) -> str:
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit) and "Traceback" not in res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "file_name, fragment",
+    [
+        ("http://example.com/a.jpg", "is a URL"),
+        ("s3://bucket/a.jpg", "is a URL"),
+        ("file:///etc/passwd", "is a URL"),
+        ("a.jpg?X-Amz-Signature=s3cr3tsig&X-Amz-Credential=AKIAXX", "query string"),
+        ("a.jpg#frag", "query string"),
+    ],
+)
+def test_a_coco_file_name_that_is_a_url_is_refused_before_any_output_on_every_run(tmp_path, file_name, fragment):
+    _write_annotations(tmp_path / "coco", {"images": [{"id": 1, "file_name": file_name}]})
+    out = tmp_path / "out.zarr"
+    for _ in range(2):  # a re-run says the same, it never crashes mid-generation
+        line = _one_error_line(_cli_generate("--source", str(tmp_path / "coco"), "--output", str(out)))
+        assert "images[0]" in line and fragment in line and not out.exists()
+        assert "s3cr3tsig" not in line and "AKIAXX" not in line
+
+
+def test_category_annotations_of_images_not_listed_are_one_line(tmp_path):
+    _write_annotations(
+        tmp_path / "coco",
+        {
+            "images": [{"id": 1, "file_name": "a.jpg"}],
+            "annotations": [{"id": 5, "image_id": 77, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "dog"}],
+        },
+    )
+    line = _one_error_line(
+        _cli_generate("--source", str(tmp_path / "coco"), "--category", "dog", "-o", str(tmp_path / "o.zarr"))
+    )
+    assert "not in its 'images' list (first: [77])" in line
+
+
+def test_a_folder_file_name_that_is_not_utf8_is_one_line(tmp_path, sample_photos):
+    import os
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copyfile(sample_photos[0], folder / sample_photos[0].name)
+    bad = os.path.join(os.fsencode(folder), b"caf\xe9.jpg")
+    shutil.copyfile(sample_photos[1], bad)
+    line = _one_error_line(_cli_generate("--source", str(folder), "--kind", "folder", "-o", str(tmp_path / "o.zarr")))
+    assert "caf\\xe9.jpg is not valid UTF-8" in line and "rename it" in line
+
+
+def test_the_readme_coco_example_on_a_missing_folder_says_the_folder_is_missing(tmp_path):
+    missing = tmp_path / "data" / "coco"
+    line = _one_error_line(
+        _cli_generate(
+            "--source", str(missing), "--test-split", "val2017", "--category", "person", "-o", str(tmp_path / "o.zarr")
+        )
+    )
+    assert f"source {missing} does not exist" in line and "--category" not in line

@@ -150,3 +150,79 @@ def test_flow_config_carries_val_fraction_into_generation():
     config = PipelineConfig.model_validate({"generate": {"source": {"val_fraction": 0.2}}})
     assert config.generate.source.val_fraction == 0.2
     assert plan(config.generate).config.source.val_fraction == 0.2
+
+
+# ------------------------------------------------------------------- the same bytes, one split
+
+
+def _name_in_another_split(folder_split: str, test_fraction: float) -> str:
+    from homogen.sources import folder_image_id
+
+    for k in range(1000):
+        name = f"copy{k}.jpg"
+        if hashed_split(folder_image_id(name), test_fraction, 0.05) != folder_split:
+            return name
+    raise AssertionError("no name hashes into another split")
+
+
+@pytest.mark.parametrize("how", ["copy", "symlink"])
+def test_a_photo_under_two_names_lands_in_one_split(tmp_path, sample_photos, how):
+    """A copy or a symlink of a photo under a name whose id hashes into another split: every copy
+    takes the split of the lowest id, the manifest records the group, and validate passes."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sample_photos[:6]:
+        shutil.copyfile(p, folder / p.name)
+    first = sample_photos[0]
+    cfg = GenerateConfig(
+        source=SourceConfig(root=str(folder), kind="folder", test_fraction=0.5), output=str(tmp_path / "o.zarr")
+    )
+    split_of_first = hashed_split(int(first.stem), 0.5, 0.05)
+    twin = folder / _name_in_another_split(split_of_first, 0.5)
+    if how == "copy":
+        shutil.copyfile(first, twin)
+    else:
+        twin.symlink_to(folder / first.name)
+    m = generate(cfg, progress=False)
+    files = m["source"]["files"]
+    group = m["source"]["same_bytes"]
+    assert len(group) == 1 and group[0][0] == int(first.stem) and len(group[0]) == 2
+    split_by_id = dict(zip(files["image_id"], files["split"]))
+    assert {split_by_id[i] for i in group[0]} == {split_of_first}
+    arrays = read_store(tmp_path / "o.zarr")
+    stored = {int(i): int(s) for i, s in zip(arrays["image_id"], arrays["split"])}
+    assert {stored[i] for i in group[0]} == {SPLIT_CODES[split_of_first]}
+    report = validate_dataset(str(tmp_path / "o.zarr"), progress=False)
+    assert report.passed, report.to_markdown()
+
+
+def test_coco_names_in_two_spellings_are_one_file_and_refused_as_a_duplicate(tmp_path, sample_photos, sample_coco):
+    from homogen.sources import SourceError
+
+    root = make_coco(tmp_path / "coco", "train2017", sample_photos[:1], sample_coco)
+    ann = root / "annotations" / "instances_train2017.json"
+    data = __import__("json").loads(ann.read_text())
+    name = sample_photos[0].name
+    data["images"].append({**data["images"][0], "id": 99, "file_name": f".//{name}"})
+    data["images"].append({**data["images"][0], "id": 98, "file_name": f"./{name}"})
+    ann.write_text(__import__("json").dumps(data))
+    with pytest.raises(SourceError, match=r"images\[1\]: file_name '\.//.*' is also the file of entry 0.*images\[2\]"):
+        list_images(SourceConfig(root=str(root)))
+
+
+def test_coco_files_with_the_same_bytes_under_two_names_share_a_split(tmp_path, sample_photos, sample_coco):
+    import json
+
+    root = make_coco(tmp_path / "coco", "train2017", sample_photos[:4], sample_coco)
+    first = sample_photos[0]
+    shutil.copyfile(first, root / "train2017" / "again.jpg")
+    ann = root / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    base = int(first.stem)
+    other = next(i for i in range(10**6, 10**6 + 1000) if hashed_split(i, 0.5, 0.05) != hashed_split(base, 0.5, 0.05))
+    data["images"].append({**data["images"][0], "id": other, "file_name": "again.jpg"})
+    ann.write_text(json.dumps(data))
+    p = plan(GenerateConfig(source=SourceConfig(root=str(root), test_fraction=0.5)))
+    assert p.same_bytes == [[base, other]]
+    splits = {r.image_id: r.split for s in p.shards for r in s.records}
+    assert splits[other] == splits[base] == hashed_split(base, 0.5, 0.05)

@@ -124,10 +124,12 @@ def test_show_with_start_draws_consecutive_pairs(small_store, tmp_path):
 
 
 def test_cli_errors_name_the_flag_beside_the_keyword(tmp_path, small_store):
-    res = run("generate", "--source", str(tmp_path / "nowhere"), "--kind", "coco", "-o", str(tmp_path / "o.zarr"))
-    assert res.exit_code == 2 and "kind='folder' (--kind folder)" in res.output, res.output
     empty = tmp_path / "empty"
     empty.mkdir()
+    res = run("generate", "--source", str(empty), "--kind", "coco", "-o", str(tmp_path / "o.zarr"))
+    assert res.exit_code == 2 and "kind='folder' (--kind folder)" in res.output, res.output
+    res = run("generate", "--source", str(tmp_path / "nowhere"), "--kind", "coco", "-o", str(tmp_path / "o.zarr"))
+    assert res.exit_code == 2 and "nowhere does not exist: check source.root (--source)" in res.output, res.output
     res = run("generate", "--source", str(empty), "-o", str(tmp_path / "o.zarr"))
     assert res.exit_code == 2 and "check source.root (--source)" in res.output, res.output
     path, _ = small_store

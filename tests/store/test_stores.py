@@ -13,18 +13,21 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import zarr
+from faultlib import REPO, child_env, run_cli, small_disk
+from helpers import assert_same_arrays, bad_image_bytes
 
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate, plan
-from homogen.sources import list_images
 from homogen.schema import FIELDS, SCHEMA, SCHEMA_VERSION, SPLIT_CODES
-from homogen.stores import (
+from homogen.sources import list_images
+from homogen.store import (
     DamagedChunk,
     StoreConflict,
     StoreError,
@@ -33,10 +36,7 @@ from homogen.stores import (
     open_dataset,
     open_writer,
 )
-from homogen.validate import validate_dataset
-
-from helpers import assert_same_arrays, bad_image_bytes
-from faultlib import REPO, child_env, run_cli, small_disk
+from homogen.validation import validate_dataset
 
 SMALL = dict(source=SourceConfig(max_images=8), shard_size=3, chunk_size=5)
 
@@ -218,15 +218,42 @@ def write_lock(out: str, pid: int) -> None:
         json.dump({"pid": pid, "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}, f)
 
 
+HOLD = """
+import sys, time
+from pathlib import Path
+from homogen.store.lock import output_lock
+try:
+    with output_lock(sys.argv[1], wait_s=float(sys.argv[3])):
+        Path(sys.argv[2]).write_text("held")
+        time.sleep(float(sys.argv[4]))
+except Exception as exc:
+    Path(sys.argv[2]).write_text("refused " + str(exc))
+"""
+
+
+def hold_lock(out: str, flag: Path, wait_s: float = 0.0, hold_s: float = 60.0) -> subprocess.Popen:
+    """A process that takes the output's lock (writing ``held`` to ``flag``) and holds it ``hold_s``."""
+    return subprocess.Popen([sys.executable, "-c", HOLD, out, str(flag), str(wait_s), str(hold_s)], env=child_env())
+
+
+def wait_flag(flag: Path, proc: subprocess.Popen) -> str:
+    for _ in range(600):
+        if flag.exists() and flag.read_text():
+            return flag.read_text()
+        assert proc.poll() is None or flag.exists(), "the lock holder died"
+        time.sleep(0.05)
+    raise AssertionError("the holder never took the lock")
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".h5"])
 def test_a_second_generation_is_refused_while_the_lock_is_held(tmp_path, suffix):
     out = str(tmp_path / f"ds{suffix}")
     cfg = GenerateConfig(output=out, source=SourceConfig(max_images=4))
     generate(cfg, progress=False)
     before = tree(out)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = hold_lock(out, tmp_path / "flag")
     try:
-        write_lock(out, holder.pid)
+        assert wait_flag(tmp_path / "flag", holder) == "held"
         with pytest.raises(StoreLocked, match=rf"being written by pid {holder.pid}"):
             generate(cfg, progress=False)
         with pytest.raises(StoreLocked):
@@ -235,7 +262,6 @@ def test_a_second_generation_is_refused_while_the_lock_is_held(tmp_path, suffix)
         holder.kill()
         holder.wait()
     assert tree(out) == before
-    assert os.path.exists(out + ".lock")  # not ours to remove
 
 
 def test_a_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
@@ -245,6 +271,53 @@ def test_a_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
     write_lock(out, dead.pid)
     m = generate(GenerateConfig(output=out, source=SourceConfig(max_images=2)), progress=False)
     assert m["num_pairs"] == 8 and not os.path.exists(out + ".lock")
+
+
+def test_a_lock_whose_holder_was_killed_is_free_at_once(tmp_path):
+    """A SIGKILLed holder leaves its lock file behind; the kernel has dropped its flock."""
+    out = str(tmp_path / "ds.zarr")
+    holder = hold_lock(out, tmp_path / "flag")
+    assert wait_flag(tmp_path / "flag", holder) == "held"
+    holder.kill()
+    holder.wait()
+    assert os.path.exists(out + ".lock")
+    m = generate(GenerateConfig(output=out, source=SourceConfig(max_images=2)), progress=False)
+    assert m["num_pairs"] == 8 and not os.path.exists(out + ".lock")
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_of_racing_processes_exactly_one_holds_the_lock(tmp_path, stale):
+    """Eight processes race for one output (over a stale lock file, or none): exactly one holds it
+    while the others are refused; never two at once."""
+    out = str(tmp_path / "ds.zarr")
+    if stale:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        write_lock(out, dead.pid)
+    flags = [tmp_path / f"flag{i}" for i in range(8)]
+    procs = [hold_lock(out, f, wait_s=0.0, hold_s=120.0) for f in flags]
+    try:
+        results = [wait_flag(f, p) for f, p in zip(flags, procs)]  # the holder holds until killed
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert sorted(r.split(" ")[0] for r in results) == ["held"] + ["refused"] * 7, results
+
+
+def test_the_same_output_by_a_symlink_takes_the_same_lock(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    holder = hold_lock(str(tmp_path / "real" / "ds.zarr"), tmp_path / "flag")
+    try:
+        assert wait_flag(tmp_path / "flag", holder) == "held"
+        for other in (tmp_path / "link" / "ds.zarr", tmp_path / "real" / "x" / ".." / "ds.zarr"):
+            with pytest.raises(StoreLocked, match=rf"pid {holder.pid}"):
+                generate(GenerateConfig(output=str(other), source=SourceConfig(max_images=2)), progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp_path / "real" / "ds.zarr").exists()
 
 
 # ------------------------------------------------------------------ schema 2: plain readers
@@ -280,8 +353,8 @@ def test_readme_plain_readers_open_the_store_without_homogen(both_formats, tmp_p
         script = "\n".join(
             [
                 "import numpy as np",
-                f"path, path_h5, OUT = {both_formats['zarr']!r}, {both_formats['hdf5']!r}, {str(out)!r}",
-                block,
+                f"path, OUT = {both_formats['zarr']!r}, {str(out)!r}",  # what the section's intro names
+                block.replace('"work/datasets/photos.h5"', repr(both_formats["hdf5"])),  # each block defines the rest
                 EPILOGUES[key],
                 "import sys",
                 "assert not [m for m in sys.modules if m.split('.')[0] == 'homogen'], 'homogen was imported'",
@@ -393,11 +466,14 @@ def test_a_deleted_chunk_is_an_error_naming_the_file(both_formats, tmp_path):
     store = tmp_path / "ds.zarr"
     shutil.copytree(both_formats["zarr"], store)
     os.remove(store / "homography" / "c" / "3" / "0" / "0")
-    with pytest.raises(DamagedChunk, match=r"lacks 1 chunk file\(s\) \(.*ds\.zarr/homography/c/3/0/0\)"):
+    with pytest.raises(
+        DamagedChunk, match=r"has 1 chunk file\(s\) .* \(.*ds\.zarr/homography/c/3/0/0 \(missing from storage\)\)"
+    ):
         open_dataset(str(store))
     shutil.rmtree(store / "image_id")  # a whole array: its metadata lives on in the consolidated copy
     with pytest.raises(
-        DamagedChunk, match=r"lacks 8 chunk file\(s\) \(.*homography/c/3/0/0, .*ds\.zarr/image_id/c/0, "
+        DamagedChunk,
+        match=r"has 8 chunk file\(s\) .*homography/c/3/0/0 \(missing from storage\), .*ds\.zarr/image_id/c/0 ",
     ):
         open_dataset(str(store))
 
@@ -427,7 +503,9 @@ def test_a_hand_edited_manifest_is_an_error_naming_the_file(both_formats, tmp_pa
     else:
         with h5py.File(store, "r+") as f:
             f.attrs["homogen"] = json.dumps(edited)
-    with pytest.raises(StoreError, match=rf"the manifest in .*{where}.* lacks or mistypes \['shards'\]"):
+    with pytest.raises(
+        StoreError, match=rf"the manifest in .*{where}.* was edited or damaged \(shards: Field required\)"
+    ):
         open_dataset(store)
     if fmt == "hdf5":
         with h5py.File(store, "r+") as f:
@@ -550,13 +628,13 @@ def test_the_arrays_do_not_depend_on_shard_size_chunk_size_or_a_quarantined_imag
 
 KILLER = r"""
 import json, os, sys
-from homogen import stores
+from homogen.store import hdf5_writer, zarr_writer
 from homogen.config import GenerateConfig
 from homogen.generate import generate
 
 args = json.loads(sys.argv[1])
 step, fmt = args["step"], args["format"]
-Writer = stores.ZarrWriter if fmt == "zarr" else stores.HDF5Writer
+Writer = zarr_writer.ZarrWriter if fmt == "zarr" else hdf5_writer.HDF5Writer
 
 
 def die():
@@ -597,12 +675,12 @@ elif step == "mid-assemble":
     if fmt == "zarr":
         at(Writer, "_copy_rows", call=4)
     else:
-        at(stores, "_create_h5_dataset", call=3 + 3)  # 3 staged shards, then the root's third array
+        at(hdf5_writer, "_create_h5_dataset", call=3 + 3)  # 3 staged shards, then the root's third array
 elif step == "before-manifest":
     if fmt == "zarr":
-        at(stores.zarr, "consolidate_metadata", call=1, after=True)
+        at(zarr_writer.zarr, "consolidate_metadata", call=1, after=True)
     else:
-        at(stores.os, "replace", call=5)  # header, 3 shards, then the root file
+        at(hdf5_writer.os, "replace", call=5)  # header, 3 shards, then the root file
 elif step == "after-manifest":
     at(Writer, "remove_debris")
 generate(GenerateConfig.model_validate(args["config"]), progress=False)
@@ -786,7 +864,7 @@ def test_shards_parse_the_header_once_until_it_is_rewritten(tmp_path, monkeypatc
     """Every shard asks whether the store is complete, and the header holds the per-image source
     table (~10 MB of JSON for full COCO): one parse per process until prepare or commit rewrites it."""
     from homogen.generate import generate_shard
-    from homogen.stores import HDF5Writer
+    from homogen.store import HDF5Writer
 
     out = str(tmp_path / ("ds.zarr" if fmt == "zarr" else "ds.h5"))
     cfg = GenerateConfig(output=out, **SMALL)
@@ -806,3 +884,21 @@ def test_shards_parse_the_header_once_until_it_is_rewritten(tmp_path, monkeypatc
     assert all(r.skipped for r in again), "the rewritten (complete) header was not seen"
     assert [r.pairs for r in again] == [r.pairs for r in results]
     assert len(parses) == 1
+
+
+def test_the_old_import_paths_still_work():
+    """Code written against homogen.stores, homogen.outputs, homogen.validate and
+    homogen.check_report before the packages existed goes on importing the same objects."""
+    import homogen.check_report
+    import homogen.outputs
+    import homogen.store
+    import homogen.stores
+    import homogen.validate
+    import homogen.validation
+    import homogen.validation.report
+
+    assert homogen.stores.open_dataset is homogen.store.open_dataset
+    assert homogen.stores.StoreError is homogen.outputs.StoreError is homogen.store.StoreError
+    assert homogen.outputs.output_lock is homogen.store.lock.output_lock
+    assert homogen.validate.validate_dataset is homogen.validation.validate_dataset
+    assert homogen.check_report.CheckResult is homogen.validation.report.CheckResult

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from homogen.check_report import MAX_EXAMPLES, CheckResult
-from homogen.schema import LABEL_NAMES
-from homogen.stores import Dataset
+from homogen.schema import LABEL_NAMES, SPLIT_CODES
+from homogen.store import Dataset
+from homogen.validation.report import MAX_EXAMPLES, CheckResult
 
 if TYPE_CHECKING:
-    from homogen.validate import Walk
+    from homogen.validation.walk import Walk
 
 UNIFORMITY_Z = 5.0
 MIN_PAIRS_UNIFORMITY = 20
@@ -34,6 +34,17 @@ def check_counts(ds: Dataset, walk: Walk) -> CheckResult:
         at = int(entry.get("start") or 0) + int(entry.get("pairs") or 0)
     if at != len(ds):
         problems.append(f"the manifest's shards end at pair {at}, the arrays hold {len(ds)}")
+    if m.get("split_codes") != SPLIT_CODES:
+        problems.append(f"the manifest's split_codes {m.get('split_codes')} are not this schema's {SPLIT_CODES}")
+    try:
+        planned = len(m["source"]["files"]["image_id"])
+        if m.get("num_images") != planned - len(m.get("quarantine", [])):
+            problems.append(
+                f"num_images {m.get('num_images')} is not the {planned} planned images less "
+                f"{len(m.get('quarantine', []))} quarantined"
+            )
+    except (KeyError, TypeError):
+        problems.append("the manifest has no planned image list")
     if walk.tallies["readable"].failed == 0 and walk.split_counts != m.get("splits"):
         problems.append(f"splits {walk.split_counts}, manifest says {m.get('splits')}")
     detail = (
@@ -155,23 +166,64 @@ def check_uniform(walk: Walk, rho: float) -> CheckResult:
     return CheckResult(name, not problems, n, len(problems), detail, problems[:MAX_EXAMPLES])
 
 
-def check_splits(walk: Walk) -> CheckResult:
-    """No source image in two splits (train, val, test)."""
+def check_splits(ds: Dataset, walk: Walk) -> CheckResult:
+    """No source image in two splits (train, val, test), where "image" means its bytes: images
+    with one digest in the manifest's table are one image. Every pair's ``image_id`` is in the
+    manifest's per-image table and its ``split`` is the split the table gives that image (an edit
+    of either array, checksums rewritten, fails here)."""
+    name = "split_disjoint"
     if not walk.image_splits:
-        return CheckResult("split_disjoint", None, 0, 0, "no readable pairs")
-    pairs = np.unique(np.concatenate(walk.image_splits), axis=0)
+        return CheckResult(name, None, 0, 0, "no readable pairs")
+    pairs = np.unique(np.concatenate(walk.image_splits), axis=0)  # (image_id, split code) rows
     ids, counts = np.unique(pairs[:, 0], return_counts=True)
+    problems: list[str] = []
+    examples: list[dict] = []
     both = ids[counts > 1]
+    if len(both):
+        problems.append(f"{len(both)} source images have pairs in more than one split")
+        examples += [{"image_id": int(i), "why": "pairs in several splits"} for i in both[:MAX_EXAMPLES]]
+    try:
+        files = ds.manifest["source"]["files"]
+        table_split = {int(i): SPLIT_CODES.get(s, -1) for i, s in zip(files["image_id"], files["split"])}
+        digest_of = {int(i): d for i, d in zip(files["image_id"], files["digest"])}
+    except (KeyError, TypeError, ValueError) as exc:
+        return CheckResult(
+            name, False, len(ids), 1, f"the manifest has no per-image table ({exc!r}): regenerate the dataset"
+        )
+    unknown = [int(i) for i in ids if int(i) not in table_split]
+    if unknown:
+        problems.append(f"{len(unknown)} stored image ids are not in the manifest's table (ids {unknown[:10]})")
+        examples += [{"image_id": i, "why": "not in the manifest"} for i in unknown[:MAX_EXAMPLES]]
+    moved = [(int(i), int(c)) for i, c in pairs if int(i) in table_split and table_split[int(i)] != int(c)]
+    if moved:
+        names = {code: n for n, code in SPLIT_CODES.items()}
+        shown = ", ".join(f"{i} stored as {names.get(c, c)}" for i, c in moved[:10])
+        problems.append(f"{len(moved)} images stored in another split than the manifest's table gives ({shown})")
+        examples += [{"image_id": i, "why": f"split code {c} in the store"} for i, c in moved[:MAX_EXAMPLES]]
+    splits_of_digest: dict[str, set[int]] = {}
+    ids_of_digest: dict[str, set[int]] = {}
+    for i, c in pairs:
+        d = digest_of.get(int(i))
+        if d is not None:
+            splits_of_digest.setdefault(d, set()).add(int(c))
+            ids_of_digest.setdefault(d, set()).add(int(i))
+    shared = [d for d, codes in splits_of_digest.items() if len(codes) > 1]
+    bad = set(both.tolist()) | set(unknown) | {i for i, _ in moved} | {i for d in shared for i in ids_of_digest[d]}
+    if shared and (len(shared) > len(both) or any(len(ids_of_digest[d]) > 1 for d in shared)):
+        problems.append(
+            f"{len(shared)} images' bytes (one digest, maybe under several ids) have pairs in several splits"
+        )
+        examples += [
+            {
+                "image_id": min(ids_of_digest[d]),
+                "image_ids": sorted(ids_of_digest[d]),
+                "why": "same bytes in several splits",
+            }
+            for d in shared[:MAX_EXAMPLES]
+        ]
     detail = (
-        f"{len(both)} source images have pairs in more than one split"
-        if len(both)
-        else f"{len(ids)} source images, each in one split"
+        "; ".join(problems)
+        if problems
+        else f"{len(ids)} source images, each in one split, the manifest's; no bytes in two splits"
     )
-    return CheckResult(
-        "split_disjoint",
-        len(both) == 0,
-        len(ids),
-        len(both),
-        detail + " (counts are images)",
-        [{"image_id": int(i)} for i in both[:MAX_EXAMPLES]],
-    )
+    return CheckResult(name, not problems, len(ids), len(bad), detail + " (counts are images)", examples[:MAX_EXAMPLES])

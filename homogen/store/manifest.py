@@ -1,0 +1,231 @@
+"""The manifest: what a store records about itself, how it is built, and the check every reader runs.
+
+The manifest is the root attribute ``homogen`` (Zarr: in the root ``zarr.json``; HDF5: JSON in the
+file's root attribute). It is built in two steps by the writer:
+
+- :func:`new_manifest` when the store is created (``state: generating``): versions, config,
+  layout, and the source table (``source.files``: image_id, name, split, digest columns;
+  ``source.same_bytes``: groups of ids with identical bytes);
+- at commit, :func:`commit_fields` (shards, quarantine, counts) and then :func:`complete`, which
+  receives the written arrays just before the manifest flips to ``state: complete``.
+
+**Adding a field**: a value known when the store is created goes into :func:`new_manifest`; one
+known from the shards into :func:`commit_fields`; one computed from the written arrays (a digest of
+them, say) into :func:`complete`. Declare it in :class:`Manifest` (optional, so that stores
+written before it still open) and check it in validation. Unknown fields are kept as they are.
+
+:func:`check_manifest` validates a manifest against :class:`Manifest` (pydantic, strict types:
+``"2"`` is not the schema version 2) and turns any problem into one line naming the file and the
+fix, so an edited or bit-flipped manifest is never a ``KeyError`` or ``TypeError`` later.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
+
+from homogen.redaction import redact
+from homogen.schema import SCHEMA, SCHEMA_VERSION, SPLIT_CODES, shard_name
+from homogen.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from homogen.generate import Plan
+
+ATTR = "homogen"
+"""Root attribute holding the manifest."""
+
+MAX_PROBLEMS = 3
+"""Manifest problems named in one error line (the count says how many there are)."""
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+def new_manifest(plan: "Plan", state: str, format: str, chunk_size: int) -> dict:
+    """The manifest of a store of ``plan`` as it is created (``state`` 'generating') or committed."""
+    from homogen.versions import GENERATOR_VERSION  # versions -> digests -> store.paths: import here
+
+    cfg = plan.config.model_dump(mode="json")
+    cfg["source"]["root"] = redact(cfg["source"]["root"])
+    cfg["output"] = redact(plan.output)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generator_version": GENERATOR_VERSION,
+        "dataset_version": plan.version,
+        "state": state,
+        "format": format,
+        "chunk_size": chunk_size,
+        "shard_size": plan.config.shard_size,
+        "fields": {f.name: list(f.dims) for f in SCHEMA},
+        "split_codes": dict(SPLIT_CODES),
+        "config": cfg,
+        "source": plan.manifest_sources(),
+    }
+
+
+def commit_fields(plan: "Plan", infos: list[dict]) -> dict:
+    """What the staged shards (``infos``, in plan order) tell the manifest: ``shards`` (where each
+    one's rows start), ``quarantine``, ``num_pairs``, ``num_images`` and ``splits``."""
+    start, entries = 0, []
+    for s, i in zip(plan.shards, infos):
+        entries.append(
+            {
+                "index": s.index,
+                "name": shard_name(s.index),
+                "start": start,
+                "pairs": i["pairs"],
+                "images": i["images"],
+                "splits": i["splits"],
+                "quarantined": i["quarantined"],
+            }
+        )
+        start += i["pairs"]
+    quarantine = [{**q, "path": redact(q["path"])} for i in infos for q in i["quarantined"]]
+    return {
+        "shards": entries,
+        "quarantine": quarantine,
+        "num_pairs": start,
+        "num_images": plan.num_images - len(quarantine),
+        "splits": {k: sum(i["splits"].get(k, 0) for i in infos) for k in SPLIT_CODES},
+    }
+
+
+def complete(manifest: dict, arrays: dict[str, Any]) -> dict:
+    """The manifest to write with ``state: complete``, given the root arrays just written
+    (``{field: zarr.Array | h5py.Dataset}``). Fields computed from the arrays go here."""
+    return manifest
+
+
+# ------------------------------------------------------------------------------------ checking
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class _Sampling(_Strict):
+    image_width: StrictInt = Field(gt=0)
+    image_height: StrictInt = Field(gt=0)
+    patch_size: StrictInt = Field(gt=0)
+    rho: StrictInt = Field(ge=0)
+    pairs_per_image: StrictInt = Field(gt=0)
+    seed: StrictInt
+    photometric: StrictStr = "none"
+
+
+class _Config(_Strict):
+    sampling: _Sampling
+    source: dict[str, Any]
+
+
+class _Shard(_Strict):
+    index: StrictInt
+    name: StrictStr
+    start: StrictInt = Field(ge=0)
+    pairs: StrictInt = Field(ge=0)
+    images: StrictInt = Field(ge=0)
+    splits: dict[str, StrictInt]
+    quarantined: list[dict[str, Any]]
+
+
+class _Files(_Strict):
+    hash: StrictStr
+    image_id: list[StrictInt]
+    name: list[StrictStr]
+    split: list[Literal["train", "val", "test"]]
+    digest: list[StrictStr | None]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "_Files":
+        lengths = {len(self.image_id), len(self.name), len(self.split), len(self.digest)}
+        if len(lengths) != 1:
+            raise ValueError("the columns image_id, name, split and digest differ in length")
+        return self
+
+
+class _Source(_Strict):
+    root: StrictStr
+    digest: StrictStr
+    images: StrictInt = Field(ge=0)
+    files: _Files
+    same_bytes: list[list[StrictInt]] = []
+
+
+class _Quarantined(_Strict):
+    image_id: StrictInt
+    path: StrictStr
+    reason: StrictStr
+
+
+class Manifest(_Strict):
+    """A complete store's manifest, as every reader may rely on it (unknown keys are kept)."""
+
+    schema_version: StrictInt
+    generator_version: StrictStr
+    dataset_version: StrictStr = Field(min_length=1)
+    state: Literal["complete"]
+    format: Literal["zarr", "hdf5"]
+    chunk_size: StrictInt = Field(gt=0)
+    shard_size: StrictInt = Field(gt=0)
+    split_codes: dict[str, StrictInt]
+    config: _Config
+    source: _Source
+    shards: list[_Shard]
+    quarantine: list[_Quarantined]
+    num_pairs: StrictInt = Field(ge=0)
+    num_images: StrictInt = Field(ge=0)
+    splits: dict[str, StrictInt]
+
+
+def _problems(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    shown = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in errors[:MAX_PROBLEMS])
+    more = f" (and {len(errors) - MAX_PROBLEMS} more)" if len(errors) > MAX_PROBLEMS else ""
+    return shown + more
+
+
+def check_manifest(uri: str, manifest: Any, where: str) -> dict:
+    """Refuse a manifest this homogen cannot read, naming the file ``where`` and the fix.
+
+    Returns:
+        the manifest, unchanged.
+
+    Raises:
+        StoreError: no manifest, another schema, an incomplete store, or a manifest whose keys or
+            types are not :class:`Manifest`'s (edited, or a flipped bit in its file).
+    """
+    if manifest is None:
+        raise StoreError(
+            f"{redact(uri)} is not a homogen store (no manifest in {where}): generate it with `homogen generate`"
+        )
+    if not isinstance(manifest, dict):
+        raise StoreError(
+            f"the manifest in {where} of {redact(uri)} is a {type(manifest).__name__}, not an object: "
+            f"it was edited or damaged; regenerate the store or restore it from a copy"
+        )
+    schema = manifest.get("schema_version")
+    if isinstance(schema, bool) or not isinstance(schema, int):
+        raise StoreError(
+            f"the manifest in {where} of {redact(uri)} has schema_version {schema!r:.20}, not an integer: it was "
+            f"edited or damaged; regenerate the store or restore it from a copy"
+        )
+    if schema != SCHEMA_VERSION:
+        old = " (the old layout: one group or file per shard)" if schema == 1 else ""
+        raise StoreError(
+            f"{redact(uri)} is a schema-{schema} homogen store{old}, and this homogen reads schema {SCHEMA_VERSION} "
+            f"(one array per field): regenerate it with `homogen generate` into a new output (the old store is "
+            f"kept), or read it with the homogen version that wrote it"
+        )
+    if manifest.get("state") != "complete":
+        raise StoreError(
+            f"{redact(uri)} is incomplete (generation did not finish): re-run the same generation to complete it"
+        )
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        raise StoreError(
+            f"the manifest in {where} of {redact(uri)} was edited or damaged ({redact(_problems(exc))}): "
+            f"regenerate the store or restore it from a copy"
+        ) from None
+    return manifest

@@ -1,0 +1,200 @@
+"""A damaged or edited store is one line naming the file and the fix, never a traceback, and
+never read past what is stored: edited manifests, metadata bit flips in both formats, arrays
+re-encoded without their checksum, chunk files replaced by symbolic links."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from homogen.cli import app
+from homogen.config import GenerateConfig, SourceConfig
+from homogen.generate import generate
+from homogen.store import DamagedChunk, StoreError, open_dataset
+from homogen.validation import validate_dataset
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("damage")
+    out = {"zarr": str(d / "ds.zarr"), "hdf5": str(d / "ds.h5")}
+    for path in out.values():
+        generate(GenerateConfig(output=path, source=SourceConfig(max_images=4), chunk_size=8), progress=False)
+    return out
+
+
+def copy(src: str, tmp_path) -> str:
+    dst = str(tmp_path / os.path.basename(src))
+    (shutil.copytree if os.path.isdir(src) else shutil.copyfile)(src, dst)
+    return dst
+
+
+def edit_manifest(store: str, edit) -> None:
+    if store.endswith(".h5"):
+        with h5py.File(store, "r+") as f:
+            m = json.loads(f.attrs["homogen"])
+            edit(m)
+            f.attrs["homogen"] = json.dumps(m)
+    else:
+        path = os.path.join(store, "zarr.json")
+        doc = json.loads(open(path).read())
+        edit(doc["attributes"]["homogen"])
+        open(path, "w").write(json.dumps(doc))
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def one_line(res) -> str:
+    """The command ended by SystemExit (no crash) with exactly one ``error:`` line."""
+    assert isinstance(res.exception, SystemExit), f"crashed: {res.exception!r}\n{res.output}"
+    lines = [line for line in res.output.splitlines() if line.startswith("error: ")]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda m: m["config"].pop("sampling"), ["config.sampling: Field required"]),
+        (lambda m: m.update(shards=[1, 2, 3]), ["shards.0: Input should be a valid dictionary"]),
+        (lambda m: m.update(schema_version="2"), ["schema_version '2', not an integer"]),
+        (lambda m: m.update(schema_version=True), ["schema_version True, not an integer"]),
+        (lambda m: m.update(num_pairs=-1), ["num_pairs: Input should be greater than or equal to 0"]),
+        (lambda m: m["source"]["files"]["image_id"].pop(), ["columns image_id, name, split and digest differ"]),
+        (lambda m: m["config"]["sampling"].update(patch_size="128"), ["config.sampling.patch_size"]),
+        (lambda m: m.update(quarantine={"a": 1}), ["quarantine: Input should be a valid list"]),
+    ],
+)
+def test_an_edited_manifest_is_one_line_for_info_validate_and_show(stores, tmp_path, fmt, edit, words):
+    store = copy(stores[fmt], tmp_path)
+    edit_manifest(store, edit)
+    for command in ("info", "validate", "show"):
+        line = one_line(cli(command, store))
+        assert os.path.basename(store) in line and "regenerate the store" in line, line
+        for w in words:
+            assert w in line, line
+
+
+def _flip(path: str, offset: int, bit: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([b ^ (1 << bit)]))
+
+
+def test_bit_flips_in_zarr_metadata_are_never_a_traceback(stores, tmp_path):
+    """80 single-bit flips in the store's zarr.json files (root manifest and each array's
+    metadata): `validate` exits 0, 1 or 2 and never crashes."""
+    rng = np.random.default_rng(0)
+    src = stores["zarr"]
+    metas = sorted(
+        os.path.relpath(os.path.join(d, f), src) for d, _, fs in os.walk(src) for f in fs if f == "zarr.json"
+    )
+    for trial in range(80):
+        store = str(tmp_path / f"t{trial}.zarr")
+        shutil.copytree(src, store)
+        meta = os.path.join(store, metas[trial % len(metas)])
+        _flip(meta, int(rng.integers(os.path.getsize(meta))), int(rng.integers(8)))
+        res = cli("validate", store)
+        assert res.exception is None or isinstance(res.exception, SystemExit), (meta, res.exception, res.output)
+        assert res.exit_code in (0, 1, 2) and "Traceback" not in res.output
+        shutil.rmtree(store)
+
+
+def test_bit_flips_in_hdf5_metadata_are_never_a_traceback(stores, tmp_path):
+    """80 single-bit flips in the HDF5 file outside its chunk data (superblock, object headers,
+    B-trees, the manifest attribute): `validate` exits 0, 1 or 2 and never crashes."""
+    rng = np.random.default_rng(1)
+    src = stores["hdf5"]
+    with h5py.File(src, "r") as f:  # byte ranges of the stored chunks: flips there are the checksums' business
+        data = []
+        for name in f:
+            ds = f[name]
+            for k in range(ds.id.get_num_chunks()):
+                info = ds.id.get_chunk_info(k)
+                data.append((info.byte_offset, info.byte_offset + info.size))
+    size = os.path.getsize(src)
+    in_data = np.zeros(size, bool)
+    for a, b in data:
+        in_data[a:b] = True
+    metadata = np.flatnonzero(~in_data)
+    for trial in range(80):
+        store = str(tmp_path / f"t{trial}.h5")
+        shutil.copyfile(src, store)
+        _flip(store, int(rng.choice(metadata)), int(rng.integers(8)))
+        res = cli("validate", store)
+        assert res.exception is None or isinstance(res.exception, SystemExit), (trial, res.exception, res.output)
+        assert res.exit_code in (0, 1, 2) and "Traceback" not in res.output
+        os.remove(store)
+
+
+def test_an_array_re_encoded_without_its_crc32c_is_refused(stores, tmp_path):
+    """Rewritten through zarr with the same values and no checksum codec: a later bit flip would
+    change a pixel silently, so the store is refused on open, naming the array."""
+    store = copy(stores["zarr"], tmp_path)
+    g = zarr.open_group(store, mode="r+", use_consolidated=False)
+    values = g["pairs"][:]
+    old = g["pairs"]
+    g.create_array(
+        "pairs",
+        shape=old.shape,
+        dtype=old.dtype,
+        chunks=old.chunks,
+        compressors=[zarr.codecs.ZstdCodec()],
+        dimension_names=old.metadata.dimension_names,
+        overwrite=True,
+    )[...] = values
+    zarr.consolidate_metadata(store)
+    with pytest.raises(StoreError, match=r"array pairs has no checksum per chunk \(a crc32c codec is required\)"):
+        open_dataset(store)
+    line = one_line(cli("validate", store))
+    assert "pairs has no checksum" in line
+
+
+def test_an_hdf5_dataset_without_fletcher32_is_refused(stores, tmp_path):
+    store = copy(stores["hdf5"], tmp_path)
+    with h5py.File(store, "r+") as f:
+        values = f["offsets"][:]
+        del f["offsets"]
+        f.create_dataset("offsets", data=values, chunks=(8, 8), compression="gzip")
+    with pytest.raises(StoreError, match=r"array offsets has no checksum per chunk \(a Fletcher-32 filter"):
+        open_dataset(store)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("target", ["/dev/zero", "copy"])
+def test_a_chunk_file_replaced_by_a_symlink_is_refused_and_never_read(stores, tmp_path, target):
+    """A link to /dev/zero made `validate` run out of memory; a link to a good copy of the same
+    chunk is refused too: nothing in a store is read through a link."""
+    store = copy(stores["zarr"], tmp_path)
+    chunk = os.path.join(store, "pairs", "c", "1", "0", "0", "0")
+    if target == "copy":
+        shutil.copyfile(chunk, tmp_path / "elsewhere")
+        target = str(tmp_path / "elsewhere")
+    os.remove(chunk)
+    os.symlink(target, chunk)
+    with pytest.raises(DamagedChunk, match=r"pairs/c/1/0/0/0 \(a symbolic link \(never followed inside a store\)\)"):
+        open_dataset(store)
+    report = validate_dataset(open_dataset(store, check_chunks=False), progress=False)
+    readable = report.check("readable")
+    assert readable.passed is False and "pairs chunk 1" in readable.detail and "symbolic link" in readable.detail
+    assert [c.name for c in report.checks if c.passed is False][0] == "readable"
+
+
+def test_a_symlinked_array_folder_counts_as_missing_chunks(stores, tmp_path):
+    store = copy(stores["zarr"], tmp_path)
+    shutil.move(os.path.join(store, "offsets"), tmp_path / "offsets")
+    os.symlink(tmp_path / "offsets", os.path.join(store, "offsets"))
+    with pytest.raises(DamagedChunk, match=r"offsets/c/0/0 \(missing from storage\)"):
+        open_dataset(store)

@@ -1,0 +1,148 @@
+"""``--overwrite`` replaces a homogen store and nothing else: every refusal happens before anything
+is deleted, in one line naming the path and the fix."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from homogen.cli import app
+from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+from homogen.generate import generate
+from homogen.store import StoreConflict, ZarrWriter, open_dataset
+from homogen.store.paths import check_replaceable
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, ["generate", "--max-images", "2", *args])
+
+
+def one_line_error(res, *words: str) -> str:
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and isinstance(res.exception, SystemExit), res.exception
+    lines = [line for line in res.output.splitlines() if line.startswith("error: ")]  # progress bars aside
+    assert len(lines) == 1 and "\n" not in lines[0], res.output
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_overwrite_refuses_a_project_folder_that_holds_the_source(tmp_path, sample_photos, monkeypatch):
+    """The reported case: --source proj/photos --kind folder -o proj --overwrite deleted the project."""
+    proj = tmp_path / "proj"
+    (proj / "photos").mkdir(parents=True)
+    (proj / "other").mkdir()
+    for p in sample_photos[:3]:
+        shutil.copyfile(p, proj / "photos" / p.name)
+    (proj / "other" / "thesis.tex").write_text("precious")
+    before = tree(proj)
+    monkeypatch.chdir(tmp_path)
+    res = cli("--source", "proj/photos", "--kind", "folder", "-o", "proj", "--overwrite")
+    one_line_error(res, "output proj ", "not a homogen store", "choose another output")
+    assert tree(proj) == before
+
+
+def test_overwrite_refuses_the_working_directory_and_its_ancestors(tmp_path, monkeypatch):
+    """`-o . --overwrite` inside a store was a traceback; it, and any folder above the working
+    directory, is refused even when it is a homogen store."""
+    store = tmp_path / "ds.zarr"
+    generate(GenerateConfig(output=str(store), source=SourceConfig(max_images=2)), progress=False)
+    (store / "pairs" / "sub").mkdir()
+    before = tree(store)
+    monkeypatch.chdir(store / "pairs" / "sub")
+    for output in (str(store), "../..", "../../"):
+        res = cli("-o", output, "--overwrite", "--rho", "16")
+        one_line_error(res, "working directory", "choose another output")
+    assert tree(store) == before
+    monkeypatch.chdir(store)
+    one_line_error(cli("-o", ".", "--overwrite", "--rho", "16"), "working directory")
+    assert tree(store) == before
+
+
+def test_overwrite_refuses_the_home_folder_even_if_it_is_a_store(tmp_path, monkeypatch):
+    home = tmp_path / "home.zarr"
+    generate(GenerateConfig(output=str(home), source=SourceConfig(max_images=2)), progress=False)
+    before = tree(home)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    one_line_error(cli("-o", str(home), "--overwrite", "--rho", "16"), str(home), "home folder")
+    assert tree(home) == before
+
+
+def test_overwrite_refuses_a_store_holding_anything_else(tmp_path):
+    out = tmp_path / "ds.zarr"
+    cfg = GenerateConfig(output=str(out), source=SourceConfig(max_images=2))
+    generate(cfg, progress=False)
+    (out / "notes.txt").write_text("mine")
+    before = tree(out)
+    with pytest.raises(
+        StoreConflict,
+        match=r"--overwrite refused: .*ds\.zarr holds files that are not part of a homogen store \(notes\.txt\)",
+    ):
+        generate(cfg.model_copy(update={"overwrite": True, "sampling": SamplingConfig(rho=16)}), progress=False)
+    assert tree(out) == before
+    (out / "notes.txt").unlink()
+    m = generate(cfg.model_copy(update={"overwrite": True, "sampling": SamplingConfig(rho=16)}), progress=False)
+    assert open_dataset(out).version == m["dataset_version"]
+
+
+def test_overwrite_refuses_a_zarr_store_that_is_not_homogens(tmp_path):
+    out = tmp_path / "theirs.zarr"
+    zarr.create_group(str(out), attributes={"owner": "someone"}).create_array("x", shape=(3,), dtype="i4")[...] = 7
+    before = tree(out)
+    cfg = GenerateConfig(output=str(out), source=SourceConfig(max_images=2), overwrite=True)
+    with pytest.raises(StoreConflict, match=r"data that is not a homogen store.*--overwrite only ever replaces"):
+        generate(cfg, progress=False)
+    assert tree(out) == before
+
+
+def test_overwrite_refuses_a_file_that_is_not_a_store(tmp_path):
+    out = tmp_path / "notes.h5"
+    out.write_text("not HDF5")
+    with pytest.raises(StoreConflict, match="data that is not a homogen store"):
+        generate(GenerateConfig(output=str(out), source=SourceConfig(max_images=2), overwrite=True), progress=False)
+    assert out.read_text() == "not HDF5"
+
+
+def test_overwrite_replaces_the_staged_shards_of_another_generation(tmp_path):
+    out = tmp_path / "ds.zarr"
+    cfg = GenerateConfig(output=str(out), source=SourceConfig(max_images=4), shard_size=2)
+    generate(cfg, progress=False)
+    shutil.rmtree(out)  # the root was deleted, the staged shards of a run were left
+    w = ZarrWriter(str(out))
+    (tmp_path / "ds.zarr.parts" / "shard-00000").mkdir(parents=True)
+    assert w.only_staged_parts()
+    m = generate(cfg.model_copy(update={"overwrite": True}), progress=False)
+    assert open_dataset(out).version == m["dataset_version"] and not (tmp_path / "ds.zarr.parts").exists()
+
+
+@pytest.mark.parametrize(
+    "output, source, why",
+    [
+        ("/", None, "filesystem root"),
+        ("{tmp}/data", "{tmp}/data/coco", "contains the source images"),
+        ("{tmp}/data", "{tmp}/data", "contains the source images"),
+        ("{tmp}/link", "{tmp}/data/coco", "contains the source images"),  # the same folder by a symlink
+    ],
+)
+def test_check_replaceable_refuses_roots_and_the_source(tmp_path, output, source, why):
+    (tmp_path / "data" / "coco").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    fill = {"tmp": tmp_path}
+    with pytest.raises(StoreConflict, match=why):
+        check_replaceable(output.format(**fill), source and source.format(**fill), {"coco"})
+    assert (tmp_path / "data" / "coco").is_dir()
+
+
+def test_check_replaceable_refuses_a_bucket_that_contains_the_source():
+    with pytest.raises(StoreConflict, match="contains the source"):
+        check_replaceable("s3://bucket/proj", "s3://bucket/proj/photos", set())
+    check_replaceable("s3://bucket/proj.zarr", "s3://bucket/proj/photos", set())  # a sibling is fine
