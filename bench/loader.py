@@ -14,6 +14,12 @@ passes.
 
     python bench/loader.py                       # 32 photographs x 256 pairs = 8192 pairs
     python bench/loader.py --pairs-per-image 128 --workers 0 2 --read-threads 0 2
+    python bench/loader.py --epochs-only --pairs-per-image 64 --epochs 6   # worker restarts per epoch only
+
+"epochs" times several short epochs of the train split through ``make_loader`` with the DataLoader's
+workers started every epoch (``persistent_workers=False``, the loader before issue 19) and started
+once (the default now), interleaved, in the same run: seconds to the first batch of each epoch and
+pairs per second over the epochs after the first.
 
 "vs baseline" compares with the baseline at the same worker count. The codec table writes the
 store's pixels with each candidate codec (each followed by the CRC32C checksum) and reads them
@@ -187,6 +193,34 @@ def best_rates(loaders: dict, repeats: int) -> dict[str, tuple[float, float, flo
     return best
 
 
+def epoch_costs(store, workers: int, epochs: int, batch_size: int) -> dict[str, tuple[float, float, float]]:
+    """Per loader setting (workers restarted each epoch, or persistent): (median seconds to the first
+    batch, pairs/s over epochs 2.., first epoch's seconds); the two loaders' epochs interleaved."""
+    loaders = {
+        f"{workers} workers, restarted every epoch": make_loader(
+            store, "train", batch_size=batch_size, num_workers=workers, pin_memory=False, persistent_workers=False
+        ),
+        f"{workers} workers, persistent": make_loader(
+            store, "train", batch_size=batch_size, num_workers=workers, pin_memory=False, persistent_workers=True
+        ),
+    }
+    firsts: dict[str, list[float]] = {k: [] for k in loaders}
+    walls: dict[str, list[float]] = {k: [] for k in loaders}
+    counts: dict[str, int] = {k: 0 for k in loaders}
+    for epoch in range(epochs):
+        for name, loader in loaders.items():
+            loader.dataset.set_epoch(epoch)
+            t0 = time.perf_counter()
+            it = iter(loader)
+            n = len(next(it)[0])
+            firsts[name].append(time.perf_counter() - t0)
+            n += sum(len(batch[0]) for batch in it)
+            walls[name].append(time.perf_counter() - t0)
+            if epoch:
+                counts[name] += n
+    return {k: (float(np.median(firsts[k][1:])), counts[k] / sum(walls[k][1:]), walls[k][0]) for k in loaders}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=32, help="bundled COCO photographs used (max 32)")
@@ -198,6 +232,8 @@ def main() -> None:
     ap.add_argument("--baseline-samples", type=int, default=2048, help="random samples per baseline pass")
     ap.add_argument("--workdir", default=None, help="where to write the stores (default: a temp dir)")
     ap.add_argument("--no-codecs", action="store_true", help="skip the codec table")
+    ap.add_argument("--epochs", type=int, default=6, help="epochs of the worker-restart table")
+    ap.add_argument("--epochs-only", action="store_true", help="only the worker-restart table (one zarr store)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message="Consolidated metadata")
 
@@ -209,6 +245,23 @@ def main() -> None:
         sampling = SamplingConfig(pairs_per_image=args.pairs_per_image)
         source = SourceConfig(max_images=args.images)
         stores = {}
+        if args.epochs_only:
+            out = os.path.join(tmp, "ds.zarr")
+            generate(GenerateConfig(output=out, sampling=sampling, source=source), progress=False)
+            ds = open_dataset(out)
+            workers = max(max(args.workers), 1)
+            print(
+                f"data: {ds.split_counts()['train']} train pairs in {len(ds.chunks())} chunks of "
+                f"{ds.manifest['chunk_size']}; batch {args.batch_size}; {args.epochs} epochs"
+            )
+            rows = epoch_costs(ds, workers, args.epochs, args.batch_size)
+            print(f"{'loader':<40}{'1st batch s':>12}{'pairs/s':>10}{'epoch 1 s':>11}")
+            for name, (first, rate, e1) in rows.items():
+                print(f"{name:<40}{first:>12.3f}{rate:>10,.0f}{e1:>11.2f}")
+            (_, before, _), (_, after, _) = rows.values()
+            print(f"persistent / restarted: {after / before:.2f}x pairs/s")
+            print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            return
         for name in ("ds.zarr", "ds.h5"):
             out = os.path.join(tmp, name)
             generate(GenerateConfig(output=out, sampling=sampling, source=source), progress=False)

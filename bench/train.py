@@ -12,6 +12,18 @@ Three parts:
    DataLoader worker (CPU-seconds per pair there). With ``W`` workers, the loader delivers at most
    ``min(W x producer rate, 1 / consumer cost)``: printed for 16 cores (14 workers).
 
+4. **processes**: ``homogen.model.train.train`` on 1, 2, ... CPU processes (``--processes``; gloo,
+   DistributedDataParallel, each process gets cores / N torch threads) on the same store and
+   recipe (per-process batch ``--batch-size``), one epoch each after a warm-up epoch: samples/s of
+   the whole group, and the ratio to one process. The speed-up needs cores (or GPUs) per process:
+   on a 2-core machine two processes share the two cores that one process already used, so the
+   ratio can only show what lock-step training costs (the gradient all-reduce and the per-step
+   batch-size exchange), not a gain.
+
+On CUDA, part 1-2 also times the first step at new batch sizes with cuDNN's autotuner on and off
+(``cudnn.benchmark``: each new shape is timed algorithm by algorithm; every loader worker ends an
+epoch on a smaller batch of another size, so training tunes the full batch only).
+
 On CUDA, ``--recipe`` generates (or reuses) a store from ``--source`` (hash test split), trains for
 ``--minutes`` with AMP bf16 + channels_last, prints the val MACE after every epoch, then scores the
 best checkpoint and ORB, SIFT and ECC once on the same test pairs.
@@ -19,6 +31,7 @@ best checkpoint and ORB, SIFT and ECC once on the same test pairs.
     python bench/train.py                                    # CPU parts 1-3
     python bench/train.py --device cuda --batch-size 512 --compile
     python bench/train.py --device cuda --recipe --source ../shared/data/coco-mini --pairs 200000 --minutes 10
+    python bench/train.py --device cpu --processes 1 2 --width 0.25      # part 4 only
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ import time
 
 import torch
 
-from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+from homogen.config import MAX_SHARD_BYTES, GenerateConfig, SamplingConfig, SourceConfig, pair_bytes
 from homogen.generate import generate
 from homogen.model.data import load_split, make_loader
 from homogen.model.network import HomographyNet
@@ -99,6 +112,80 @@ def feed(store: str, batch_size: int) -> tuple[float, float]:
     return producer, consumer
 
 
+def recipe_shard_size(per_image: int, images: int, cores: int | None = None) -> int:
+    """Images per shard for many pairs per image: within MAX_SHARD_BYTES (64 images x 782 pairs of
+    128 x 128 would be 1.65 GB), and at least one shard per core."""
+    fits = max(1, MAX_SHARD_BYTES // (per_image * pair_bytes(128)))
+    return max(1, min(64, fits, -(-images // (cores or os.cpu_count() or 1))))
+
+
+def cudnn_new_shapes(device: torch.device, width: float, sizes=(37, 101, 163, 229)) -> tuple[float, float]:
+    """Milliseconds of the first training step at each of ``sizes`` (new batch sizes), cuDNN autotuner
+    on vs off (AMP bf16 + channels_last), mean over the sizes."""
+    out = []
+    for tune in (True, False):
+        torch.backends.cudnn.benchmark = tune
+        model = HomographyNet(width=width).to(device).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        criterion = make_criterion("smooth_l1")
+        x = torch.zeros(256, 2, 128, 128, dtype=torch.uint8, device=device).contiguous(
+            memory_format=torch.channels_last
+        )
+        y = torch.zeros(256, 8, device=device)
+        times = []
+        for n in (256, *[s + (0 if tune else 1) for s in sizes]):  # other sizes for the second pass: all new
+            torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                pred = model(x[:n])
+            loss = criterion(pred.float(), y[:n], x[:n])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        out.append(1000 * sum(times[1:]) / len(sizes))
+    torch.backends.cudnn.benchmark = True
+    return out[0], out[1]
+
+
+def processes(args, store: str, workdir: str) -> None:
+    """Part 4: samples/s of train() on 1, 2, ... CPU processes, side by side (one process twice: with
+    torch's default threads, and with the per-process share that N processes get)."""
+    from homogen.model.train import TrainConfig, train
+
+    cores = os.cpu_count() or 1
+    default_threads = torch.get_num_threads()
+    runs = [(n, None) for n in args.processes]
+    if 1 in args.processes and max(args.processes) > 1:
+        runs.insert(1, (1, max(1, cores // max(args.processes))))
+    base = None
+    for n, threads in runs:
+        cfg = TrainConfig(
+            epochs=2,
+            batch_size=args.batch_size or 64,
+            width=args.width,
+            patience=None,
+            device="cpu",
+            num_workers=args.num_workers or 0,
+            nproc_per_node=n,
+            checkpoint_dir=os.path.join(workdir, f"ck-{n}-{threads}"),
+        )
+        torch.set_num_threads(threads or default_threads)
+        t0 = time.perf_counter()
+        result = train(store, cfg, progress=False)
+        torch.set_num_threads(default_threads)
+        rate = result.history[-1]["samples_per_s"]  # epoch 2: warm
+        base = base or rate
+        each = threads or (default_threads if n == 1 else max(1, cores // n))
+        print(
+            f"  {n} process{'es' if n > 1 else '  '} x batch {cfg.batch_size} (global {n * cfg.batch_size:>4}), "
+            f"{each} torch thread{'s' if each > 1 else ' '} each: {rate:>8,.1f} samples/s ({rate / base:.2f}x), "
+            f"{time.perf_counter() - t0:.0f} s in all with start-up",
+            flush=True,
+        )
+
+
 def recipe(args, device: torch.device) -> None:
     """Generate (or reuse) the store, train for ``args.minutes`` with AMP, print the val curve and the test table."""
     from homogen.model.evaluate import format_table, score_test
@@ -108,11 +195,15 @@ def recipe(args, device: torch.device) -> None:
 
     out = args.store or os.path.join(args.workdir or tempfile.mkdtemp(), "recipe.zarr")
     if not os.path.exists(out):
-        per_image = max(1, -(-args.pairs // max(1, sum(1 for _ in os.scandir(os.path.join(args.source, "train2017"))))))
+        images = max(1, sum(1 for _ in os.scandir(os.path.join(args.source, "train2017"))))
+        per_image = max(1, -(-args.pairs // images))
         t0 = time.perf_counter()
         generate(
             GenerateConfig(
-                output=out, sampling=SamplingConfig(pairs_per_image=per_image), source=SourceConfig(root=args.source)
+                output=out,
+                sampling=SamplingConfig(pairs_per_image=per_image),
+                source=SourceConfig(root=args.source),
+                shard_size=recipe_shard_size(per_image, images),
             ),
             progress=True,
         )
@@ -167,6 +258,12 @@ def recipe(args, device: torch.device) -> None:
     print(format_table(scores.summary()))
 
 
+def open_split_counts(store: str) -> str:
+    from homogen.stores import open_dataset
+
+    return ", ".join(f"{n} {s}" for s, n in open_dataset(store).split_counts().items()) + " pairs"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CPU, then CUDA if present")
@@ -186,6 +283,9 @@ def main() -> None:
     ap.add_argument("--test-pairs", type=int, default=2000, help="--recipe: test pairs scored (ECC is ~40 ms a pair)")
     ap.add_argument("--store", default=None, help="--recipe: reuse this store")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument(
+        "--processes", type=int, nargs="+", default=None, help="part 4 only: CPU training processes to compare"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,6 +300,21 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
+        if args.processes:
+            out = os.path.join(tmp, "small.zarr")  # 32 images x 16 pairs: two epochs per setting stay short
+            generate(
+                GenerateConfig(
+                    output=out, sampling=SamplingConfig(pairs_per_image=16), source=SourceConfig(val_fraction=0.1)
+                ),
+                progress=False,
+            )
+            print(
+                f"device: {describe(torch.device('cpu'))}; HomographyNet(width={args.width}), "
+                f"{open_split_counts(out)}; one epoch after a warm-up epoch"
+            )
+            processes(args, out, tmp)
+            print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+            return
         out = os.path.join(tmp, "ds.zarr")
         generate(
             GenerateConfig(
@@ -245,6 +360,13 @@ def main() -> None:
                     f"  {label:<26} batch {run.batch_size:>4}  {run.steps} steps{'  compiled' if run.compile else ''}: "
                     f"tensors in memory {rate:>9,.0f} samples/s; loader in the loop ({workers} workers) "
                     f"{looped:>9,.0f} samples/s ({looped / rate:.2f}x)"
+                )
+
+            if cuda:
+                tuned, heuristic = cudnn_new_shapes(device, args.width)
+                print(
+                    f"  first step at a new batch size (AMP): cuDNN autotuner on {tuned:,.0f} ms, off {heuristic:,.0f} ms "
+                    f"(training tunes the full batch only)"
                 )
 
         producer, consumer = feed(out, args.batch_size or 256)

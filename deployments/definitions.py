@@ -36,8 +36,9 @@ REGENERATE_CYCLE: tuple[tuple[int, str], ...] = (
 GPU_POOL = "gpu"
 """Default work pool of ``train-model/gpu``."""
 
-GPU_TRAIN = {"device": "cuda", "width": 1.0, "epochs": 10, "batch_size": 64, "num_workers": 4}
-"""``train-model/gpu``'s default training parameters (full-width network on CUDA)."""
+GPU_TRAIN = {"device": "cuda", "width": 1.0, "epochs": 10, "batch_size": 64, "num_workers": 4, "nproc_per_node": 1}
+"""``train-model/gpu``'s default training parameters (full-width network on CUDA; ``nproc_per_node``:
+training processes, one GPU each, through torch's elastic launcher; ``batch_size`` is per process)."""
 
 
 CREDENTIALS_REFUSED = {

@@ -131,7 +131,9 @@ def _jpeg_header(data: bytes, min_side: int) -> tuple[int, int]:
     if colorspace in ("CMYK", "YCCK"):
         raise BadImage("CMYK image: convert it to RGB or grayscale first")
     _check_size("JPEG", w, h, min_side)
-    if b"\xff\xd9" not in data:  # anything after it (a phone's "motion photo" video) is left to the strict decode
+    # the end-of-image marker at the end (a plain JPEG: under a microsecond), else anywhere (a phone's
+    # "motion photo" carries a video after it: ~200 us for 160 KB, paid only by such files and cut ones)
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9") and b"\xff\xd9" not in data:
         raise BadImage("truncated JPEG (no end-of-image marker)")
     return w, h
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from homogen.sampling import patch_corners
 from homogen.schema import SPLIT_NAMES
-from homogen.stores import Dataset
+from homogen.store import Dataset
 
 GREEN = (0, 255, 0)
 RED = (0, 0, 255)

@@ -1,7 +1,7 @@
 """The store schema, defined once: fields, dtypes, per-row shapes, dimension names, split codes,
 shard names and the schema version.
 
-Writers (:mod:`homogen.generate`, :mod:`homogen.stores`), readers (:class:`homogen.stores.Dataset`,
+Writers (:mod:`homogen.generate`, :mod:`homogen.store`), readers (:class:`homogen.store.Dataset`,
 ``homogen.model.data``), validation and the benchmarks all take these from here.
 
 Every field is one array of ``N`` rows (one row per pair) at the store's root; ``P`` is the

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import fsspec
 
 from homogen.config import SourceConfig
+from homogen.images import file_kind
 from homogen.redaction import redact
 from homogen.schema import shard_name
+from homogen.store.paths import is_local, local_path
 from homogen.splits import hashed_split, training_split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -110,6 +112,11 @@ def _load_coco(root: str, split: str):
     from pycocotools.coco import COCO
 
     ann = _join(root, "annotations", f"instances_{split}.json")
+    kind = _local_kind(ann)
+    if kind is not None:  # a FIFO would block the read forever, a device never end
+        raise SourceError(
+            f"annotations file {redact(ann)} is {kind}, not a regular file: replace it with the JSON file"
+        )
     try:
         with fsspec.open(ann, "rb") as f:
             data = json.load(f)
@@ -136,6 +143,17 @@ def _load_coco(root: str, split: str):
     except (KeyError, TypeError) as exc:
         raise SourceError(f"annotations file {redact(ann)} is malformed: missing field {exc}") from None
     return coco
+
+
+def _local_kind(path: str) -> str | None:
+    """What a local path that exists is when it is not a regular file (``"a FIFO (named pipe)"``...), else None."""
+    if not is_local(path):
+        return None
+    try:
+        mode = os.stat(local_path(path)).st_mode
+    except OSError:
+        return None  # missing: the open below says so
+    return file_kind(mode)
 
 
 MAX_IMAGE_ID = 2**63 - 1
@@ -170,7 +188,8 @@ def _entry_problem(entry) -> str | None:
     if "://" in name:
         return f"file_name {shown!r} is a URL, not a path relative to the split folder"
     if "?" in name or "#" in name:
-        return f"file_name {redact('x://' + name)[4:]!r} carries a query string or fragment (a signed URL?), not a file name"
+        shown = redact("x://" + name)[4:]  # the name without its query: a signature never reaches a message
+        return f"file_name {shown!r} carries a query string or fragment (a signed URL?), not a file name"
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or ".." in parts or re.match(r"[A-Za-z]:", name):
         return f"file_name {shown!r} leaves the split folder (absolute, or with '..')"
@@ -238,7 +257,8 @@ def _coco_records(cfg: SourceConfig, split: str, assign) -> list[ImageRecord]:
         if unknown:
             raise SourceError(
                 f"annotations file {redact(ann)} has annotations of {len(unknown)} image ids that are not in its "
-                f"'images' list (first: {unknown[:5]}): fix the annotations file, or drop source.categories (--category)"
+                f"'images' list (first: {unknown[:5]}): fix the annotations file, "
+                f"or drop source.categories (--category)"
             )
         img_ids = sorted(ids)
         if not img_ids:

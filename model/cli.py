@@ -199,17 +199,32 @@ def predict(
 def train(
     store: str = typer.Argument(..., help="dataset store (path or URL)"),
     epochs: int = typer.Option(10, min=1),
-    batch_size: int = typer.Option(64, min=1),
-    lr: float = typer.Option(1e-3),
+    batch_size: int = typer.Option(64, min=1, help="pairs per step and per process (global: N x this)"),
+    lr: float = typer.Option(1e-3, help="Adam learning rate, as given for any --nproc-per-node (README)"),
     loss: str = typer.Option(
         "smooth_l1",
         help="smooth_l1 | mse (supervised, on the offsets) | photometric (unsupervised: A warped onto B, labels unread)",
     ),
     width: float = typer.Option(1.0, help="channel multiplier (1.0 = the paper's network)"),
-    max_samples: Optional[int] = typer.Option(None, min=1, help="stop after this many training samples"),
+    max_samples: Optional[int] = typer.Option(
+        None,
+        min=1,
+        help="stop after this many training samples (all processes); --resume with more continues mid-epoch",
+    ),
     patience: Optional[int] = typer.Option(5, min=1, help="early stopping patience (epochs)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-    num_workers: int = typer.Option(0, min=0),
+    num_workers: int = typer.Option(0, min=0, help="loader processes (per training process)"),
+    nproc_per_node: int = typer.Option(
+        1,
+        "--nproc-per-node",
+        min=1,
+        help="training processes on this machine (torch's elastic launcher + DistributedDataParallel; NCCL with "
+        "one GPU each on CUDA, gloo on CPU); --batch-size is per process. Several machines: run this command "
+        "under torchrun (README)",
+    ),
+    checkpoint_every: Optional[int] = typer.Option(
+        None, min=1, help="also checkpoint every N steps inside an epoch (a stopped run resumes mid-epoch)"
+    ),
     seed: int = typer.Option(0, min=0),
     checkpoint_dir: Optional[str] = typer.Option(None, help="default work/checkpoints/<dataset version>"),
     resume: bool = typer.Option(False, help="continue from checkpoint_dir/last.pt"),
@@ -249,6 +264,8 @@ def train(
             patience=patience,
             device=device,
             num_workers=num_workers,
+            nproc_per_node=nproc_per_node,
+            checkpoint_every=checkpoint_every,
             seed=seed,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
@@ -258,6 +275,15 @@ def train(
         from homogen.param_errors import describe_errors
 
         _fail(describe_errors(exc))
+    from homogen.model.distributed import is_main, launched_by_torchrun, process_group
+
+    group = contextlib.ExitStack()  # under torchrun (several machines): join its group; rank 0 does the rest
+    if launched_by_torchrun():
+        cfg = cfg.model_copy(update={"device": group.enter_context(process_group(cfg.device))})
+        if not is_main():
+            with group:
+                _train(run_train, ds, cfg, None, quiet=True)
+            return
     if not track:  # train() refuses what needs no training (train.preflight) before it trains; _train says so
         result = _train(run_train, ds, cfg, None)
         scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
@@ -297,14 +323,16 @@ def train(
     )
 
 
-def _train(run_train, ds, cfg, on_epoch):
-    """Train, turning bad input into a one-line error; prints the outcome."""
+def _train(run_train, ds, cfg, on_epoch, quiet: bool = False):
+    """Train, turning bad input into a one-line error; prints the outcome (``quiet``: neither)."""
     from homogen.redaction import redact
 
     try:
-        result = run_train(ds, cfg, progress=True, on_epoch=on_epoch)
+        result = run_train(ds, cfg, progress=not quiet, on_epoch=on_epoch)
     except (ValueError, RuntimeError) as exc:
         _fail(redact(str(exc)))
+    if quiet:
+        return result
     ckpt = result.best_checkpoint or result.last_checkpoint
     typer.echo(f"trained: best val MACE {result.best_val_mace:.3f} px at epoch {result.best_epoch}; checkpoint {ckpt}")
     return result

@@ -29,8 +29,18 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(10, ge=1, description="epochs to train (a resumed run continues up to this many)")
-    max_samples: int | None = Field(None, ge=1, description="stop after this many training samples in all")
-    batch_size: int = Field(64, ge=1)
+    max_samples: int | None = Field(
+        None,
+        ge=1,
+        description="stop after this many training samples in all (all processes); the checkpoint keeps the "
+        "position, so resume with a larger value continues the epoch where it stopped",
+    )
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="pairs per step and per process: the global batch is nproc_per_node x batch_size "
+        "(lr is not rescaled: see README, training on several processes)",
+    )
     lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate (0 < lr <= 1)")
     weight_decay: float = Field(0.0, ge=0, le=1.0, description="Adam weight decay (0 <= weight_decay <= 1)")
     loss: Literal["smooth_l1", "mse", "photometric"] = Field(
@@ -54,6 +64,18 @@ class TrainConfig(BaseModel):
     compile: bool = Field(False, description="torch.compile the model")
     checkpoint_dir: str | None = Field(None, description="default <workdir>/checkpoints/<dataset version>")
     resume: bool = Field(False, description="continue from checkpoint_dir/last.pt when it exists")
+    checkpoint_every: int | None = Field(
+        None,
+        ge=1,
+        description="also write last.pt every this many steps inside an epoch, with the stream's position, "
+        "so that a stopped run resumes mid-epoch (None: at the end of each epoch only)",
+    )
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        description="training processes on this machine (torch's elastic launcher, DistributedDataParallel; "
+        "NCCL on CUDA with one GPU each, gloo on CPU); 1: this process",
+    )
 
     @field_validator("device")
     @classmethod

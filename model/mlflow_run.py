@@ -133,6 +133,20 @@ def dataset_input(ds: Any, split: str):
     )
 
 
+def _world_params(config: Any) -> dict[str, int]:
+    """``world_size`` (training processes), ``batch_size_per_rank`` and ``global_batch_size`` of a TrainConfig."""
+    if not hasattr(config, "nproc_per_node"):
+        return {}
+    from homogen.model.distributed import launched_by_torchrun  # torchrun on several machines: its world
+
+    world = int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else int(config.nproc_per_node)
+    return {
+        "world_size": world,
+        "batch_size_per_rank": config.batch_size,
+        "global_batch_size": world * config.batch_size,
+    }
+
+
 @dataclass
 class Registered:
     """What :meth:`TrainingRun.register` did."""
@@ -230,6 +244,7 @@ class TrainingRun:
                 "dataset.rho": int(self.ds.rho),
                 "dataset.patch_size": int(self.ds.patch_size),
                 "dataset.num_pairs": len(self.ds),
+                **_world_params(self.config),
             }
         )
         items = [Param(k, str(v)) for k, v in params.items()]

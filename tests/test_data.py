@@ -230,3 +230,82 @@ def test_closing_a_threaded_stream_early_stops_its_readers(store, monkeypatch):
     assert not any(t.is_alive() for t in readers)
     assert len(calls) < len(store.chunks())  # the look-ahead window at most, not the rest of the epoch
     assert len(set(calls)) == len(calls)  # never a chunk twice
+
+
+def rank_rows(store, split, world, workers, **kw) -> list[list[int]]:
+    """The store rows each rank's loader yields in one epoch (rows from the batches, checked against the labels)."""
+    out = []
+    for r in range(world):
+        loader = make_loader(
+            store.uri, split, batch_size=5, num_workers=workers, rank=r, world_size=world, with_rows=True, **kw
+        )
+        rows = []
+        for pairs, offsets, index in loader:
+            np.testing.assert_array_equal(offsets.numpy(), store.read_field("offsets", 0, len(store))[index.numpy()])
+            rows += index.tolist()
+        assert len(loader) == sum(1 for _ in loader)  # __len__: this rank's batches over all its workers
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("world, workers", [(2, 2), (3, 2), (2, 0)])
+def test_ranks_and_workers_read_every_pair_exactly_once(store, everything, world, workers):
+    per_rank = rank_rows(store, "train", world, workers, seed=3)
+    expected = np.flatnonzero(everything["split"] == SPLIT_CODES["train"]).tolist()
+    assert sorted(i for rows in per_rank for i in rows) == expected
+    assert sum(bool(rows) for rows in per_rank) >= 2  # the work is shared out
+
+
+def test_a_stream_resumed_from_its_state_reads_exactly_the_remaining_pairs(store, everything, tmp_path):
+    stream = PairStream(store, None, batch_size=6, seed=2, with_rows=True)
+    stream.set_epoch(1)
+    it = iter(stream)
+    for _ in range(3):
+        stream.mark_read(next(it)[2])
+    it.close()
+    state = stream.state_dict()
+    torch.save(state, tmp_path / "pos.pt")  # plain tensors and values: a weights_only checkpoint holds it
+    state = torch.load(tmp_path / "pos.pt", weights_only=True)
+    read = set(np.flatnonzero(stream.read_mask()).tolist())
+    assert len(read) == 18
+    for world, workers in ((1, 0), (2, 2)):  # on any number of ranks and workers
+        resumed = []
+        for r in range(world):
+            again = make_loader(
+                store.uri, None, batch_size=6, num_workers=workers, rank=r, world_size=world, with_rows=True
+            )
+            again.dataset.load_state_dict(state)
+            again.dataset.set_epoch(1)  # the same epoch: the position is kept
+            assert again.dataset.rank_samples() <= len(store) - 18
+            resumed += [i for _, _, rows in again for i in rows.tolist()]
+        assert sorted(resumed) == sorted(set(range(len(store))) - read)
+    stream.set_epoch(2)  # a new epoch starts from its first pair
+    assert not stream.read_mask().any() and sum(len(p) for p, _, _ in stream) == len(store)
+
+
+def test_a_position_of_another_split_or_store_is_refused(store):
+    state = PairStream(store, "train").state_dict()
+    with pytest.raises(ValueError, match="split 'train'.*split 'val'.*afresh"):
+        PairStream(store, "val").load_state_dict(state)
+    with pytest.raises(ValueError, match="rank must be in"):
+        PairStream(store, "train", rank=2, world_size=2)
+
+
+def test_persistent_workers_follow_set_epoch_and_forget_a_resumed_position(store, everything):
+    def fresh(epoch):
+        return epoch_rows(make_loader(store.uri, None, batch_size=5, num_workers=2, seed=4), epoch, everything)
+
+    loader = make_loader(store.uri, None, batch_size=5, num_workers=2, seed=4, with_rows=True)
+    assert loader.persistent_workers
+    half = PairStream(store, None, seed=4)
+    half.set_epoch(1)
+    read = np.r_[0:24, 24 : len(store) : 2]  # three whole chunks, then every other row
+    half.mark_read(read)
+    loader.dataset.load_state_dict(half.state_dict())  # resumed mid-epoch 1
+    loader.dataset.set_epoch(1)
+    assert sorted(i for _, _, rows in loader for i in rows.tolist()) == sorted(set(range(len(store))) - set(read))
+    for epoch in (2, 3):  # the same worker processes, the next epochs in full, in their own order
+        loader.dataset.set_epoch(epoch)
+        ids = [i for _, _, rows in loader for i in rows.tolist()]
+        assert sorted(ids) == list(range(len(store)))
+        assert ids == fresh(epoch)  # what a new loader yields for that epoch

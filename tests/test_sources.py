@@ -365,3 +365,15 @@ def test_the_readme_coco_example_on_a_missing_folder_says_the_folder_is_missing(
         )
     )
     assert f"source {missing} does not exist" in line and "--category" not in line
+
+
+@pytest.mark.timeout(60)
+def test_an_annotations_file_that_is_a_fifo_is_refused_without_reading_it(tmp_path):
+    import os
+
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    os.mkfifo(tmp_path / "coco" / "annotations" / "instances_train2017.json")
+    line = _one_error_line(
+        _cli_generate("--source", str(tmp_path / "coco"), "--kind", "coco", "-o", str(tmp_path / "o.zarr"))
+    )
+    assert "is a FIFO (named pipe), not a regular file" in line

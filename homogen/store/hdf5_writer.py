@@ -15,7 +15,7 @@ from homogen.redaction import redact
 from homogen.schema import BY_NAME, FIELDS, shard_name
 from homogen.store.errors import StoreError
 from homogen.store.manifest import ATTR, complete
-from homogen.store.paths import is_local, local_path
+from homogen.store.paths import atomic_write, is_local, local_path
 from homogen.store.writer import STAGED, StoreWriter, chunk_rows, split_counts, write_failed
 
 
@@ -44,14 +44,11 @@ class HDF5Writer(StoreWriter):
             raise StoreError(f"the manifest in {self.url} is not valid JSON ({exc}): regenerate the store") from exc
 
     def write_header(self, header: dict) -> None:
-        tmp = f"{self.url}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs[ATTR] = json.dumps(header)
-            os.replace(tmp, self.url)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+        with h5py.File("header.h5", "w", driver="core", backing_store=False) as f:
+            f.attrs[ATTR] = json.dumps(header)
+            f.flush()
+            image = f.id.get_file_image()
+        atomic_write(self.url, image)
 
     def exists_nonempty(self) -> bool:
         return os.path.exists(self.url) or (os.path.isdir(self.parts) and bool(os.listdir(self.parts)))
@@ -85,7 +82,6 @@ class HDF5Writer(StoreWriter):
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None:
         info = {**info, "splits": split_counts(arrays)}
         os.makedirs(self.parts, exist_ok=True)
-        tmp = self._part(index) + f".tmp-{uuid.uuid4().hex[:8]}"
         # Built in memory, written with plain file I/O: a write error (disk full) is then an
         # OSError here, not a failed flush inside libhdf5 (which leaves the process to crash at exit).
         with h5py.File(f"{shard_name(index)}.h5", "w", driver="core", backing_store=False) as f:
@@ -95,14 +91,9 @@ class HDF5Writer(StoreWriter):
             f.flush()
             image = f.id.get_file_image()
         try:
-            with open(tmp, "wb") as out:
-                out.write(image)
-            os.replace(tmp, self._part(index))
+            atomic_write(self._part(index), image)
         except OSError as exc:
             raise write_failed(self.url, index, exc) from exc
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict) -> None:
         tmp = f"{self.url}.tmp-{uuid.uuid4().hex[:8]}"

@@ -96,7 +96,7 @@ def atomic_write(path: str, data: bytes) -> None:
     """Write ``path`` whole or not at all: a temporary file beside it, fsync'd, renamed over it,
     then the folder fsync'd (the rename survives a power cut)."""
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # the writers' debris rule removes what a kill leaves
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -124,10 +124,11 @@ def _inside(path: str, folder: str) -> bool:
 def check_replaceable(url: str, source_root: str | None, store_names: set[str]) -> None:
     """Refuse to delete a local output that --overwrite must never delete, before anything is deleted.
 
-    Refused: a filesystem root, the home folder, the working directory or any folder above it, the
-    source (``source_root``) or any folder that contains it, and a folder holding anything but a
-    homogen store, i.e. any entry whose name is not in ``store_names`` (the caller has already
-    checked that a homogen manifest is there). Object-store URLs: only the source rule applies
+    Refused: an output given by a symbolic link (name its real path), a filesystem root, the home
+    folder, the working directory or any folder above it, the source (``source_root``) or any
+    folder that contains it, and a folder holding anything but a homogen store, i.e. any entry
+    whose name is not in ``store_names`` (the caller has already checked that a homogen manifest
+    is there). Object-store URLs: only the source rule applies
     (by URL prefix).
 
     Raises:
@@ -140,6 +141,12 @@ def check_replaceable(url: str, source_root: str | None, store_names: set[str]) 
                 f"--overwrite refused: output {redact(url)} contains the source {redact(source_root)}: {fix}"
             )
         return
+    given = os.path.abspath(local_path(url))
+    if os.path.islink(given.rstrip(os.sep)):
+        raise StoreConflict(
+            f"--overwrite refused: output {given} is a symbolic link to {real_path(url)}: --overwrite replaces a "
+            f"store by its real name; pass -o {real_path(url)}"
+        )
     path = real_path(url)
     why = None
     if path == os.path.dirname(path):

@@ -56,7 +56,7 @@ class StoreWriter:
 
     # -- lifecycle --------------------------------------------------------------------------
     def lock(self, wait_s: float = 0.0):
-        """Hold the output for one generation (:func:`homogen.outputs.output_lock`)."""
+        """Hold the output for one generation (:func:`homogen.store.lock.output_lock`)."""
         return output_lock(self.url, wait_s)
 
     def prepare(self, plan: "Plan", overwrite: bool = False) -> dict:
@@ -87,7 +87,8 @@ class StoreWriter:
                 elif header is None:
                     what = "the staged shards of another generation"
                 elif header.get("schema_version") != SCHEMA_VERSION:
-                    what = f"a schema-{header.get('schema_version')!s:.8} store (an older layout) of version {header.get('dataset_version')!s:.20}"
+                    schema, version = header.get("schema_version"), header.get("dataset_version")
+                    what = f"a schema-{schema!s:.8} store (an older layout) of version {version!s:.20}"
                 else:
                     what = f"dataset version {header.get('dataset_version')!s:.20}"
                 fix = (
@@ -112,8 +113,9 @@ class StoreWriter:
         return header
 
     def _check_resumable(self, header: dict, plan: "Plan") -> None:
-        if header.get("state") == "complete":
-            return  # the dataset is complete: whatever the shard or chunk size, nothing to write
+        if header.get("state") == "complete":  # whatever the shard or chunk size, nothing to write
+            manifests.check_manifest(self.url, header, self.header_file() or redact(self.url))  # an edit: one line
+            return
         for key, now in (("shard_size", plan.config.shard_size), ("chunk_size", self.chunk_size)):
             if header.get(key) != now:
                 raise StoreConflict(

@@ -1,4 +1,4 @@
-"""Checks over a whole dataset, from what one walk over its chunks gathered (:class:`homogen.validate.Walk`):
+"""Checks over a whole dataset, from what one walk over its chunks gathered (:class:`homogen.validation.walk.Walk`):
 counts against the manifest, the planned images, duplicates, uniform offsets, disjoint splits."""
 
 from __future__ import annotations

@@ -198,3 +198,13 @@ def test_a_symlinked_array_folder_counts_as_missing_chunks(stores, tmp_path):
     os.symlink(tmp_path / "offsets", os.path.join(store, "offsets"))
     with pytest.raises(DamagedChunk, match=r"offsets/c/0/0 \(missing from storage\)"):
         open_dataset(store)
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_generate_over_an_edited_complete_store_is_one_line(stores, tmp_path, fmt):
+    """The same generation re-run on its complete store whose manifest was edited (shards: [1, 2, 3]):
+    one line, nothing changed (was: a traceback from the shard bookkeeping)."""
+    store = copy(stores[fmt], tmp_path)
+    edit_manifest(store, lambda m: m.update(shards=[1, 2, 3]))
+    line = one_line(cli("generate", "--max-images", "4", "--chunk-size", "8", "-o", store))
+    assert "was edited or damaged (shards.0: Input should be a valid dictionary" in line

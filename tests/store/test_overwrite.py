@@ -130,12 +130,14 @@ def test_overwrite_replaces_the_staged_shards_of_another_generation(tmp_path):
         ("/", None, "filesystem root"),
         ("{tmp}/data", "{tmp}/data/coco", "contains the source images"),
         ("{tmp}/data", "{tmp}/data", "contains the source images"),
-        ("{tmp}/link", "{tmp}/data/coco", "contains the source images"),  # the same folder by a symlink
+        ("{tmp}/link", "{tmp}/data/coco", "is a symbolic link to"),  # the same folder by a symlink
+        ("{tmp}/up/data", "{tmp}/data/coco", "contains the source images"),  # through a link above it
     ],
 )
 def test_check_replaceable_refuses_roots_and_the_source(tmp_path, output, source, why):
     (tmp_path / "data" / "coco").mkdir(parents=True)
     (tmp_path / "link").symlink_to(tmp_path / "data")
+    (tmp_path / "up").symlink_to(tmp_path)
     fill = {"tmp": tmp_path}
     with pytest.raises(StoreConflict, match=why):
         check_replaceable(output.format(**fill), source and source.format(**fill), {"coco"})
@@ -146,3 +148,19 @@ def test_check_replaceable_refuses_a_bucket_that_contains_the_source():
     with pytest.raises(StoreConflict, match="contains the source"):
         check_replaceable("s3://bucket/proj", "s3://bucket/proj/photos", set())
     check_replaceable("s3://bucket/proj.zarr", "s3://bucket/proj/photos", set())  # a sibling is fine
+
+
+def test_overwrite_through_a_symlink_names_the_real_store(tmp_path):
+    """`-o link.zarr --overwrite` with link.zarr -> real.zarr: replaced the link by a new store and
+    left the old one; now refused, naming the real path, both untouched."""
+    real = tmp_path / "real.zarr"
+    cfg = GenerateConfig(output=str(real), source=SourceConfig(max_images=2))
+    generate(cfg, progress=False)
+    (tmp_path / "link.zarr").symlink_to(real)
+    before = tree(real)
+    other = cfg.model_copy(
+        update={"output": str(tmp_path / "link.zarr"), "overwrite": True, "sampling": SamplingConfig(rho=16)}
+    )
+    with pytest.raises(StoreConflict, match=rf"link\.zarr is a symbolic link to {real}: .*pass -o {real}"):
+        generate(other, progress=False)
+    assert (tmp_path / "link.zarr").is_symlink() and tree(real) == before
