@@ -31,6 +31,7 @@ prepare)
     pydantic==2.13.4 pydantic_core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2 \
     typing_extensions==4.16.0 kornia==0.9.0 kornia_rs==0.2.0 simplejpeg==1.9.0 pycocotools==2.0.11 \
     filelock==4.3.2 || exit 1
+  rm -rf build  # setuptools reuses an in-tree build/: a stale one hides a package the list misses
   python -m pip wheel -q --no-deps --no-build-isolation -w .gpu/whl . || exit 1
   cp -r "$src" .gpu/coco
   du -sh .gpu
