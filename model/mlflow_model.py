@@ -78,7 +78,7 @@ def log_network(
     name: str = "model",
     batch_size: int = PREDICT_BATCH,
 ):
-    """Log ``model`` (uint8 :math:`(B, 2, P, P)` -> :math:`(B, 8)`) as a checked pt2 pyfunc; returns MLflow's ``ModelInfo``.
+    """Log ``model`` (uint8 :math:`(B, 2, P, P)` -> :math:`(B, 8)`) as a checked pt2 pyfunc; returns a ``ModelInfo``.
 
     Args:
         model: the trained network (any device; a CPU copy in eval mode is exported).
