@@ -109,15 +109,19 @@ def regenerate_deployment() -> RunnerDeployment:
     )
 
 
-def gpu_deployment(pool: str = GPU_POOL) -> RunnerDeployment:
-    """``train-model/gpu``: training on the work pool ``pool`` (a worker on a GPU machine)."""
+def gpu_deployment(pool: str = GPU_POOL, train: dict | None = None) -> RunnerDeployment:
+    """``train-model/gpu``: training on the work pool ``pool`` (a worker on a GPU machine).
+
+    ``train``: its training settings (default :data:`GPU_TRAIN`); a dispatched run uses them, with
+    only the fields the user set in the parent's ``config.train`` laid over them.
+    """
     from homogen.flows.train import train_model  # torch: not in the serving process, nor its Dask workers
 
     return train_model.to_deployment(
         name="gpu",
         description="Train, evaluate and register HomographyNet on a GPU machine (store and MLflow must be shared).",
         work_pool_name=pool,
-        parameters={"config": GPU_TRAIN},
+        parameters={"config": dict(GPU_TRAIN if train is None else train)},
         tags=TAGS + ["gpu"],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )

@@ -70,7 +70,7 @@ class EvaluateConfig(BaseModel):
 
     methods: tuple[str, ...] = Field(
         ("identity", "orb", "sift", "ecc"),  # homogen.model.evaluate.DEFAULT_METHODS (a test keeps them equal)
-        description="model.evaluate.METHODS keys (identity, orb, sift, ecc, direct-mse, direct-ncc, "
+        description="model.methods.METHODS keys (identity, orb, sift, ecc, direct-mse, direct-ncc, "
         "METHOD+refine) or network+refine",
     )
     limit: int | None = Field(200, ge=1, description="test pairs scored (the first N); None: all")
@@ -346,14 +346,12 @@ def check_before_work(cfg: PipelineConfig) -> None:
     Raises:
         InvalidParameters: naming the parameter, what this machine has, and the fix.
     """
-    from homogen.model.evaluate import METHODS  # numpy and OpenCV only (direct alignment imports torch when it runs)
-    from homogen.model.methods import NETWORK_REFINE
+    from homogen.model.methods import check_methods  # numpy and OpenCV only (torch when a method runs)
 
-    unknown = [m for m in cfg.evaluate.methods if m not in METHODS and m != NETWORK_REFINE]
-    if unknown:
-        raise InvalidParameters(
-            f"evaluate.methods: unknown method(s) {unknown}: use some of {sorted(METHODS)} or {NETWORK_REFINE}"
-        )
+    try:
+        check_methods(cfg.evaluate.methods, network=True)  # the flow always scores its network
+    except ValueError as exc:
+        raise InvalidParameters(f"evaluate.methods: {exc}") from exc
     if cfg.train_deployment is not None:
         shareable_tracking_uri(cfg.tracking.uri, f"train_deployment={cfg.train_deployment!r}")
     device = cfg.train.device
@@ -403,7 +401,7 @@ def shareable_tracking_uri(uri: str | None, why: str) -> str:
         raise InvalidParameters(
             f"tracking.uri resolves to {redact(resolved)!r}, a store on this machine only, but {why} trains and "
             f"registers on another machine: set tracking.uri (or MLFLOW_TRACKING_URI on both machines) to an "
-            f"MLflow server both reach, e.g. http://mlflow-host:5000 (`mlflow server --host 0.0.0.0`)"
+            f"MLflow server both reach, e.g. http://mlflow-host:5000"
         )
     parts = urlsplit(resolved)
     if parts.username or parts.password:  # credentials travel in MLFLOW_TRACKING_USERNAME/PASSWORD, never as parameters

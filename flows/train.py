@@ -72,6 +72,13 @@ def _initial_run_name() -> str:
     return run_name(config if isinstance(config, TrainConfig) else QUICK_TRAIN)
 
 
+def _run_from_a_deployment() -> bool:
+    """Whether this very flow run was created from a deployment (``train-model/gpu``), not called as a
+    subflow in-process (``prefect.runtime.deployment.id`` would answer the parent's deployment there)."""
+    ctx = FlowRunContext.get()
+    return bool(ctx is not None and ctx.flow_run is not None and ctx.flow_run.deployment_id)
+
+
 def check_worker_keeps_model(config: TrainConfig, tracking: TrackingConfig) -> None:
     """Refuse, before training, a dispatched run that would lose its model: a tracking store on this
     machine only, or checkpoints in the temporary folder a Prefect process worker removes after the run.
@@ -80,9 +87,10 @@ def check_worker_keeps_model(config: TrainConfig, tracking: TrackingConfig) -> N
         InvalidParameters: naming what to set on the worker.
     """
     shareable_tracking_uri(tracking.uri, "this deployment")
-    temp = Path(tempfile.gettempdir()).resolve()
+    here, temp = Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve()
     where = Path(config.checkpoint_dir or workdir()).resolve()
-    if where == temp or temp in where.parents:
+    # a process worker runs each flow in a fresh temporary folder (its cwd) and removes it afterwards
+    if temp in here.parents and (where == here or here in where.parents):
         raise InvalidParameters(
             f"checkpoints would go to {where}, inside this worker's temporary folder, which is removed when the "
             f"run ends: start the worker with HOMOGEN_WORKDIR set to a lasting folder (e.g. "
@@ -127,11 +135,7 @@ def train_model(
     """
     from homogen.model.mlflow_run import TrainingRun
 
-    context = FlowRunContext.get()  # this run's own deployment (a subflow has none; prefect.runtime has no
-    # flow_run.deployment_id, and its deployment.id is the parent's deployment in a subflow)
-    if (
-        context and context.flow_run and context.flow_run.deployment_id
-    ):  # dispatched: refuse now what would lose the model
+    if _run_from_a_deployment():  # dispatched to a worker: refuse now what would lose the model after training
         check_worker_keeps_model(config, tracking)
     ds = open_dataset(dataset)
     version = ds.version

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from homogen.config import SamplingConfig
+from homogen.geometry import patch_corners, patch_homography, quads_convex  # noqa: F401  (one definition each)
 
 # (brightness shift, contrast factor spread, Gaussian noise sigma), in 8-bit levels
 PHOTOMETRIC_LEVELS: dict[str, tuple[float, float, float]] = {
@@ -46,49 +46,6 @@ def sample_geometry(rng: np.random.Generator, cfg: SamplingConfig) -> PairGeomet
     y = int(rng.integers(rho, cfg.image_height - p - rho, endpoint=True))
     offsets = rng.uniform(-rho, rho, size=8).astype(np.float32)
     return PairGeometry(x, y, offsets)
-
-
-def patch_corners(patch_size: int, x: float = 0.0, y: float = 0.0) -> np.ndarray:
-    """Corners TL, TR, BR, BL of a square patch with top-left (x, y).
-
-    Returns:
-        (4, 2) float32.
-    """
-    p = patch_size
-    return np.array([[x, y], [x + p, y], [x + p, y + p], [x, y + p]], np.float32)
-
-
-def patch_homography(offsets: np.ndarray, patch_size: int) -> np.ndarray:
-    """Patch-local H mapping each corner to corner + offset (4-point DLT, OpenCV).
-
-    H maps B-points to A-points: B(q) = A(H q).
-
-    Args:
-        offsets: (8,) in label order.
-    Returns:
-        (3, 3) float64 with H[2, 2] = 1.
-    """
-    src = patch_corners(patch_size)
-    dst = src + np.asarray(offsets, np.float32).reshape(4, 2)
-    h = cv2.getPerspectiveTransform(src, dst)
-    return h / h[2, 2]
-
-
-def quads_convex(offsets: np.ndarray, patch_size: int) -> np.ndarray:
-    """Per pair, whether the patch corners + offsets form a convex quadrilateral turning the patch's way.
-
-    A quadrilateral that folds (two corners crossed) or is mirrored (the patch flipped over) is not.
-
-    Args:
-        offsets: (N, 8) or (8,) in label order.
-    Returns:
-        (N,) bool.
-    """
-    q = patch_corners(patch_size).astype(np.float64)[None] + np.asarray(offsets, np.float64).reshape(-1, 4, 2)
-    e = np.roll(q, -1, axis=1) - q  # edges TL->TR, TR->BR, BR->BL, BL->TL
-    f = np.roll(e, -1, axis=1)
-    cross = e[..., 0] * f[..., 1] - e[..., 1] * f[..., 0]
-    return np.all(cross > 0, axis=1)  # image coordinates (y down): the patch itself turns with cross > 0
 
 
 def photometric(rng: np.random.Generator, patch: np.ndarray, level: str) -> np.ndarray:

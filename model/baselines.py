@@ -27,7 +27,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from homogen.sampling import patch_corners, quads_convex
+from homogen.geometry import h_to_offsets, patch_corners, quads_convex
 
 __all__ = [
     "BASELINES",
@@ -61,13 +61,11 @@ def offsets_from_homography(
     if scale == 0 or abs(np.linalg.det(h / scale)) < eps:
         return None
     c = patch_corners(patch_size).astype(np.float64)
-    hom = np.c_[c, np.ones(4)] @ h.T
-    w = hom[:, 2]
+    w = np.c_[c, np.ones(4)] @ h[2]  # the corners' projective denominators
     # All four corners must stay on one side of the line at infinity (a proper quadrilateral).
     if not (np.all(w > eps * scale) or np.all(w < -eps * scale)):
         return None
-    mapped = hom[:, :2] / w[:, None]
-    off = (mapped - c).reshape(8)
+    off = h_to_offsets(h, patch_size)
     if not np.all(np.isfinite(off)):
         return None
     if not quads_convex(off, patch_size)[0]:

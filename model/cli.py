@@ -24,8 +24,7 @@ def _methods(values: List[str], network: bool = False, model_option: bool = True
 
     ``model_option``: the command has ``--model`` (evaluate), which the errors then point to.
     """
-    from homogen.model.evaluate import METHODS
-    from homogen.model.methods import NETWORK_REFINE
+    from homogen.model.methods import METHODS, NETWORK_REFINE, check_methods
 
     out: list[str] = []
     for v in values:
@@ -34,18 +33,16 @@ def _methods(values: List[str], network: bool = False, model_option: bool = True
         return []
     if out == ["all"]:  # every registered method (and the network's refinement when there is a network)
         return [*METHODS, *([NETWORK_REFINE] if network else [])]
-    if NETWORK_REFINE in out and not network:
-        todo = (
-            f"give --model (e.g. --model {DEFAULT_MODEL})"
-            if model_option
-            else f"score it after training with `homogen evaluate STORE --model runs:/RUN_ID --methods {NETWORK_REFINE}`"
-        )
-        _fail(f"method {NETWORK_REFINE} refines a network's estimate, and there is no network: {todo}")
-    bad = [m for m in out if m not in METHODS and not (network and m == NETWORK_REFINE)]
-    if bad:
-        more = f", {NETWORK_REFINE} (with --model)" if model_option else ""
-        _fail(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}{more} (or 'all', 'none')")
-    return out
+    todo = (
+        f"give --model (e.g. --model {DEFAULT_MODEL})"
+        if model_option
+        else f"score it after training with `homogen evaluate STORE --model runs:/RUN_ID --methods {NETWORK_REFINE}`"
+    )
+    try:
+        needs = "with --model" if model_option else "with homogen evaluate --model"
+        return check_methods(out, network=network, hint=f": {todo}", needs=needs)
+    except ValueError as exc:
+        _fail(f"{exc} (or 'all', 'none')")
 
 
 def _open(store: str):
@@ -186,7 +183,10 @@ def predict(
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     net = _load(model, tracking_uri)
-    pred = predict_homography(net, a, b)
+    try:
+        pred = predict_homography(net, a, b)
+    except ValueError as exc:  # a model predicting NaN: no homography is printed, exit 1
+        _fail(f"{model}: {exc}", code=1)
     typer.echo(f"H (maps B pixels to A pixels; A {a.shape[1]}x{a.shape[0]}, B {b.shape[1]}x{b.shape[0]}):")
     typer.echo(format_homography(pred.homography))
     typer.echo("patch offsets (px, P=%d): %s" % (pred.patch_size, " ".join(f"{v:.2f}" for v in pred.offsets)))

@@ -6,9 +6,10 @@ that returns no homography is scored as the identity (zero offsets) and counted 
 time, batch methods and the network in batches on their device (``torch.set_num_threads`` decides
 how many CPU cores they use).
 
-Methods are looked up in :data:`METHODS` by name. The classical baselines are there from the
-start; another module adds its own with :func:`register_method` (a function of one pair, or of a
-batch of pairs), and the CLI, the flows and the tracked runs then offer and log it like the rest.
+Methods are looked up by name in :data:`homogen.model.methods.METHODS` (the one registry, built
+explicitly there; re-exported here), and every list of names goes through
+:func:`homogen.model.methods.check_methods`. :func:`predict_network` is the one predict loop of the
+package (training's validation, the test scoring, the champion's scoring and ``homogen predict``).
 
 :func:`score_test` is the one scoring of a run's test split: the network and every method on the
 same pairs, once, after training (model selection having used ``val`` only).
@@ -22,7 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from homogen.model.baselines import BASELINES
+from homogen.model.methods import METHODS, NETWORK_REFINE, Method, check_methods, per_pair, prepare, refine_estimate
 from homogen.model.metrics import pair_errors, summarize
 
 __all__ = [
@@ -36,69 +37,12 @@ __all__ = [
     "method_label",
     "predict_baseline",
     "predict_network",
-    "register_method",
     "score_test",
 ]
 
 DEFAULT_METHODS: tuple[str, ...] = ("identity", "orb", "sift", "ecc")
 NETWORK = "homographynet"
 """Result key of the network (when ``model`` is given)."""
-
-
-@dataclass(frozen=True)
-class Method:
-    """An evaluation method: ``run(pairs, progress) -> (offsets (n,8) f32, failed (n,) bool)``.
-
-    ``pairs`` is uint8 :math:`(n, 2, P, P)`; ``progress(k)`` is called as pairs are done (may be None).
-    """
-
-    name: str
-    label: str
-    run: Callable[[np.ndarray, Callable[[int], None] | None], tuple[np.ndarray, np.ndarray]]
-
-
-METHODS: dict[str, Method] = {}
-"""Every method the evaluation knows, by name (the baselines, then whatever :func:`register_method` adds)."""
-
-
-def register_method(
-    name: str,
-    fn: Callable,
-    label: str | None = None,
-    batched: bool = False,
-) -> Method:
-    """Make ``fn`` an evaluation method called ``name``.
-
-    Args:
-        fn: per pair (``batched=False``): ``fn(a, b) -> offsets (8,) or None`` on two uint8 (P, P)
-            patches, None meaning failure; batched: ``fn(pairs (n,2,P,P) uint8) -> offsets (n,8)``
-            or ``(offsets (n,8), failed (n,) bool)``.
-        label: human-readable name for tables and plots (default ``name``).
-    """
-    if batched:
-
-        def run(pairs: np.ndarray, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-            out = fn(pairs)
-            pred, failed = out if isinstance(out, tuple) else (out, np.zeros(len(pairs), bool))
-            if progress is not None:
-                progress(len(pairs))
-            return np.asarray(pred, np.float32).reshape(len(pairs), 8), np.asarray(failed, bool).reshape(len(pairs))
-
-    else:
-
-        def run(pairs: np.ndarray, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-            return _per_pair(fn, pairs, progress)
-
-    METHODS[name] = Method(name, label or name, run)
-    return METHODS[name]
-
-
-_LABELS = {
-    "identity": "identity",
-    "orb": "ORB (500) + RANSAC",
-    "sift": "SIFT + ratio + RANSAC",
-    "ecc": "ECC (homography)",
-}
 
 
 def method_label(name: str) -> str:
@@ -108,31 +52,6 @@ def method_label(name: str) -> str:
     if name == NETWORK_REFINE:
         return "HomographyNet + refine"
     return METHODS[name].label if name in METHODS else name
-
-
-def _per_pair(fn: Callable, pairs: np.ndarray, progress: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
-    n = len(pairs)
-    out = np.zeros((n, 8), np.float32)
-    failed = np.zeros(n, bool)
-    for i in range(n):
-        try:
-            r = fn(pairs[i, 0], pairs[i, 1])
-        except Exception:  # a method must never take the evaluation down: a failure, scored as identity
-            r = None
-        if r is None:
-            failed[i] = True
-        else:
-            out[i] = r
-        if progress is not None:
-            progress(1)
-    return out, failed
-
-
-for _name, _fn in BASELINES.items():
-    register_method(_name, _fn, _LABELS.get(_name))
-
-# direct-mse, direct-ncc and <method>+refine (model.methods registers them through register_method)
-from homogen.model.methods import NETWORK_REFINE, prepare, refine_estimate  # noqa: E402
 
 
 def predict_baseline(
@@ -146,7 +65,7 @@ def predict_baseline(
     if isinstance(method, str):
         pred, failed = METHODS[method].run(pairs, progress)
     else:
-        pred, failed = _per_pair(method, pairs, progress)
+        pred, failed = per_pair(method, pairs, progress)
     return pred, failed, time.perf_counter() - t0
 
 
@@ -230,12 +149,7 @@ def evaluate_methods(
     offsets = np.asarray(offsets, dtype=np.float32)
     if pairs.ndim != 4 or pairs.shape[1] != 2 or len(pairs) != len(offsets):
         raise ValueError(f"expected pairs (n,2,P,P) and offsets (n,8), got {pairs.shape} and {offsets.shape}")
-    methods = list(methods)
-    unknown = [m for m in methods if m not in METHODS and m != NETWORK_REFINE]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)} or {NETWORK_REFINE}")
-    if NETWORK_REFINE in methods and model is None:
-        raise ValueError(f"method {NETWORK_REFINE} refines the network's estimate: give a model")
+    methods = check_methods(methods, network=model is not None, hint=": give a model")
     prepare(methods)  # direct alignment's imports happen before any timing
     n = len(pairs)
     results: dict[str, dict[str, Any]] = {}

@@ -45,18 +45,28 @@ PREDICT_BATCH = 256
 
 
 def signature(patch_size: int):
-    """The model's MLflow signature: uint8 (-1, 2, P, P) in, float32 (-1, 8) out.
+    """The model's MLflow signature: uint8 (-1, 2, P, P) in, float32 (-1, 8) out, enforced by the model.
 
-    The tensors are unnamed: a named input makes pyfunc pass a dict, which the pytorch flavour refuses.
+    MLflow enforces a tensor signature by converting the input to its dtype first: ``mlflow models
+    serve`` turns a JSON payload into ``numpy.array(data, dtype=uint8)``, so float pixels
+    (``pixels / 255.0``) would be truncated to 0 and answered with HTTP 200. The signature is therefore
+    marked as one MLflow leaves to the model (``_is_signature_from_type_hint``: the server hands the
+    payload's ``inputs`` over as sent, and pyfunc skips its own conversion), and the model enforces
+    it, dtype, range and shape, with an HTTP 400 naming the expected input
+    (:func:`homogen.model.mlflow_pyfunc.checked_pairs`). That flag is MLflow's private attribute: no
+    public option keeps a tensor signature without the cast (docs/BENCHMARKS.md, *Beneath an API*);
+    tests/test_mlflow_model.py serves a model and fails if a later MLflow changes it.
     """
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     p = int(patch_size)
-    return ModelSignature(
+    sig = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 2, p, p))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 8))]),
     )
+    sig._is_signature_from_type_hint = True  # the model enforces it, without MLflow's cast (docstring)
+    return sig
 
 
 def log_network(
@@ -68,7 +78,7 @@ def log_network(
     name: str = "model",
     batch_size: int = PREDICT_BATCH,
 ):
-    """Log ``model`` (uint8 :math:`(B, 2, P, P)` -> :math:`(B, 8)`) as a checked pt2 pyfunc; returns MLflow's ``ModelInfo``.
+    """Log ``model`` (uint8 :math:`(B, 2, P, P)` -> :math:`(B, 8)`) as a checked pt2 pyfunc; returns a ``ModelInfo``.
 
     Args:
         model: the trained network (any device; a CPU copy in eval mode is exported).

@@ -65,8 +65,37 @@ def verify_archive(path: str | os.PathLike, sha256: str | None) -> None:
             )
 
 
-# MLflow advises type hints on ``predict`` when the class is made; none fits a uint8 tensor, and the
-# signature (given when logging) is what MLflow enforces: silence that one advice here.
+def checked_pairs(model_input, patch_size: int) -> np.ndarray:
+    """``model_input`` as uint8 :math:`(N, 2, P, P)`, or an HTTP 400 naming the expected input.
+
+    The signature (uint8 :math:`(-1, 2, P, P)`) is enforced here, not by MLflow (see
+    :func:`homogen.model.mlflow_model.signature`): a uint8 array passes as it is; integers 0-255
+    (a JSON payload) are converted; floats, out-of-range values, ragged or wrongly shaped input are
+    refused. MLflow's own enforcement would first cast a JSON payload to uint8, truncating floats.
+    """
+    p = int(patch_size)
+    expected = f"expected uint8 pairs of shape (N, 2, {p}, {p}) (patch A then B, integer pixel values 0-255)"
+
+    def refuse(got: str):
+        return mlflow.exceptions.MlflowException.invalid_parameter_value(f"{expected}; got {got}")
+
+    try:
+        x = np.asarray(model_input)
+    except ValueError as exc:  # ragged nested lists
+        raise refuse(f"an array numpy cannot build ({exc})") from None
+    if x.ndim != 4 or x.shape[1:] != (2, p, p):
+        raise refuse(f"shape {x.shape}")
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind not in "iu":
+        raise refuse(f"{x.dtype} values: send integers 0-255 (e.g. (pixels * 255).round() of [0, 1] floats)")
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise refuse(f"values from {x.min()} to {x.max()}")
+    return x.astype(np.uint8)
+
+
+# MLflow advises type hints on ``predict`` when the class is made and when it is set; none fits a uint8
+# tensor, and the signature (given when logging) is what MLflow enforces: silence that one advice here.
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
@@ -86,13 +115,7 @@ with warnings.catch_warnings():
         def predict(self, context, model_input, params=None) -> np.ndarray:
             import torch
 
-            x = np.asarray(model_input)
-            p = self.patch_size
-            if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (2, p, p):
-                raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-                    f"expected uint8 pairs of shape (N, 2, {p}, {p}) (patch A then B, pixel values 0-255); "
-                    f"got {x.dtype} {x.shape}"
-                )
+            x = checked_pairs(model_input, self.patch_size)
             out = np.empty((len(x), 8), np.float32)
             with torch.inference_mode():
                 for s in range(0, len(x), self.batch_size):
@@ -100,5 +123,4 @@ with warnings.catch_warnings():
                     out[s : s + len(batch)] = self.module(batch).float().numpy()
             return out
 
-
-mlflow.models.set_model(HomographyNetPyfunc())  # how MLflow's "models from code" finds the model in this file
+    mlflow.models.set_model(HomographyNetPyfunc())  # how MLflow's "models from code" finds the model here

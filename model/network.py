@@ -8,10 +8,9 @@ them into the patch-local homography H that maps B-points to A-points (``a = H b
 from __future__ import annotations
 
 import torch
-from kornia.geometry.transform import get_perspective_transform
 from torch import Tensor, nn
 
-from homogen import sampling
+from homogen.model.geometry import offsets_to_homography, patch_corners  # noqa: F401  (re-exported)
 
 __all__ = ["HomographyNet", "offsets_to_homography", "patch_corners"]
 
@@ -106,31 +105,3 @@ class HomographyNet(nn.Module):
                 f"expected input of shape (B, 2, {self.patch_size}, {self.patch_size}), got {tuple(x.shape)}"
             )
         return self.head(self.features(self.normalize(x)))
-
-
-def patch_corners(patch_size: int, batch: int = 1, dtype=torch.float32, device=None) -> Tensor:
-    """:func:`homogen.sampling.patch_corners` as a tensor: TL, TR, BR, BL = (0,0), (P,0), (P,P), (0,P).
-
-    Shape: :math:`(B, 4, 2)` as ``(x, y)`` (one row, expanded).
-    """
-    return torch.from_numpy(sampling.patch_corners(patch_size)).to(dtype=dtype, device=device).expand(batch, 4, 2)
-
-
-def offsets_to_homography(offsets: Tensor, patch_size: int) -> Tensor:
-    """Patch-local homography H from 4-point offsets, by kornia's DLT.
-
-    H maps each patch corner to corner + offset, i.e. it maps B-points to A-points
-    (``B(q) = A(H q)``, CONVENTIONS.md), normalised so that ``H[2, 2] = 1``.
-
-    Args:
-        offsets: :math:`(B, 8)` or :math:`(B, 4, 2)` offsets in pixels, label order.
-        patch_size: side P of the patch.
-
-    Returns:
-        :math:`(B, 3, 3)`, float64 if ``offsets`` is float64 else float32.
-    """
-    dtype = torch.float64 if offsets.dtype == torch.float64 else torch.float32
-    d = offsets.to(dtype).reshape(-1, 4, 2)
-    src = patch_corners(patch_size, len(d), dtype=dtype, device=d.device)
-    h = get_perspective_transform(src, src + d)
-    return h / h[:, 2:3, 2:3]

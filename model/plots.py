@@ -22,8 +22,7 @@ import cv2
 import numpy as np
 
 from homogen.render import BACKGROUND, TEXT, sample_grid, save_png
-from homogen.sampling import patch_homography
-from homogen.validation.pixel_check import warp_a_by_h
+from homogen.geometry import patch_homography, warp_by_h
 
 __all__ = ["error_histogram", "overlay", "overlay_strip", "write_plots"]
 
@@ -55,7 +54,7 @@ def error_histogram(errors: np.ndarray, path: str | os.PathLike, title: str) -> 
 
 def overlay(a: np.ndarray, b: np.ndarray, h: np.ndarray) -> np.ndarray:
     """A warped by H (``A(H q)``) in magenta over B in green: (P, P) uint8 x2, (3, 3) -> (P, P, 3) BGR."""
-    warped = warp_a_by_h(a, h)
+    warped = warp_by_h(a, h)
     return np.dstack([warped, b, warped])
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from homogen.geometry import map_points, patch_homography, warp_by_h
 from homogen.images import BadImage, load_gray
 
 __all__ = [
@@ -74,23 +75,17 @@ class Prediction:
 
 def predict_homography(model: Any, img_a: np.ndarray, img_b: np.ndarray) -> Prediction:
     """Run ``model`` (uint8 (1,2,P,P) -> (1,8)) on two grayscale images of any sizes."""
-    import torch
-
-    from homogen.sampling import patch_homography
+    from homogen.model.evaluate import predict_network
 
     p = int(getattr(model, "patch_size", 128))
     if img_a.ndim != 2 or img_b.ndim != 2:
         raise ValueError("expected two grayscale images")
     pa = cv2.resize(img_a, (p, p), interpolation=cv2.INTER_AREA)
     pb = cv2.resize(img_b, (p, p), interpolation=cv2.INTER_AREA)
-    x = torch.from_numpy(np.stack([pa, pb])[None].copy())
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    with torch.inference_mode():
-        off = model(x.to(device)).float().cpu().numpy().reshape(8)
+    pred, _ = predict_network(model, np.stack([pa, pb])[None])  # the one predict loop
+    off = pred.reshape(8)
+    if not np.all(np.isfinite(off)):
+        raise ValueError(f"the model predicted non-finite offsets {off.tolist()}: it is not a usable model")
     hp = patch_homography(off, p)
     s_a = resize_matrix((img_a.shape[1], img_a.shape[0]), (p, p))
     s_b = resize_matrix((img_b.shape[1], img_b.shape[0]), (p, p))
@@ -101,7 +96,7 @@ def predict_homography(model: Any, img_a: np.ndarray, img_b: np.ndarray) -> Pred
 
 
 def overlay(img_a: np.ndarray, img_b: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """BGR overlay in A's frame: B warped by ``h`` (B->A) blended with A.
+    """BGR overlay in A's frame: B brought into it by ``h`` (B->A) blended with A.
 
     The blend is in false colour where both exist: green = A, magenta = warped B, so aligned
     structure looks grey and misalignment shows as green/magenta fringes; outside warped B's
@@ -109,16 +104,17 @@ def overlay(img_a: np.ndarray, img_b: np.ndarray, h: np.ndarray) -> np.ndarray:
     The outline of B's border in A is drawn in yellow.
     """
     ha, wa = img_a.shape
-    warped = cv2.warpPerspective(img_b, h, (wa, ha), flags=cv2.INTER_LINEAR)
-    mask = cv2.warpPerspective(np.full(img_b.shape, 255, np.uint8), h, (wa, ha), flags=cv2.INTER_NEAREST) > 0
+    to_b = np.linalg.inv(h)  # out(a) = B(H^-1 a): B in A's frame
+    warped = warp_by_h(img_b, to_b, (wa, ha))
+    mask = warp_by_h(np.full(img_b.shape, 255, np.uint8), to_b, (wa, ha), flags=cv2.INTER_NEAREST) > 0
     out = np.dstack([img_a, img_a, img_a]).astype(np.uint8)
     blend = np.dstack([warped, img_a, warped])
     out[mask] = blend[mask]
     hb, wb = img_b.shape
     border = np.array([[0, 0], [wb - 1, 0], [wb - 1, hb - 1], [0, hb - 1]], np.float64)
-    hom = np.c_[border, np.ones(4)] @ h.T
-    if np.all(hom[:, 2] > 1e-9):
-        pts = (hom[:, :2] / hom[:, 2:3]).round().astype(np.int32)
+    w = np.c_[border, np.ones(4)] @ np.asarray(h, np.float64)[2]
+    if np.all(w > 1e-9):
+        pts = map_points(h, border).round().astype(np.int32)
         if np.abs(pts).max() < 1e6:
             cv2.polylines(out, [pts.reshape(-1, 1, 2)], True, (0, 255, 255), 1, cv2.LINE_AA)
     return out

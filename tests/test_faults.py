@@ -475,3 +475,32 @@ def test_train_flow_with_an_unreachable_tracking_store_fails_before_training_nam
     assert f"MLflow tracking store http://127.0.0.1:{port} is unreachable" in str(info.value)
     assert "hunter2" not in str(info.value) and "hunter2" not in (state.message or "")
     assert not ck.exists()  # no time spent training a model that could not be recorded
+
+
+@pytest.mark.slow
+def test_train_flow_that_cannot_register_fails_naming_the_checkpoint(tmp_path, prefect_api, p128_store, monkeypatch):
+    """Trained, then the registry refuses: the flow run fails (a worker would not report success and
+    remove its folder silently) and its error says where the trained weights are; they are there."""
+    from homogen.flows.config import EvaluateConfig, TrackingConfig
+    from homogen.flows.train import train_model
+    from homogen.model.mlflow_run import TrainingRun
+    from homogen.model.train import TrainConfig, load_checkpoint
+
+    def registry_down(self, model, scores, batch_size=64):
+        raise RuntimeError("the model registry answered 503")
+
+    monkeypatch.setattr(TrainingRun, "register", registry_down)
+    ck = tmp_path / "ck"
+    state = train_model(
+        str(p128_store),
+        TrainConfig(epochs=1, width=0.125, batch_size=8, checkpoint_dir=str(ck)),
+        EvaluateConfig(methods=("identity",), limit=8),
+        TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(Exception) as info:
+        state.result()
+    assert "trained, but not registered (RuntimeError: the model registry answered 503)" in str(info.value)
+    assert f"the checkpoint is at {ck / 'best.pt'}" in str(info.value)
+    assert load_checkpoint(ck / "best.pt")["epoch"] == 1

@@ -223,14 +223,34 @@ def test_served_model_answers_uint8_pairs_with_the_networks_offsets(served):
 @pytest.mark.parametrize(
     "payload",
     [
+        (pairs(2) / 255.0).tolist(),  # float pixels in [0, 1]: MLflow alone would cast them to 0 and answer 200
+        pairs(2).astype(np.float64).tolist(),  # floats, even integral ones: not pixels of this contract
+        (pairs(2).astype(np.int64) + 300).tolist(),  # out of 0-255
         pairs(2)[:, :1].tolist(),  # one patch per pair: wrong shape
         np.zeros((2, 2, 64, 64), np.uint8).tolist(),  # another patch size
         pairs(2)[0].tolist(),  # no batch dimension
+        [[[[0]]], [[[0, 1]]]],  # ragged
     ],
-    ids=["one-channel", "wrong-size", "no-batch"],
+    ids=["float-0-1", "float-integral", "out-of-range", "one-channel", "wrong-size", "no-batch", "ragged"],
 )
-def test_served_model_refuses_a_wrong_shape_with_a_4xx_naming_the_expected_input(served, payload):
+def test_served_model_refuses_a_bad_payload_with_a_4xx_naming_the_expected_input(served, payload):
     r = invoke(served[0], payload)
     assert 400 <= r.status_code < 500, r.text[:500]
     message = json.loads(r.text)["message"]
-    assert f"(-1, 2, {P}, {P})" in message and "uint8" in message, message[:500]
+    assert f"expected uint8 pairs of shape (N, 2, {P}, {P})" in message, message[:500]
+
+
+def test_served_model_refuses_a_payload_without_inputs(served):
+    r = httpx.post(f"{served[0]}/invocations", json={"dataframe_split": {"data": [[1]]}}, timeout=60)
+    assert 400 <= r.status_code < 500, r.text[:500]
+
+
+def test_in_process_pyfunc_enforces_the_same_contract(logged):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(str(logged[0]))
+    x = pairs(3, seed=5)
+    np.testing.assert_array_equal(model.predict(x), model.predict(x.astype(np.int64)))  # integers 0-255 alike
+    for bad in (x / 255.0, x.astype(np.float32), x[:, :1], x.astype(np.int16) - 1):
+        with pytest.raises(Exception, match=r"expected uint8 pairs of shape \(N, 2, 32, 32\)"):
+            model.predict(bad)

@@ -277,3 +277,17 @@ def test_cli_evaluate_compares_noise_levels_only_on_the_same_pairs(cli, level_st
         line for line in same.output.split("by noise level:")[1].splitlines() if line.startswith(("| none", "| hard"))
     ]
     assert len(rows) == 2 and rows[0].split("|")[3] == rows[1].split("|")[3]  # identity's MACE: the same offsets
+
+
+def test_cli_predict_refuses_a_model_that_predicts_nan_instead_of_printing_a_nan_homography(cli, pair, tmp_path):
+    from homogen.model.train import save_checkpoint
+
+    a, b = pair
+    cv2.imwrite(str(tmp_path / "a.png"), a)
+    cv2.imwrite(str(tmp_path / "b.png"), b)
+    nan = np.full(8, np.nan, np.float32)
+    ckpt = save_checkpoint(
+        tmp_path / "nan.pt", {"format": 1, "model": oracle_net(nan).state_dict(), "width": 0.125, "patch_size": P}
+    )
+    res = CliRunner().invoke(cli, ["predict", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--model", str(ckpt)])
+    assert res.exit_code == 1 and "non-finite offsets" in res.output and "H (maps" not in res.output
