@@ -145,7 +145,8 @@ def test_dispatched_training_runs_with_the_gpu_deployments_width_and_epochs(clus
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["model_version"] == "1" and result["model_name"] == "hn-dispatch"
 
-    client = MlflowClient(cluster["tracking"])
+    # registry_uri too: an earlier test in this process may have set MLflow's process-wide registry URI
+    client = MlflowClient(cluster["tracking"], registry_uri=cluster["tracking"])
     params = client.get_run(result["run_id"]).data.params
     # the deployment's width and epochs (not the parent's quick-start 0.25 and 2), the user's lr and patch size
     assert (params["width"], params["epochs"], params["device"]) == ("0.125", "1", "cpu")
