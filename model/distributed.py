@@ -94,19 +94,32 @@ def local_device(device: str) -> str:
 
 
 def check_devices(device: str, nproc_per_node: int) -> None:
-    """Refuse a device that ``nproc_per_node`` processes cannot share out (one GPU each, or the CPU).
+    """Refuse a device this machine lacks, or that ``nproc_per_node`` processes cannot share out (one GPU
+    each, or the CPU).
 
     Raises:
         ValueError: one line naming the device, the count and the fix.
     """
-    if nproc_per_node == 1:
-        return
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise ValueError(f"unknown device {device!r}: use auto, cpu or cuda") from None
+    if nproc_per_node == 1:  # a device this machine lacks: one line now, not an assertion mid-training
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r}, but the installed torch has no CUDA or sees no GPU (torch {torch.__version__}): "
+                f"use device 'auto' or 'cpu', or install a CUDA build of torch"
+            )
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}, but this machine has {torch.cuda.device_count()} GPU(s): use 'cuda' or "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r}, but this machine has no Apple GPU (MPS): use device 'auto' or 'cpu'")
+        return
     if dev.type == "cpu":
         return
     if dev.type != "cuda":

@@ -190,6 +190,29 @@ def _fail_on_rank_one() -> None:
         raise ValueError("bad input on rank 1")
 
 
+def test_homogen_train_on_one_process_refuses_cuda_without_it_before_opening_an_mlflow_run(
+    store, tmp_path, monkeypatch
+):
+    """A CPU-only torch asked for cuda: one line, exit 2, no MLflow run (was an assertion mid-training)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CI's torch is CPU-only; a GPU machine's too, here
+    import typer
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from homogen.model.cli import register
+
+    app = typer.Typer()
+    register(app)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", store.uri, "--device", "cuda", "--width", "0.125", "--methods", "none"]
+    res = CliRunner().invoke(app, [*args, "--tracking-uri", uri, "--checkpoint-dir", str(tmp_path / "ck")])
+    assert res.exit_code == 2, res.output
+    assert "installed torch has no CUDA" in res.output and "use device 'auto' or 'cpu'" in res.output
+    assert "Traceback" not in res.output
+    client = MlflowClient(uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
 @pytest.mark.parametrize(
     "device, match",
     [
