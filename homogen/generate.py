@@ -21,7 +21,7 @@ from homogen.schema import SPLIT_CODES, empty_arrays
 from homogen.sources import ImageRecord, Shard, list_images, make_shards
 from homogen.splits import unify_same_bytes
 from homogen.store import StoreWriter, open_writer
-from homogen.store.paths import check_writable
+from homogen.store.paths import absolute_root, check_writable
 from homogen.versions import SourceTable, dataset_version, source_table
 from homogen.warping import cut_pair
 
@@ -126,7 +126,7 @@ class Plan:
         table itself (``files``: image_id, name, split, digest columns; homogen.versions) and the
         groups of images with the same bytes (``same_bytes``, homogen.splits)."""
         return {
-            "root": redact(self.config.source.root),
+            "root": redact(absolute_root(self.config.source.root)),
             "digest": self.digest,
             "images": self.num_images,
             "files": self.sources.to_manifest(),

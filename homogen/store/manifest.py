@@ -31,6 +31,7 @@ from homogen.lineage.libraries import code_versions
 from homogen.redaction import redact
 from homogen.schema import SCHEMA, SCHEMA_VERSION, SPLIT_CODES, shard_name
 from homogen.store.errors import StoreError
+from homogen.store.paths import absolute_root
 
 if TYPE_CHECKING:
     from homogen.generate import Plan
@@ -50,7 +51,7 @@ def new_manifest(plan: "Plan", state: str, format: str, chunk_size: int) -> dict
     from homogen.versions import GENERATOR_VERSION  # versions -> digests -> store.paths: import here
 
     cfg = plan.config.model_dump(mode="json")
-    cfg["source"]["root"] = redact(cfg["source"]["root"])
+    cfg["source"]["root"] = redact(absolute_root(cfg["source"]["root"]))
     cfg["output"] = redact(plan.output)
     return {
         "schema_version": SCHEMA_VERSION,

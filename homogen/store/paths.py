@@ -23,6 +23,13 @@ def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
+def absolute_root(root: str) -> str:
+    """A source root as a manifest records it: a relative local path made absolute (a store validated
+    from another working directory must find the same images, never others of the same name); URLs
+    unchanged."""
+    return root if "://" in root else os.path.abspath(root)
+
+
 def local_path(url: str) -> str:
     """The file-system path of a local output (``file://`` stripped).
 

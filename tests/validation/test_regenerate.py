@@ -54,3 +54,22 @@ def test_a_replaced_source_image_is_named_as_changed(store, tmp_path):
     assert check.passed is False and check.failed == 4
     assert all("changed since generation" in e["why"] for e in check.examples)
     assert "--source-root" in check.detail
+
+
+def test_a_relative_source_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    """``--source photos`` records the absolute root: validated from elsewhere, the same images are
+    read (a relative root made `validate` fail, or read another folder of the same name)."""
+    from homogen.config import SAMPLE_ROOT
+    from homogen.store import open_dataset
+
+    (tmp_path / "a").mkdir()
+    shutil.copytree(SAMPLE_ROOT, tmp_path / "a" / "photos")
+    monkeypatch.chdir(tmp_path / "a")
+    out = str(tmp_path / "ds.zarr")
+    generate(GenerateConfig(output=out, source=SourceConfig(root="photos", max_images=8)), progress=False)
+    manifest = open_dataset(out).manifest
+    assert manifest["source"]["root"] == manifest["config"]["source"]["root"] == str(tmp_path / "a" / "photos")
+    (tmp_path / "b" / "photos").mkdir(parents=True)  # another folder of that name, empty, beside the new cwd
+    monkeypatch.chdir(tmp_path / "b")
+    check = validate_dataset(out, regenerate=4, progress=False).check("regenerate")
+    assert check.passed is True and check.checked == 4, check.detail
