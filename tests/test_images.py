@@ -335,11 +335,17 @@ def test_a_source_whose_every_image_is_quarantined_is_an_error_not_an_empty_data
         (src / p.name).write_bytes(_damage(p.read_bytes(), "8 KB cut", rng))
     out = tmp_path / "o.zarr"
     with pytest.raises(
-        StoreError, match=r"no usable images: all 3 images of the source were quarantined \(first: .*corrupt JPEG data"
+        StoreError,
+        match=r"no usable images: all 3 images of the source were quarantined \(first: .*corrupt JPEG data.*"
+        r"then re-run with --overwrite",
     ):
         generate(GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=str(out)), progress=False)
     with pytest.raises(StoreError):  # nothing a reader or `validate` could take for a dataset
         read_store(out)
+    for p in sample_photos[:3]:  # the fix the message names: good images, then --overwrite
+        (src / p.name).write_bytes(p.read_bytes())
+    fixed = GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=str(out), overwrite=True)
+    assert generate(fixed, progress=False)["num_pairs"] > 0 and len(read_store(out)["offsets"]) > 0
 
 
 # ------------------------------------------------------- only regular files, trailing bytes, texture

@@ -204,7 +204,8 @@ class StoreWriter:
             raise StoreError(
                 f"no usable images: all {len(q)} images of the source were quarantined "
                 f"(first: {q[0]['path']}: {q[0]['reason']}); nothing was committed to {redact(self.url)}: "
-                f"fix or replace the images, then re-run"
+                f"fix or replace the images, then re-run with --overwrite (overwrite=True): changed images make a "
+                f"new dataset version, which replaces this unfinished store"
             )
         try:
             self.assemble(manifest["shards"], manifest["num_pairs"], plan.config.sampling.patch_size, manifest)
