@@ -131,17 +131,29 @@ def test_a_truncated_archive_is_refused_naming_it(logged, tmp_path):
 
 
 MEMORY = textwrap.dedent("""
-    import resource, sys
-    import numpy as np, mlflow, torch
+    import sys, threading, time
+    import numpy as np, mlflow, psutil, torch
     torch.set_num_threads(1)
     folder, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     model = mlflow.pyfunc.load_model(folder, model_config={"batch_size": batch})
     x = np.random.default_rng(0).integers(0, 256, (n, 2, 32, 32), dtype=np.uint8)
     model.predict(x[:8])
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The resident size sampled during predict (the high-water mark ru_maxrss would hide a predict
+    # peak below the import's peak).
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak, done = [base], threading.Event()
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.0005)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     out = model.predict(x)
+    done.set()
+    watcher.join()
     assert out.shape == (n, 8) and np.isfinite(out).all()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)  # MiB (Linux: KiB)
+    print((peak[0] - base) / 2**20)  # MiB
 """)
 
 
@@ -159,9 +171,9 @@ def test_pyfunc_memory_stays_flat_with_4096_pairs(logged):
     bounded = peak_growth_mib(folder, 4096, 256)
     whole = peak_growth_mib(folder, 4096, 4096)  # the same model predicting all at once (the old behaviour)
     print(f"peak RSS growth, 4,096 pairs: batches of 256 {bounded:.0f} MiB, one piece {whole:.0f} MiB")
-    assert bounded < 64, bounded
-    # the measurement sees what predicting in one piece costs (49-354 MiB more, by machine and build)
-    assert whole > bounded + 32, (bounded, whole)
+    # batches: a bounded working set (50 MiB here); one piece: the whole batch's activations (512 MiB here)
+    assert bounded < 128, bounded
+    assert whole > 4 * bounded, (bounded, whole)
 
 
 # ------------------------------------------------------------------------------------ serving
