@@ -67,6 +67,10 @@ def check_writable(url: str, format: str | None = None) -> None:
     if not is_local(url):
         return
     path = os.path.abspath(local_path(url))
+    if path == os.path.dirname(path):
+        raise StoreError(
+            f"output {path} is a filesystem root: a store is a folder of its own, choose one (-o DIR/name.zarr)"
+        )
     if path.startswith(("/proc/", "/sys/", "/dev/")) or path in ("/proc", "/sys", "/dev"):
         raise StoreError(f"output {path} is inside a pseudo file system: choose a folder on a disk")
     if format == "zarr" and os.path.exists(path) and not os.path.isdir(path):

@@ -52,7 +52,7 @@ class StoreWriter:
     format = "?"
 
     def __init__(self, url: str, chunk_size: int = 256):
-        self.url = url.rstrip("/")
+        self.url = url.rstrip("/") or "/"  # "-o /" is the root, never "" (the working directory)
         self.chunk_size = int(chunk_size)
         self.parts = self.url + ".parts"
 

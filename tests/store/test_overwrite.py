@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from homogen.cli import app
 from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate
-from homogen.store import StoreConflict, ZarrWriter, open_dataset
+from homogen.store import StoreConflict, StoreError, ZarrWriter, open_dataset
 from homogen.store.paths import check_replaceable
 
 
@@ -164,3 +164,15 @@ def test_overwrite_through_a_symlink_names_the_real_store(tmp_path):
     with pytest.raises(StoreConflict, match=rf"link\.zarr is a symbolic link to {real}: .*pass -o {real}"):
         generate(other, progress=False)
     assert (tmp_path / "link.zarr").is_symlink() and tree(real) == before
+
+
+def test_the_root_as_output_is_named_as_the_root_not_the_working_directory(tmp_path, monkeypatch):
+    """`-o / --overwrite` said "output  holds ..." (the path stripped to "", i.e. the working directory):
+    now refused as the root before anything, with or without --overwrite."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("mine")
+    for overwrite in (False, True):
+        cfg = GenerateConfig(output="/", format="zarr", source=SourceConfig(max_images=2), overwrite=overwrite)
+        with pytest.raises(StoreError, match=r"^output / is a filesystem root: .*choose one"):
+            generate(cfg, progress=False)
+    assert (tmp_path / "keep.txt").read_text() == "mine"
