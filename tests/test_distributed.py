@@ -190,11 +190,9 @@ def _fail_on_rank_one() -> None:
         raise ValueError("bad input on rank 1")
 
 
-def test_homogen_train_on_one_process_refuses_cuda_without_it_before_opening_an_mlflow_run(
-    store, tmp_path, monkeypatch
-):
-    """A CPU-only torch asked for cuda: one line, exit 2, no MLflow run (was an assertion mid-training)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CI's torch is CPU-only; a GPU machine's too, here
+def refused_by_homogen_train(store, tmp_path, *options: str) -> str:
+    """``homogen train STORE --width 0.125 --methods none OPTIONS``: its output, after checking that it
+    exited 2 with one line (no traceback), opened no MLflow run and wrote no checkpoint."""
     import typer
     from mlflow.tracking import MlflowClient
     from typer.testing import CliRunner
@@ -204,13 +202,23 @@ def test_homogen_train_on_one_process_refuses_cuda_without_it_before_opening_an_
     app = typer.Typer()
     register(app)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["train", store.uri, "--device", "cuda", "--width", "0.125", "--methods", "none"]
+    args = ["train", store.uri, *options, "--width", "0.125", "--methods", "none"]
     res = CliRunner().invoke(app, [*args, "--tracking-uri", uri, "--checkpoint-dir", str(tmp_path / "ck")])
     assert res.exit_code == 2, res.output
-    assert "installed torch has no CUDA" in res.output and "use device 'auto' or 'cpu'" in res.output
     assert "Traceback" not in res.output
     client = MlflowClient(uri)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+    assert not (tmp_path / "ck").exists()
+    return res.output
+
+
+def test_homogen_train_on_one_process_refuses_cuda_without_it_before_opening_an_mlflow_run(
+    store, tmp_path, monkeypatch
+):
+    """A CPU-only torch asked for cuda: one line, exit 2, no MLflow run (was an assertion mid-training)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CI's torch is CPU-only; a GPU machine's too, here
+    output = refused_by_homogen_train(store, tmp_path, "--device", "cuda")
+    assert "installed torch has no CUDA" in output and "use device 'auto' or 'cpu'" in output
 
 
 @pytest.mark.parametrize(
@@ -235,20 +243,5 @@ def test_more_processes_than_gpus_is_refused_naming_the_count(store, tmp_path):
 
 
 def test_homogen_train_refuses_one_named_gpu_for_two_processes_before_opening_an_mlflow_run(store, tmp_path):
-    import typer
-    from mlflow.tracking import MlflowClient
-    from typer.testing import CliRunner
-
-    from homogen.model.cli import register
-
-    app = typer.Typer()
-    register(app)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ["train", store.uri, "--nproc-per-node", "2", "--device", "cuda:1", "--width", "0.125", "--methods", "none"]
-    res = CliRunner().invoke(app, [*args, "--tracking-uri", uri, "--checkpoint-dir", str(tmp_path / "ck")])
-    assert res.exit_code == 2, res.output
-    assert "names one GPU" in res.output and "give device 'cuda'" in res.output
-    assert "Traceback" not in res.output
-    client = MlflowClient(uri)
-    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
-    assert not (tmp_path / "ck").exists()
+    output = refused_by_homogen_train(store, tmp_path, "--nproc-per-node", "2", "--device", "cuda:1")
+    assert "names one GPU" in output and "give device 'cuda'" in output
