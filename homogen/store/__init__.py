@@ -23,7 +23,7 @@ Layout of a store (schema 2):
   as fill values without an error, and resolves its links against the reader's working directory.
 """
 
-from homogen.store.dataset import Dataset, chunk_problems, detect_format, missing_chunks, open_dataset
+from homogen.store.dataset import Dataset, chunk_problems, detect_format, missing_chunks, open_dataset, read_manifest
 from homogen.store.errors import DamagedChunk, StoreConflict, StoreError, StoreLocked
 from homogen.store.hdf5_writer import HDF5Writer
 from homogen.store.manifest import ATTR, check_manifest
@@ -52,5 +52,6 @@ __all__ = [
     "open_dataset",
     "open_writer",
     "quiet_zarr",
+    "read_manifest",
     "read_zarr_manifest",
 ]

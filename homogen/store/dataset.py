@@ -240,6 +240,29 @@ def missing_chunks(uri: str, arrays: dict) -> dict[str, list[int]]:
     return {name: sorted(bad) for name, bad in chunk_problems(uri, arrays).items()}
 
 
+def _normalise(uri) -> str:
+    uri = str(uri).rstrip("/")
+    return local_path(uri) if is_local(uri) else uri
+
+
+def read_manifest(uri: str) -> dict:
+    """The checked manifest of the finished store at ``uri`` (path or fsspec URL), read without
+    opening its arrays: one small file for Zarr (the root ``zarr.json``), the root attribute for
+    HDF5. For what needs only the version or the recipe (a run's dataset pin, a catalog).
+
+    Raises:
+        StoreError: as :func:`open_dataset` for the manifest, in one line naming the file and the fix.
+    """
+    uri = _normalise(uri)
+    if detect_format(uri) == "hdf5":
+        f = _h5_file(uri)
+        try:
+            return _h5_manifest(uri, f)
+        finally:
+            f.close()
+    return check_manifest(uri, read_zarr_manifest(uri), f"{redact(uri)}/zarr.json")
+
+
 def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
     """Open a finished store of either format (path or fsspec URL).
 
@@ -252,8 +275,7 @@ def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
             (a truncated or bit-flipped ``zarr.json``, HDF5 header), an array without its
             checksum codec, a missing or linked chunk: each in one line naming the file and the fix.
     """
-    uri = str(uri).rstrip("/")
-    uri = local_path(uri) if is_local(uri) else uri
+    uri = _normalise(uri)
     if detect_format(uri) == "hdf5":
         return _open_hdf5(uri)  # one file: no chunk can go missing alone
     where = f"{redact(uri)}/zarr.json"
@@ -285,29 +307,37 @@ def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
     return Dataset(uri, manifest, arrays)
 
 
-def _open_hdf5(path: str) -> Dataset:
+def _h5_file(path: str) -> h5py.File:
     if not os.path.isfile(path):
         raise StoreError(f"no store at {path}: check the path, or generate it with `homogen generate`")
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except Exception as exc:  # noqa: BLE001 - OSError mostly; a damaged superblock may raise others
         raise StoreError(
             f"{path} is not a readable HDF5 file ({exc}): it is truncated or not a store; regenerate it"
         ) from exc
+
+
+def _h5_manifest(path: str, f: h5py.File) -> dict:
     try:
-        try:
-            raw = f.attrs.get(ATTR)
-            manifest = json.loads(raw) if raw is not None else None
-        except ValueError as exc:
-            raise StoreError(
-                f"the manifest in {path} is not valid JSON ({exc}): it was edited or damaged; regenerate the store"
-            ) from exc
-        except Exception as exc:  # noqa: BLE001 - a damaged header raises OSError, KeyError, RuntimeError, ...
-            raise StoreError(
-                f"the manifest in {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}): it was edited "
-                f"or damaged; regenerate the store or restore it from a copy"
-            ) from exc
-        check_manifest(path, manifest, path)
+        raw = f.attrs.get(ATTR)
+        manifest = json.loads(raw) if raw is not None else None
+    except ValueError as exc:
+        raise StoreError(
+            f"the manifest in {path} is not valid JSON ({exc}): it was edited or damaged; regenerate the store"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - a damaged header raises OSError, KeyError, RuntimeError, ...
+        raise StoreError(
+            f"the manifest in {path} cannot be read ({type(exc).__name__}: {str(exc)[:120]}): it was edited "
+            f"or damaged; regenerate the store or restore it from a copy"
+        ) from exc
+    return check_manifest(path, manifest, path)
+
+
+def _open_hdf5(path: str) -> Dataset:
+    f = _h5_file(path)
+    try:
+        manifest = _h5_manifest(path, f)
         try:
             arrays = {name: f[name] for name in FIELDS if name in f}
             for a in arrays.values():
