@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceConfig
 from homogen.param_errors import describe_errors
 from homogen.sources import SourceError
+from homogen.spelling import command_line
 from homogen.store import StoreError, open_dataset
 
 app = typer.Typer(
@@ -96,7 +97,8 @@ def generate(
     except ValidationError as exc:
         fail(describe_errors(exc))
     try:
-        run = run_generation(cfg)
+        with command_line():  # library messages spell options as flags (--overwrite), not overwrite=True
+            run = run_generation(cfg)
     except (SourceError, StoreError) as exc:
         fail(str(exc))
     manifest = run.manifest

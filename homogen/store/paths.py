@@ -1,6 +1,6 @@
 """Where a store lives, before anything is written: the one rule for a local path, the one
 atomic write, and the checks that an output can be written (:func:`check_writable`) and may be
-replaced by ``--overwrite`` (:func:`check_replaceable`).
+replaced by ``--overwrite`` (:func:`check_protected`, :func:`check_replaceable`).
 
 A location is local when it has no ``scheme://`` or is a ``file://`` URL (:func:`is_local`); its
 one real name is :func:`real_path` (absolute, symlinks resolved): the lock, the overwrite rules
@@ -15,6 +15,7 @@ import os
 import uuid
 
 from homogen.redaction import redact
+from homogen.spelling import option
 from homogen.store.errors import StoreConflict, StoreError
 
 
@@ -132,33 +133,28 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_replaceable(url: str, source_root: str | None, store_names: set[str]) -> None:
-    """Refuse to delete a local output that --overwrite must never delete, before anything is deleted.
+def check_protected(url: str, source_root: str | None) -> None:
+    """Refuse to let --overwrite delete a local output that must never be deleted, whatever it holds:
+    a filesystem root, the home folder, the working directory or any folder above it, the source
+    (``source_root``) or any folder that contains it. Compared by real path (:func:`real_path`), so
+    ``~``, ``$HOME/``, ``$HOME/./`` and a symbolic link to the home folder are all the home folder.
+    Object-store URLs: only the source rule applies (by URL prefix).
 
-    Refused: an output given by a symbolic link (name its real path), a filesystem root, the home
-    folder, the working directory or any folder above it, the source (``source_root``) or any
-    folder that contains it, and a folder holding anything but a homogen store, i.e. any entry
-    whose name is not in ``store_names`` (the caller has already checked that a homogen manifest
-    is there). Object-store URLs: only the source rule applies
-    (by URL prefix).
+    These reasons come before whether the output holds a store (:meth:`StoreWriter.prepare` asks
+    this first), so the message names the real reason.
 
     Raises:
         StoreConflict: one line naming the path, why, and the fix (choose another output).
     """
-    fix = "choose another output (-o) for the new dataset"
+    flag = option("overwrite")
+    fix = "choose another output for the new dataset"
     if not is_local(url):
         if source_root and "://" in source_root and _inside(source_root.rstrip("/"), url.rstrip("/")):
             raise StoreConflict(
-                f"--overwrite refused: output {redact(url)} contains the source {redact(source_root)}: {fix}"
+                f"{flag} refused: output {redact(url)} contains the source {redact(source_root)}: {fix}"
             )
         return
-    given = os.path.abspath(local_path(url))
-    if os.path.islink(given.rstrip(os.sep)):
-        raise StoreConflict(
-            f"--overwrite refused: output {given} is a symbolic link to {real_path(url)}: --overwrite replaces a "
-            f"store by its real name; pass -o {real_path(url)}"
-        )
-    path = real_path(url)
+    given, path = os.path.abspath(local_path(url)), real_path(url)
     why = None
     if path == os.path.dirname(path):
         why = "is a filesystem root"
@@ -168,10 +164,36 @@ def check_replaceable(url: str, source_root: str | None, store_names: set[str]) 
         why = "is the working directory or a folder above it"
     elif source_root and is_local(source_root) and _inside(real_path(source_root), path):
         why = f"contains the source images ({redact(source_root)})"
-    elif os.path.isdir(path):
+    if why:
+        shown = path if given.rstrip(os.sep) in (path, "") else f"{given} (really {path})"
+        raise StoreConflict(f"{flag} refused: output {shown} {why}, and {flag} deletes it: {fix}")
+
+
+def check_replaceable(url: str, source_root: str | None, store_names: set[str]) -> None:
+    """Refuse to delete a local output that --overwrite must never delete, before anything is deleted.
+
+    Refused: what :func:`check_protected` refuses, then an output given by a symbolic link (name
+    its real path), and a folder holding anything but a homogen store, i.e. any entry whose name is
+    not in ``store_names`` (the caller has already checked that a homogen manifest is there).
+
+    Raises:
+        StoreConflict: one line naming the path, why, and the fix (choose another output).
+    """
+    check_protected(url, source_root)
+    if not is_local(url):
+        return
+    flag = option("overwrite")
+    given, path = os.path.abspath(local_path(url)), real_path(url)
+    if os.path.islink(given.rstrip(os.sep)):
+        raise StoreConflict(
+            f"{flag} refused: output {given} is a symbolic link to {path}: {flag} replaces a store by its real "
+            f"name; pass {option('output', path)}"
+        )
+    if os.path.isdir(path):
         other = sorted(set(os.listdir(path)) - store_names)
         if other:
             shown = ", ".join(other[:3]) + (", ..." if len(other) > 3 else "")
-            why = f"holds files that are not part of a homogen store ({shown})"
-    if why:
-        raise StoreConflict(f"--overwrite refused: output {path} {why}, and --overwrite deletes it: {fix}")
+            raise StoreConflict(
+                f"{flag} refused: output {path} holds files that are not part of a homogen store ({shown}), and "
+                f"{flag} deletes it: choose another output for the new dataset"
+            )

@@ -30,11 +30,12 @@ import numpy as np
 from homogen.lineage.libraries import resume_mismatch, shards_mismatch
 from homogen.redaction import redact
 from homogen.schema import SCHEMA_VERSION, SPLIT_CODES, shard_name
+from homogen.spelling import option
 from homogen.store import manifest as manifests
 from homogen.store.errors import StoreConflict, StoreError
 from homogen.store.lock import output_lock
 from homogen.store.manifest import commit_fields
-from homogen.store.paths import check_replaceable, check_writable
+from homogen.store.paths import check_protected, check_replaceable, check_writable
 
 if TYPE_CHECKING:
     from homogen.generate import Plan, ShardResult
@@ -86,6 +87,8 @@ class StoreWriter:
                 if not overwrite:
                     raise  # with overwrite, a partial store that cannot be resumed is replaced (below)
         if header is not None or self.exists_nonempty():
+            if overwrite:  # the home folder, the source...: that reason, before whether it holds a store
+                check_protected(self.url, plan.config.source.root)
             ours = header is not None or self.only_staged_parts()
             if not overwrite or not ours:
                 if not ours:
@@ -98,9 +101,9 @@ class StoreWriter:
                 else:
                     what = f"dataset version {header.get('dataset_version')!s:.20}"
                 fix = (
-                    "choose another output (--overwrite only ever replaces a homogen store)"
+                    f"choose another output ({option('overwrite')} only ever replaces a homogen store)"
                     if not ours
-                    else "choose another output, or pass overwrite=True (--overwrite) to replace it"
+                    else f"choose another output, or pass {option('overwrite')} to replace it"
                 )
                 raise StoreConflict(
                     f"output {redact(self.url)} holds {what}, and this config makes version {plan.version}: {fix}"
@@ -125,14 +128,14 @@ class StoreWriter:
         if why := resume_mismatch(header, {s.index: i for s in plan.shards if (i := self.staged_info(s.index))}):
             raise StoreConflict(
                 f"output {redact(self.url)} is a partly generated store that {why}: finish it where it was started "
-                f"(every worker with its libraries), or pass overwrite=True (--overwrite) to start again with these"
+                f"(every worker with its libraries), or pass {option('overwrite')} to start again with these"
             )
         for key, now in (("shard_size", plan.config.shard_size), ("chunk_size", self.chunk_size)):
             if header.get(key) != now:
                 raise StoreConflict(
                     f"output {redact(self.url)} is a partly generated store with {key} {header.get(key)}, "
-                    f"and this run asks for {key} {now}: re-run with {key}={header.get(key)} to finish it, "
-                    f"or pass overwrite=True (--overwrite) to start again"
+                    f"and this run asks for {key} {now}: re-run with {option(key, header.get(key))} to finish it, "
+                    f"or pass {option('overwrite')} to start again"
                 )
 
     def shard_info(self, index: int) -> dict | None:
@@ -197,14 +200,14 @@ class StoreWriter:
         if why := shards_mismatch({s.index: i for s, i in zip(plan.shards, infos)}, manifest["code"]):
             raise StoreError(
                 f"cannot commit {redact(self.url)}: it holds {why}: run every worker with the same libraries, then "
-                f"re-run with overwrite=True (--overwrite)"
+                f"re-run with {option('overwrite')}"
             )
         if manifest["num_pairs"] == 0:  # every image quarantined: an error, never an empty dataset that validates
             q = manifest["quarantine"]
             raise StoreError(
                 f"no usable images: all {len(q)} images of the source were quarantined "
                 f"(first: {q[0]['path']}: {q[0]['reason']}); nothing was committed to {redact(self.url)}: "
-                f"fix or replace the images, then re-run with --overwrite (overwrite=True): changed images make a "
+                f"fix or replace the images, then re-run with {option('overwrite')}: changed images make a "
                 f"new dataset version, which replaces this unfinished store"
             )
         try:

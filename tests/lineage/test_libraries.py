@@ -61,7 +61,7 @@ def test_a_partial_store_of_other_pixel_libraries_is_refused_naming_both_version
     assert (
         f"numpy 1.26.0 there, {numpy.__version__} here" in msg and f"opencv 4.8.0 there, {cv2.__version__} here" in msg
     )
-    assert "simplejpeg" not in msg and "--overwrite" in msg
+    assert "simplejpeg" not in msg and "pass overwrite=True to start again" in msg and "--overwrite" not in msg
     assert open_writer(cfg.output).read_header()["state"] == "generating"  # nothing was touched
     # the fix it names works
     m = generate(cfg.model_copy(update={"overwrite": True}), progress=False)
@@ -83,7 +83,11 @@ def test_a_partial_store_that_records_no_versions_is_refused_in_one_line(tmp_pat
     )
     errors = [line for line in result.output.splitlines() if "error" in line]  # beside the hashing progress bar
     assert result.exit_code == 2 and len(errors) == 1 and errors[0].startswith("error: output "), result.output
-    assert "records no library versions" in errors[0] and "--overwrite" in errors[0]
+    assert (
+        "records no library versions" in errors[0]
+        and "pass --overwrite to" in errors[0]
+        and "overwrite=True" not in errors[0]
+    )
 
 
 def test_a_shard_made_by_a_worker_with_other_pixel_libraries_is_not_committed_nor_resumed(tmp_path):

@@ -46,7 +46,7 @@ def test_overwrite_refuses_a_project_folder_that_holds_the_source(tmp_path, samp
     before = tree(proj)
     monkeypatch.chdir(tmp_path)
     res = cli("--source", "proj/photos", "--kind", "folder", "-o", "proj", "--overwrite")
-    one_line_error(res, "output proj ", "not a homogen store", "choose another output")
+    one_line_error(res, f"output {proj} ", "contains the source images (proj/photos)", "choose another output")
     assert tree(proj) == before
 
 
@@ -85,7 +85,7 @@ def test_overwrite_refuses_a_store_holding_anything_else(tmp_path):
     before = tree(out)
     with pytest.raises(
         StoreConflict,
-        match=r"--overwrite refused: .*ds\.zarr holds files that are not part of a homogen store \(notes\.txt\)",
+        match=r"overwrite=True refused: .*ds\.zarr holds files that are not part of a homogen store \(notes\.txt\)",
     ):
         generate(cfg.model_copy(update={"overwrite": True, "sampling": SamplingConfig(rho=16)}), progress=False)
     assert tree(out) == before
@@ -99,7 +99,7 @@ def test_overwrite_refuses_a_zarr_store_that_is_not_homogens(tmp_path):
     zarr.create_group(str(out), attributes={"owner": "someone"}).create_array("x", shape=(3,), dtype="i4")[...] = 7
     before = tree(out)
     cfg = GenerateConfig(output=str(out), source=SourceConfig(max_images=2), overwrite=True)
-    with pytest.raises(StoreConflict, match=r"data that is not a homogen store.*--overwrite only ever replaces"):
+    with pytest.raises(StoreConflict, match=r"data that is not a homogen store.*overwrite=True only ever replaces"):
         generate(cfg, progress=False)
     assert tree(out) == before
 
@@ -130,7 +130,7 @@ def test_overwrite_replaces_the_staged_shards_of_another_generation(tmp_path):
         ("/", None, "filesystem root"),
         ("{tmp}/data", "{tmp}/data/coco", "contains the source images"),
         ("{tmp}/data", "{tmp}/data", "contains the source images"),
-        ("{tmp}/link", "{tmp}/data/coco", "is a symbolic link to"),  # the same folder by a symlink
+        ("{tmp}/link", "{tmp}/data/coco", r"link \(really .*data\) contains the source images"),  # by a symlink
         ("{tmp}/up/data", "{tmp}/data/coco", "contains the source images"),  # through a link above it
     ],
 )
@@ -161,7 +161,7 @@ def test_overwrite_through_a_symlink_names_the_real_store(tmp_path):
     other = cfg.model_copy(
         update={"output": str(tmp_path / "link.zarr"), "overwrite": True, "sampling": SamplingConfig(rho=16)}
     )
-    with pytest.raises(StoreConflict, match=rf"link\.zarr is a symbolic link to {real}: .*pass -o {real}"):
+    with pytest.raises(StoreConflict, match=rf"link\.zarr is a symbolic link to {real}: .*pass output='{real}'"):
         generate(other, progress=False)
     assert (tmp_path / "link.zarr").is_symlink() and tree(real) == before
 
@@ -176,3 +176,22 @@ def test_the_root_as_output_is_named_as_the_root_not_the_working_directory(tmp_p
         with pytest.raises(StoreError, match=r"^output / is a filesystem root: .*choose one"):
             generate(cfg, progress=False)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_of_the_home_folder_names_the_home_folder_however_it_is_spelled(tmp_path, monkeypatch):
+    """`-o ~ --overwrite` said "holds data that is not a homogen store": the home folder is refused as
+    the home folder, whatever its spelling (trailing slash, `/./`, a symbolic link to it), before
+    anything is deleted."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("precious")
+    (tmp_path / "link").symlink_to(home)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    for output in (str(home), f"{home}/", f"{home}/./", "home", str(tmp_path / "link"), "link/"):
+        line = one_line_error(cli("-o", output, "--overwrite"), "--overwrite refused", "is your home folder")
+        assert str(home) in line and "choose another output" in line and "not a homogen store" not in line, line
+        assert "overwrite=True" not in line, line
+        assert (home / "thesis.tex").read_text() == "precious"
+    assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]
+    assert not (tmp_path / "home.lock").exists() or (tmp_path / "home.lock").stat().st_size == 0

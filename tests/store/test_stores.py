@@ -547,7 +547,9 @@ def test_an_old_layout_store_is_named_with_the_fix_by_info_validate_and_train(tm
             "schema-1 homogen store (the old layout" in lines[0] and "regenerate it with `homogen generate`" in lines[0]
         )
     assert tree(old) == before  # nothing generated is lost
-    with pytest.raises(StoreConflict, match=r"holds a schema-1 store \(an older layout\).*--overwrite"):
+    with pytest.raises(
+        StoreConflict, match=r"holds a schema-1 store \(an older layout\).*pass overwrite=True to replace it"
+    ):
         generate(GenerateConfig(output=str(old), source=SourceConfig(max_images=2)), progress=False)
     assert tree(old) == before
 
