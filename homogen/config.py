@@ -43,6 +43,26 @@ def workdir() -> Path:
     return Path(os.environ.get("HOMOGEN_WORKDIR", "work"))
 
 
+MIN_PATCH_SIZE = 8
+
+
+def _rho_fix(p: int, rho: int, w: int, h: int) -> str:
+    """The fixes that are valid in a ``w`` x ``h`` frame (``p`` <= min(w, h)) for a ``rho`` that breaks
+    4 rho <= P <= min(w, h) - 2 rho: the largest rho at this patch size, and the patch sizes that
+    take this rho, or, when none does, the largest rho any patch size takes."""
+    side = min(w, h)
+    fix = f"use rho <= {min(p // 4, (side - p) // 2)} at patch_size={p}"
+    low, high = max(4 * rho, MIN_PATCH_SIZE), side - 2 * rho
+    if low <= high:
+        sizes = f"patch_size={low}" if low == high else f"a patch_size from {low} to {high}"
+        return f"{fix}, or {sizes} for rho={rho}"
+    most = side // 6 if max(4 * (side // 6), MIN_PATCH_SIZE) + 2 * (side // 6) <= side else (side - MIN_PATCH_SIZE) // 2
+    return (
+        f"{fix}; no patch_size takes rho={rho} in a {w}x{h} frame (4*rho <= patch_size <= {side} - 2*rho): "
+        f"the largest rho it takes is {most}, with patch_size {max(4 * most, MIN_PATCH_SIZE)}"
+    )
+
+
 class SamplingConfig(BaseModel):
     """How pairs are drawn from one image (DeTone et al. 2016)."""
 
@@ -50,7 +70,7 @@ class SamplingConfig(BaseModel):
 
     image_width: int = Field(320, ge=1, description="width W the source image is resized to")
     image_height: int = Field(240, ge=1, description="height H the source image is resized to")
-    patch_size: int = Field(128, ge=8, description="side P of the square patch")
+    patch_size: int = Field(128, ge=MIN_PATCH_SIZE, description="side P of the square patch")
     rho: int = Field(32, description="maximum corner perturbation, pixels")
     pairs_per_image: int = Field(4, ge=1, description="pairs drawn from each source image")
     seed: int = Field(0, ge=0, description="global seed; each pair derives from (seed, image id, pair index)")
@@ -71,7 +91,7 @@ class SamplingConfig(BaseModel):
         if 4 * self.rho > p:
             raise ValueError(
                 f"rho={self.rho} exceeds patch_size/4 = {p / 4:g}: larger perturbations can fold the "
-                f"quadrilateral; use rho <= {p // 4} or a patch_size >= {4 * self.rho}"
+                f"quadrilateral; {_rho_fix(p, self.rho, w, h)}"
             )
         if w * h > MAX_FRAME_PIXELS:
             raise ValueError(
@@ -88,7 +108,7 @@ class SamplingConfig(BaseModel):
         if p + 2 * self.rho > min(w, h):
             raise ValueError(
                 f"patch_size + 2*rho = {p + 2 * self.rho} exceeds the image side {min(w, h)} "
-                f"({w}x{h}): use rho <= {(min(w, h) - p) // 2} or a smaller patch_size"
+                f"({w}x{h}): {_rho_fix(p, self.rho, w, h)}"
             )
         return self
 

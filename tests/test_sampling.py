@@ -3,6 +3,8 @@ label order, sampling bounds, refused parameters, per-pair randomness."""
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -155,10 +157,44 @@ def test_impossible_parameters_are_refused_naming_parameter_and_limit(p, w, h, r
         assert "rho must be >= 0" in msg
     elif p > min(w, h):
         assert f"patch_size={p}" in msg and f"patch_size <= {min(w, h)}" in msg
-    elif 4 * rho > p:
-        assert f"rho={rho} exceeds patch_size/4" in msg and f"rho <= {p // 4}" in msg
     else:
-        assert "patch_size + 2*rho" in msg and f"rho <= {(min(w, h) - p) // 2}" in msg
+        assert (f"rho={rho} exceeds patch_size/4" if 4 * rho > p else "patch_size + 2*rho") in msg
+        check_suggested_fixes(msg, p, w, h, rho)
+
+
+def valid(**kwargs) -> bool:
+    try:
+        SamplingConfig(**kwargs)
+    except ValidationError:
+        return False
+    return True
+
+
+def check_suggested_fixes(msg: str, p: int, w: int, h: int, rho: int) -> None:
+    """Every fix a refusal of rho suggests is accepted, and the limits it names are the limits."""
+    frame = dict(image_width=w, image_height=h)
+    (best,) = re.findall(rf"use rho <= (\d+) at patch_size={p}\b", msg)
+    assert valid(**frame, patch_size=p, rho=int(best)) and not valid(**frame, patch_size=p, rho=int(best) + 1), msg
+    sizes = re.search(rf"or (?:patch_size=(\d+)|a patch_size from (\d+) to (\d+)) for rho={rho}\b", msg)
+    fits = [q for q in range(8, min(w, h) + 1) if valid(**frame, patch_size=q, rho=rho)]
+    if sizes:
+        low, high = (int(sizes[1]), int(sizes[1])) if sizes[1] else (int(sizes[2]), int(sizes[3]))
+        assert fits == list(range(low, high + 1)), msg
+    else:
+        assert fits == [], msg
+        most, q = map(int, re.search(r"the largest rho it takes is (\d+), with patch_size (\d+)", msg).groups())
+        assert valid(**frame, patch_size=q, rho=most), msg
+        assert not any(valid(**frame, patch_size=k, rho=most + 1) for k in range(8, min(w, h) + 1)), msg
+
+
+@pytest.mark.parametrize("rho", [500, 41, 40, 33])
+def test_a_large_rho_suggests_only_values_that_are_valid_for_the_frame(rho):
+    """`--rho 500` suggested `a patch_size >= 2000` in a 320x240 frame: every value a refusal names is valid."""
+    with pytest.raises(ValidationError) as err:
+        SamplingConfig(rho=rho)
+    msg = str(err.value)
+    assert "2000" not in msg and f"patch_size >= {4 * rho}" not in msg
+    check_suggested_fixes(msg, 128, 320, 240, rho)
 
 
 def test_default_parameters_are_the_recipe():
