@@ -7,7 +7,9 @@ Compared (each side read through :func:`homogen.stores.open_dataset`, never by p
 - ``images``: by image id, from the per-image source table (:class:`homogen.versions.SourceTable`):
   ``added`` (only in B), ``removed`` (only in A), ``changed`` (other bytes: another digest) and
   ``moved`` (another split), each naming the image id and its file;
-- ``quarantined``: images one side quarantined and the other did not;
+- ``quarantined``: images one side quarantined and the other did not, also an image only one
+  side's source holds and that side quarantined (``absent_from`` names the other side): it gave no
+  pairs, so it is never listed as ``added`` or ``removed``;
 - ``pairs``: pair counts, total and per split;
 - ``arrays``: the stored arrays whose digests differ (:mod:`homogen.lineage.array_digest`), when
   both sides record one; ``code``: library versions that differ (:mod:`homogen.lineage.libraries`);
@@ -81,7 +83,7 @@ class StoreDiff:
             ("removed", self.removed, lambda r: f"{r['split']}"),
             ("changed", self.changed, lambda r: f"digest {r['digest_a']} -> {r['digest_b']}"),
             ("moved  ", self.moved, lambda r: f"{r['split_a']} -> {r['split_b']}"),
-            ("quarantin", self.quarantined, lambda r: f"{r['in']} only: {r['reason']}"),
+            ("quarantined", self.quarantined, _quarantined),
         ):
             for r in rows[:MAX_LISTED]:
                 lines.append(f"{title.strip():<9} image {r['image_id']} {r['name']}: {show(r)}")
@@ -111,6 +113,12 @@ class StoreDiff:
             why = "the stored arrays differ" if self.arrays else "the dataset versions differ"
             lines.append("different: " + (", ".join(counts) if counts else why))
         return "\n".join(lines)
+
+
+def _quarantined(r: dict) -> str:
+    """``in B: <reason>``; ``in A (B's source has no such image): <reason>``."""
+    absent = f" ({r['absent_from']}'s source has no such image)" if r.get("absent_from") else ""
+    return f"in {r['in']}{absent}: {r['reason']}"
 
 
 def _flat(prefix: str, d: dict) -> dict[str, Any]:
@@ -162,9 +170,11 @@ def diff_manifests(a: dict, b: dict, uri_a: str = "A", uri_b: str = "B") -> Stor
     hashes = a["source"]["files"]["hash"], b["source"]["files"]["hash"]
     if hashes[0] != hashes[1]:  # digests of two hash functions: equal bytes would look changed
         out.recipe["source.hash"] = list(hashes)
-    for i in sorted(set(tb) - set(ta)):
+    qa = {q["image_id"]: q for q in a.get("quarantine", [])}
+    qb = {q["image_id"]: q for q in b.get("quarantine", [])}
+    for i in sorted(set(tb) - set(ta) - set(qb)):  # an image B quarantined added no data: listed as quarantined
         out.added.append({"image_id": i, **tb[i]})
-    for i in sorted(set(ta) - set(tb)):
+    for i in sorted(set(ta) - set(tb) - set(qa)):
         out.removed.append({"image_id": i, **ta[i]})
     for i in sorted(set(ta) & set(tb)):
         ra, rb = ta[i], tb[i]
@@ -173,12 +183,14 @@ def diff_manifests(a: dict, b: dict, uri_a: str = "A", uri_b: str = "B") -> Stor
             out.changed.append({"image_id": i, "name": name, "digest_a": ra["digest"], "digest_b": rb["digest"]})
         if ra["split"] != rb["split"]:
             out.moved.append({"image_id": i, "name": name, "split_a": ra["split"], "split_b": rb["split"]})
-    qa = {q["image_id"]: q for q in a.get("quarantine", [])}
-    qb = {q["image_id"]: q for q in b.get("quarantine", [])}
-    for i in sorted(set(qa) ^ set(qb)):
-        if i in ta and i in tb:  # an image on one side only is already added or removed
-            q, where = (qa[i], "A") if i in qa else (qb[i], "B")
-            out.quarantined.append({"image_id": i, "name": tb[i]["name"], "in": where, "reason": q.get("reason")})
+    for i in sorted(set(qa) ^ set(qb)):  # also an image one side quarantined and the other's source lacks
+        q, where, table = (qa[i], "A", ta) if i in qa else (qb[i], "B", tb)
+        if i in table:
+            name = tb[i]["name"] if i in tb else ta[i]["name"]
+            absent = None if i in ta and i in tb else "B" if where == "A" else "A"
+            out.quarantined.append(
+                {"image_id": i, "name": name, "in": where, "reason": q.get("reason"), "absent_from": absent}
+            )
     out.pairs = _changes(_pairs(a), _pairs(b))
     da, db = a.get("array_digest"), b.get("array_digest")
     if isinstance(da, dict) and isinstance(db, dict) and da.get("hash") == db.get("hash"):

@@ -154,3 +154,26 @@ def test_digests_of_another_hash_function_are_not_reported_as_changed_images(sto
     b["source"]["files"]["digest"] = ["0" * 64 for _ in b["source"]["files"]["digest"]]
     d = diff_manifests(a, b)
     assert d.changed == [] and d.recipe == {"source.hash": ["xxh3-128", "sha256"]} and not d.identical
+
+
+def test_a_damaged_copy_quarantined_on_one_side_is_named_quarantined_never_added_or_removed(tmp_path, sample_photos):
+    """B's folder holds A's photographs and a damaged copy of one of them: `diff A B` listed the copy
+    as "added" (and `diff B A` as "removed") though it gave no pairs; it is quarantined in B."""
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    for p in sample_photos[:4]:
+        shutil.copyfile(p, a_dir / p.name)
+    shutil.copytree(a_dir, b_dir)
+    copy = b_dir / f"copy of {sample_photos[1].name}"
+    copy.write_bytes(sample_photos[1].read_bytes()[:3000])  # truncated: quarantined
+    make(a_dir, tmp_path / "a.zarr", 0.25)
+    b = make(b_dir, tmp_path / "b.zarr", 0.25)
+    (reason,) = [q["reason"] for q in b["quarantine"]]
+    for first, second, side, other in (("a", "b", "B", "A"), ("b", "a", "A", "B")):
+        d = diff_stores(str(tmp_path / f"{first}.zarr"), str(tmp_path / f"{second}.zarr"))
+        assert d.added == [] and d.removed == [] and d.changed == [] and d.moved == [] and d.pairs == {}
+        (q,) = d.quarantined
+        assert (q["name"], q["in"], q["absent_from"], q["reason"]) == (copy.name, side, other, reason)
+        text = d.to_text()
+        assert f"quarantined image {q['image_id']} {copy.name}: in {side} ({other}'s source has no such image)" in text
+        assert "added" not in text and "removed" not in text and "1 images quarantined on one side" in text, text
