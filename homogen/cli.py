@@ -32,6 +32,20 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def interrupted(message: str) -> None:
+    """Ctrl-C: one line saying what is kept and how to go on, exit 130 (128 + SIGINT), as a shell reports it.
+
+    zarr's event-loop thread may still hold tasks of the write that was cut off; at exit asyncio logs
+    each as "Task was destroyed but it is pending", which says nothing to a user: the ``asyncio``
+    logger is quietened for the few moments left (the staged shard it was writing is never used).
+    """
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    typer.secho(f"\ninterrupted: {message}", fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(130)
+
+
 @app.command()
 def generate(
     source: str = typer.Option(
@@ -65,7 +79,7 @@ def generate(
     overwrite: bool = typer.Option(False, help="replace an output holding another dataset version"),
 ) -> None:
     """Generate a dataset (or finish an interrupted one) in this process."""
-    from homogen.generate import run_generation
+    from homogen.generate import GenerationInterrupted, run_generation
 
     try:
         cfg = GenerateConfig(
@@ -101,6 +115,8 @@ def generate(
             run = run_generation(cfg)
     except (SourceError, StoreError) as exc:
         fail(str(exc))
+    except GenerationInterrupted as exc:
+        interrupted(f"{exc.kept}; re-run the same command to finish the dataset (complete shards are not made again)")
     manifest = run.manifest
     q = manifest["quarantine"]
     if run.already_complete:

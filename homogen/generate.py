@@ -159,26 +159,55 @@ class Generation:
     already_complete: bool
 
 
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped :func:`run_generation`; the message says what is kept and how to finish.
+
+    A ``KeyboardInterrupt``, so code that catches that still does. The output lock is released and
+    every complete shard is kept (staged beside the store, ``OUT.parts``): the same generation run
+    again makes only the missing shards (a shard cut off mid-write is never used).
+    """
+
+    def __init__(self, kept: str):
+        self.kept = kept
+        """What is kept: ``3 of 32 shards of dataset V are complete and kept in OUT.parts``."""
+        super().__init__(f"interrupted: {kept}; run the same generation again to finish the dataset")
+
+
 def run_generation(config: GenerateConfig, progress: bool = True) -> Generation:
     """Generate (or finish) a whole dataset in this process.
 
     An output that cannot be written is refused before the sources are listed and hashed. A store
     of this version that is already complete is left as it is, whatever the shard size asked now.
+
+    Raises:
+        GenerationInterrupted: Ctrl-C; its message says what is kept and how to finish.
     """
     check_writable(
         config.resolved_output("version"), config.store_format()
     )  # the default output's folder is what matters
-    p = plan(config, progress=progress)
+    try:
+        p = plan(config, progress=progress)
+    except KeyboardInterrupt:
+        raise GenerationInterrupted("nothing was written yet (it was hashing the source images)") from None
     writer = open_writer(p.output, config.store_format(), config.chunk_size)
-    with writer.lock():
-        header = writer.prepare(p, overwrite=config.overwrite)
-        if header.get("state") == "complete":  # prepare returns only a header of p.version
-            return Generation(writer.commit(p), already_complete=True)
-        results = [
-            generate_shard(writer, shard, config.sampling)
-            for shard in tqdm(p.shards, desc=f"generate {p.version}", unit="shard", disable=not progress)
-        ]
-        return Generation(writer.commit(p, results), already_complete=False)
+    results: list[ShardResult] = []
+    try:
+        with writer.lock():
+            header = writer.prepare(p, overwrite=config.overwrite)
+            if header.get("state") == "complete":  # prepare returns only a header of p.version
+                return Generation(writer.commit(p), already_complete=True)
+            for shard in tqdm(p.shards, desc=f"generate {p.version}", unit="shard", disable=not progress):
+                results.append(generate_shard(writer, shard, config.sampling))
+            return Generation(writer.commit(p, results), already_complete=False)
+    except KeyboardInterrupt:
+        done = (
+            f"all {len(p.shards)} shards"
+            if len(results) == len(p.shards)
+            else f"{len(results)} of {len(p.shards)} shards"
+        )
+        raise GenerationInterrupted(
+            f"{done} of dataset {p.version} are complete and kept in {redact(writer.parts)}"
+        ) from None
 
 
 def generate(config: GenerateConfig, progress: bool = True) -> dict:

@@ -8,6 +8,7 @@ fast.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import List, Optional
 
 import typer
@@ -246,12 +247,10 @@ def train(
     from pydantic import ValidationError
 
     from homogen.model.evaluate import NETWORK, format_table, score_test
-    from homogen.model.mlflow_run import TrainingRun
-    from homogen.model.tracking import TrackingError, setup_tracking
     from homogen.model.train import TrainConfig, train as run_train
-    from homogen.redaction import redact
 
     chosen = _methods(methods, model_option=False)
+    started = time.time()
     ds = _open(store)
     try:
         cfg = TrainConfig(
@@ -285,10 +284,65 @@ def train(
                 _train(run_train, ds, cfg, None, quiet=True)
             return
     if not track:  # train() refuses what needs no training (train.preflight) before it trains; _train says so
-        result = _train(run_train, ds, cfg, None)
-        scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
+        try:
+            result = _train(run_train, ds, cfg, None)
+            scores = score_test(ds, result.model, chosen, limit=limit, progress=True)
+        except KeyboardInterrupt:
+            _interrupted(ds, cfg, started, None)
         typer.echo(format_table(scores.summary()))
         return
+    opened: list = []  # the MLflow run, once open
+    try:
+        registered, scores = _tracked(run_train, ds, cfg, chosen, limit, tracking_uri, experiment, run_name, opened)
+    except KeyboardInterrupt:
+        _interrupted(ds, cfg, started, opened[0].run_id if opened else None)
+    (run,) = opened
+    typer.echo(format_table(scores.summary()))
+    typer.echo(
+        f"run {run.run_id}: model {run.model_name} v{registered.model_version}"
+        f"{' is now champion' if registered.champion else ''} ({registered.promotion}); "
+        f"test MACE {scores.results[NETWORK]['mean']:.3f} px"
+    )
+
+
+def _interrupted(ds, cfg, started: float, run_id: str | None) -> None:
+    """Ctrl-C during ``homogen train``: one line saying what is kept and how to go on, exit 130 (128 + SIGINT).
+
+    ``train`` writes ``last.pt`` atomically after every epoch (and every ``--checkpoint-every`` steps),
+    and ``--resume`` continues from it; one written before this run started is another run's.
+    """
+    from homogen.model.train import LAST, checkpoint_dir
+
+    last = checkpoint_dir(ds, cfg) / LAST
+    try:
+        written = last.stat().st_mtime
+    except OSError:
+        written = None
+    mlflow = (
+        f"MLflow run {run_id} is marked KILLED and no model was registered" if run_id else "no model was registered"
+    )
+    if written is not None and written >= started:
+        kept = (
+            f"the last checkpoint is {last} (written {time.strftime('%H:%M:%S', time.localtime(written))}); {mlflow}: "
+            f"re-run the same command with --resume to continue from it"
+        )
+    else:
+        kept = (
+            f"stopped before this run wrote a checkpoint, so nothing was saved; {mlflow}: re-run the same command "
+            f"to start again"
+        )
+    typer.secho(f"\ninterrupted: {kept}", fg=typer.colors.YELLOW, err=True)
+    raise typer.Exit(130)
+
+
+def _tracked(run_train, ds, cfg, chosen, limit, tracking_uri, experiment, run_name, holder: list):
+    """Train and score inside an MLflow run (appended to ``holder`` as soon as it is open); returns
+    (the registration, the test scores)."""
+    from homogen.model.evaluate import score_test
+    from homogen.model.mlflow_run import TrainingRun
+    from homogen.model.tracking import TrackingError, setup_tracking
+    from homogen.redaction import redact
+
     stack = contextlib.ExitStack()
     try:  # fail before hours of training, not after; TrainingRun runs train.preflight before it opens a run
         run = stack.enter_context(
@@ -300,7 +354,8 @@ def train(
         _fail(f"{exc}; or pass --no-track")
     except (ValueError, RuntimeError) as exc:  # IncompatibleStoreError, NoValidationSplitError, CheckpointError
         _fail(redact(str(exc)))
-    with stack:  # the run closes when this block ends: FINISHED, or FAILED on any exception (typer.Exit included)
+    holder.append(run)
+    with stack:  # the run closes when this block ends: FINISHED, KILLED on Ctrl-C, or FAILED on any other exception
         result = _train(run_train, ds, cfg, run.log_epoch)
         ckpt = result.best_checkpoint or result.last_checkpoint
         try:
@@ -315,12 +370,7 @@ def train(
             except TrackingError as lost:
                 why = str(lost)
             _fail(f"{why}; the checkpoint is kept at {ckpt}", code=1)
-    typer.echo(format_table(scores.summary()))
-    typer.echo(
-        f"run {run.run_id}: model {run.model_name} v{registered.model_version}"
-        f"{' is now champion' if registered.champion else ''} ({registered.promotion}); "
-        f"test MACE {scores.results[NETWORK]['mean']:.3f} px"
-    )
+    return registered, scores
 
 
 def _train(run_train, ds, cfg, on_epoch, quiet: bool = False):

@@ -274,7 +274,8 @@ class TrainingRun:
         import mlflow
         from mlflow.entities import LoggedModelStatus
 
-        status = "FINISHED" if exc_type is None else "FAILED"
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)  # Ctrl-C: stopped, not failed
+        status = "FINISHED" if exc_type is None else "KILLED" if interrupted else "FAILED"
         errors: list[Exception] = []
         try:
             if (
