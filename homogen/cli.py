@@ -116,7 +116,7 @@ def generate(
     except (SourceError, StoreError) as exc:
         fail(str(exc))
     except GenerationInterrupted as exc:
-        interrupted(f"{exc.kept}; re-run the same command to finish the dataset (complete shards are not made again)")
+        interrupted(f"{exc.kept}; re-run the same command to finish the dataset")
     manifest = run.manifest
     q = manifest["quarantine"]
     if run.already_complete:

@@ -206,7 +206,7 @@ def run_generation(config: GenerateConfig, progress: bool = True) -> Generation:
             else f"{len(results)} of {len(p.shards)} shards"
         )
         raise GenerationInterrupted(
-            f"{done} of dataset {p.version} are complete and kept in {redact(writer.parts)}"
+            f"{done} of dataset {p.version} are complete and kept in {redact(writer.parts)} (a re-run makes only the others)"
         ) from None
 
 

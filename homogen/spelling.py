@@ -9,8 +9,8 @@ spelling unless they enter :func:`command_line` themselves).
 from __future__ import annotations
 
 import contextlib
-from contextvars import ContextVar
 from collections.abc import Iterator
+from contextvars import ContextVar
 
 __all__ = ["command_line", "option"]
 

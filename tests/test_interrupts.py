@@ -64,7 +64,10 @@ def test_ctrl_c_during_generate_keeps_the_complete_shards_and_the_same_command_f
     assert proc.returncode == 130, (out, err)
     line = the_one_line(err, "interrupted: ")
     kept = sorted(p.name for p in parts.iterdir() if re.fullmatch(r"shard-\d{5}", p.name))
-    assert re.search(rf"\b{len(kept)} of 32 shards of dataset [0-9a-f]+ are complete and kept in ds\.zarr\.parts", line)
+    assert re.search(
+        rf"\b{len(kept)} of 32 shards of dataset [0-9a-f]+ are complete and kept in ds\.zarr\.parts \(a re-run makes only the others\); ",
+        line,
+    )
     assert "re-run the same command to finish the dataset" in line and 0 < len(kept) < 32, line
 
     again = run_cli(args, tmp_path)
