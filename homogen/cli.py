@@ -178,9 +178,12 @@ def validate(
     """Check a store's consistency; exit 1 if any check fails."""
     from homogen.validation import validate_dataset
 
-    result = validate_dataset(
-        _open(store, check_chunks=False), regenerate=regenerate, source_root=source_root, sources=sources
-    )
+    try:
+        result = validate_dataset(
+            _open(store, check_chunks=False), regenerate=regenerate, source_root=source_root, sources=sources
+        )
+    except StoreError as exc:  # the source table is missing or damaged
+        fail(str(exc))
     typer.echo(result.to_markdown())
     if report:
         with open(report, "w") as f:
