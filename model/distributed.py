@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -174,7 +175,9 @@ def launch(nproc_per_node: int, entrypoint: Callable[..., Any], *args: Any) -> A
 
     Raises:
         LaunchError: a process failed; the message names the rank and its error (first line of it).
+        KeyboardInterrupt: Ctrl-C (SIGINT): the processes are stopped; the checkpoints they wrote are kept.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -193,7 +196,15 @@ def launch(nproc_per_node: int, entrypoint: Callable[..., Any], *args: Any) -> A
         results = elastic_launch(config, entrypoint)(*args)
     except ChildFailedError as exc:
         failed, failure = exc.get_first_failure()
+        if (
+            failure.exitcode == 128 + signal.SIGINT
+        ):  # a rank stopped by Ctrl-C (train._rank_main) before the launcher saw it
+            raise KeyboardInterrupt from None
         raise LaunchError(f"training process of rank {failed} failed: {_first_line(failure.message)}") from None
+    except SignalException as exc:  # the launcher turns Ctrl-C into this once it has stopped the processes
+        if exc.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise
     return results[0]
 
 

@@ -28,6 +28,7 @@ import math
 import os
 import pickle
 import random
+import signal
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager, nullcontext
@@ -801,6 +802,10 @@ def _rank_main(uri: str, cfg_json: str, progress: bool, records: Any) -> dict[st
     # A spawned process inherits "spawn" as its default start method; the DataLoader's workers would
     # then re-import torch and homogen every epoch (seconds each): back to the platform's default.
     multiprocessing.set_start_method(None, force=True)
+    # Ctrl-C in a terminal reaches every rank as well as the launcher, which stops the ranks and says
+    # what is kept: a rank ends at once and quietly (a KeyboardInterrupt landing in a destructor is
+    # printed as "Exception ignored ..."). A checkpoint cut off mid-write is a temporary file, never last.pt.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(128 + signal.SIGINT))
     cfg = TrainConfig.model_validate_json(cfg_json)
     with process_group(cfg.device) as device:
         main = is_main()

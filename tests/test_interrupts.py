@@ -4,6 +4,7 @@ names works."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -122,3 +123,35 @@ def test_ctrl_c_before_this_run_wrote_a_checkpoint_says_nothing_was_saved(tmp_pa
     line = the_one_line(capsys.readouterr().err, "interrupted: ")
     assert "before this run wrote a checkpoint, so nothing was saved" in line and "ck/last.pt" not in line, line
     assert "MLflow run abc123 is marked KILLED" in line and "re-run the same command to start again" in line, line
+
+
+def test_ctrl_c_to_a_training_on_two_processes_is_the_same_line_not_the_launchers_traceback(tmp_path):
+    """Ctrl-C in a terminal reaches every process of the group; the launcher stopped the ranks and
+    raised its SignalException as a traceback."""
+    made = run_cli(
+        ["generate", "-o", "ds.zarr", "--max-images", "16", "--patch-size", "64", "--rho", "16"]
+        + ["--pairs-per-image", "8", "--val-fraction", "0.25"],
+        tmp_path,
+    )
+    assert made.returncode == 0, made.stderr
+    args = ["train", "ds.zarr", "--max-samples", "256", "--width", "0.25", "--batch-size", "8", "--nproc-per-node", "2"]
+    args += ["--checkpoint-every", "1", "--methods", "none", "--no-track", "--checkpoint-dir", "ck"]
+    last = tmp_path / "ck" / "last.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from homogen.cli import main; main()", *args],
+        cwd=tmp_path,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, signalled whole as a terminal does
+    )
+    deadline = time.monotonic() + 120
+    while not last.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err and "Exception" not in err, err
+    (line,) = [x.strip() for x in err.splitlines() if x.startswith("interrupted: ")]
+    assert "the last checkpoint is ck/last.pt" in line and "--resume" in line, line
