@@ -211,6 +211,16 @@ def test_a_failed_training_marks_its_run_failed(env, tmp_path):
     assert MlflowClient(env["uri"]).get_run(run.run_id).info.status == "FAILED"
 
 
+def test_a_training_stopped_by_ctrl_c_marks_its_run_killed_not_failed(env):
+    from mlflow.tracking import MlflowClient
+
+    ds = env["ds"][0]
+    with pytest.raises(KeyboardInterrupt):
+        with TrainingRun(ds, None, tracking_uri=env["uri"], system_metrics=False) as run:
+            raise KeyboardInterrupt
+    assert MlflowClient(env["uri"]).get_run(run.run_id).info.status == "KILLED"
+
+
 def test_a_tracked_run_holds_test_scores_artifacts_and_a_registered_portable_model(env, tmp_path):
     import cv2
     import mlflow
