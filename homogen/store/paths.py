@@ -1,6 +1,6 @@
 """Where a store lives, before anything is written: the one rule for a local path, the one
 atomic write, and the checks that an output can be written (:func:`check_writable`) and may be
-replaced by ``--overwrite`` (:func:`check_protected`, :func:`check_replaceable`).
+replaced by ``--overwrite`` (:func:`protected_reason`, :func:`check_protected`, :func:`check_replaceable`).
 
 A location is local when it has no ``scheme://`` or is a ``file://`` URL (:func:`is_local`); its
 one real name is :func:`real_path` (absolute, symlinks resolved): the lock, the overwrite rules
@@ -133,12 +133,33 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_protected(url: str, source_root: str | None) -> None:
-    """Refuse to let --overwrite delete a local output that must never be deleted, whatever it holds:
-    a filesystem root, the home folder, the working directory or any folder above it, the source
+def protected_reason(url: str, source_root: str | None) -> str | None:
+    """Why --overwrite must never delete this output whatever it holds (``is your home folder``), or None.
+
+    A filesystem root, the home folder, the working directory or any folder above it, the source
     (``source_root``) or any folder that contains it. Compared by real path (:func:`real_path`), so
     ``~``, ``$HOME/``, ``$HOME/./`` and a symbolic link to the home folder are all the home folder.
     Object-store URLs: only the source rule applies (by URL prefix).
+    """
+    if not is_local(url):
+        if source_root and "://" in source_root and _inside(source_root.rstrip("/"), url.rstrip("/")):
+            return f"contains the source {redact(source_root)}"
+        return None
+    path = real_path(url)
+    if path == os.path.dirname(path):
+        return "is a filesystem root"
+    if path == os.path.realpath(os.path.expanduser("~")):
+        return "is your home folder"
+    if _inside(os.path.realpath(os.getcwd()), path):
+        return "is the working directory or a folder above it"
+    if source_root and is_local(source_root) and _inside(real_path(source_root), path):
+        return f"contains the source images ({redact(source_root)})"
+    return None
+
+
+def check_protected(url: str, source_root: str | None) -> None:
+    """Refuse to let --overwrite delete an output that must never be deleted, whatever it holds
+    (:func:`protected_reason`).
 
     These reasons come before whether the output holds a store (:meth:`StoreWriter.prepare` asks
     this first), so the message names the real reason.
@@ -146,27 +167,18 @@ def check_protected(url: str, source_root: str | None) -> None:
     Raises:
         StoreConflict: one line naming the path, why, and the fix (choose another output).
     """
-    flag = option("overwrite")
-    fix = "choose another output for the new dataset"
-    if not is_local(url):
-        if source_root and "://" in source_root and _inside(source_root.rstrip("/"), url.rstrip("/")):
-            raise StoreConflict(
-                f"{flag} refused: output {redact(url)} contains the source {redact(source_root)}: {fix}"
-            )
+    why = protected_reason(url, source_root)
+    if why is None:
         return
-    given, path = os.path.abspath(local_path(url)), real_path(url)
-    why = None
-    if path == os.path.dirname(path):
-        why = "is a filesystem root"
-    elif path == os.path.realpath(os.path.expanduser("~")):
-        why = "is your home folder"
-    elif _inside(os.path.realpath(os.getcwd()), path):
-        why = "is the working directory or a folder above it"
-    elif source_root and is_local(source_root) and _inside(real_path(source_root), path):
-        why = f"contains the source images ({redact(source_root)})"
-    if why:
+    flag = option("overwrite")
+    if is_local(url):
+        given, path = os.path.abspath(local_path(url)), real_path(url)
         shown = path if given.rstrip(os.sep) in (path, "") else f"{given} (really {path})"
-        raise StoreConflict(f"{flag} refused: output {shown} {why}, and {flag} deletes it: {fix}")
+    else:
+        shown = redact(url)
+    raise StoreConflict(
+        f"{flag} refused: output {shown} {why}, and {flag} deletes it: choose another output for the new dataset"
+    )
 
 
 def check_replaceable(url: str, source_root: str | None, store_names: set[str]) -> None:

@@ -34,7 +34,7 @@ from homogen.store import manifest as manifests
 from homogen.store.errors import StoreConflict, StoreError
 from homogen.store.lock import output_lock
 from homogen.store.manifest import commit_fields
-from homogen.store.paths import check_protected, check_replaceable, check_writable
+from homogen.store.paths import check_protected, check_replaceable, check_writable, protected_reason
 from homogen.store.source_table import reference
 
 if TYPE_CHECKING:
@@ -102,6 +102,8 @@ class StoreWriter:
                     if not ours
                     else f"choose another output, or pass {option('overwrite')} to replace it"
                 )
+                if ours and (why := protected_reason(self.url, plan.config.source.root)):  # never name a refused fix
+                    fix = f"choose another output (this one {why}, which {option('overwrite')} never deletes)"
                 raise StoreConflict(
                     f"output {redact(self.url)} holds {what}, and this config makes version {plan.version}: {fix}"
                 )

@@ -195,3 +195,15 @@ def test_overwrite_of_the_home_folder_names_the_home_folder_however_it_is_spelle
         assert (home / "thesis.tex").read_text() == "precious"
     assert sorted(p.name for p in home.iterdir()) == ["thesis.tex"]
     assert not (tmp_path / "home.lock").exists() or (tmp_path / "home.lock").stat().st_size == 0
+
+
+def test_a_store_of_another_version_in_the_home_folder_never_suggests_overwrite(tmp_path, monkeypatch):
+    """Without --overwrite the message named --overwrite as the fix, which is then refused: it names the reason."""
+    home = tmp_path / "home"
+    generate(GenerateConfig(output=str(home), source=SourceConfig(max_images=2)), progress=False)
+    before = tree(home)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(cli("-o", str(home), "--rho", "16"), "holds dataset version", "choose another output")
+    assert "is your home folder, which --overwrite never deletes" in line and "pass --overwrite" not in line, line
+    assert tree(home) == before
