@@ -202,6 +202,23 @@ def test_the_train_flow_stops_when_its_store_is_regenerated_during_training(
     assert not client.search_registered_models()  # nothing registered on mixed data
 
 
+def test_an_hdf5_store_is_validated_through_one_open_and_closed_after(tmp_path, reads, prefect_api, monkeypatch):
+    out = tmp_path / "ds.h5"
+    cfg = GenerateConfig(source=SourceConfig(max_images=8), sampling=SamplingConfig(pairs_per_image=2), output=str(out))
+    generate(cfg, progress=False)
+    opened = []
+    init = homogen.store.Dataset.__init__
+
+    def keep(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(homogen.store.Dataset, "__init__", keep)
+    assert validate_dataset_flow(str(out), regenerate=1)["passed"]
+    [ds] = opened
+    assert reads.total(OPEN) == 1 and not ds.arrays["image_id"].id.valid  # opened once, closed by the flow
+
+
 def test_a_pickled_dataset_reopens_without_listing_its_chunks(store, reads):
     """A DataLoader worker (or a spawned rank) gets the store by pickle: the parent already checked its chunks."""
     from homogen.model.data import PairStream
