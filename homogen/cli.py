@@ -126,12 +126,21 @@ def _open(store: str, check_chunks: bool = True):
 
 
 @app.command()
-def info(store: str, as_json: bool = typer.Option(False, "--json", help="print the whole manifest as JSON")) -> None:
+def info(
+    store: str,
+    as_json: bool = typer.Option(False, "--json", help="print the whole manifest as JSON"),
+    sources: bool = typer.Option(
+        False, "--sources", help="with --json: include the per-image source table (read from its array)"
+    ),
+) -> None:
     """Print a store's version, counts and manifest."""
     ds = _open(store)
     m = ds.manifest
     if as_json:
-        typer.echo(json.dumps(m, indent=2))
+        try:
+            typer.echo(json.dumps({**m, "source": ds.sources} if sources else m, indent=2))
+        except StoreError as exc:  # the source table is missing or damaged
+            fail(str(exc))
         return
     s = m["config"]["sampling"]
     typer.echo(
@@ -148,8 +157,12 @@ def info(store: str, as_json: bool = typer.Option(False, "--json", help="print t
         f"recipe            {s['image_width']}x{s['image_height']} P={s['patch_size']} rho={s['rho']} "
         f"pairs/image={s['pairs_per_image']} seed={s['seed']} photometric={s['photometric']}"
     )
+    src = m["source"]
+    table = src.get("table")
+    where = f"the array {table['array']}, {table['bytes']:,} bytes" if table else "the manifest"
     typer.echo(
-        f"source            {m['source']['root']}  (digest {m['source']['digest'][:16]}, {m['source'].get('files', {}).get('hash', 'no')} digest per image)"
+        f"source            {src['root']}  ({src['images']} images, table digest {src['digest'][:16]}; "
+        f"per-image table in {where})"
     )
     code = m.get("code")
     if code:
@@ -178,9 +191,12 @@ def validate(
     """Check a store's consistency; exit 1 if any check fails."""
     from homogen.validation import validate_dataset
 
-    result = validate_dataset(
-        _open(store, check_chunks=False), regenerate=regenerate, source_root=source_root, sources=sources
-    )
+    try:
+        result = validate_dataset(
+            _open(store, check_chunks=False), regenerate=regenerate, source_root=source_root, sources=sources
+        )
+    except StoreError as exc:  # the source table is missing or damaged
+        fail(str(exc))
     typer.echo(result.to_markdown())
     if report:
         with open(report, "w") as f:

@@ -22,6 +22,7 @@ from homogen.sources import ImageRecord, Shard, list_images, make_shards
 from homogen.splits import unify_same_bytes
 from homogen.store import StoreWriter, open_writer
 from homogen.store.paths import absolute_root, check_writable
+from homogen.store.source_table import encode as encode_table
 from homogen.versions import SourceTable, dataset_version, source_table
 from homogen.warping import cut_pair
 
@@ -122,16 +123,18 @@ class Plan:
         return len(self.sources)
 
     def manifest_sources(self) -> dict:
-        """The manifest's ``source`` section: root (no credentials), image count, table digest, the
-        table itself (``files``: image_id, name, split, digest columns; homogen.versions) and the
-        groups of images with the same bytes (``same_bytes``, homogen.splits)."""
+        """The manifest's ``source`` section: root (no credentials), image count and the digest of
+        the source table (the table itself is a file beside the arrays: :meth:`table_file`)."""
         return {
             "root": redact(absolute_root(self.config.source.root)),
             "digest": self.digest,
             "images": self.num_images,
-            "files": self.sources.to_manifest(),
-            "same_bytes": self.same_bytes,
         }
+
+    def table_file(self) -> bytes:
+        """The source table's bytes (:mod:`homogen.store.source_table`): the image_id, name, split and
+        digest columns (homogen.versions) and the groups of images with the same bytes (homogen.splits)."""
+        return encode_table(self.sources.to_manifest(), self.same_bytes)
 
 
 def plan(config: GenerateConfig, threads: int | None = None, progress: bool = False) -> Plan:

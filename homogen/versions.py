@@ -12,9 +12,10 @@ Equal inputs give equal versions; changing one byte of one image, or any of the 
 one. Where the data is written (path, format, shard and chunk sizes) and where the images are read
 from (the root) are not part of it: those change the storage, not the dataset.
 
-The manifest records the whole table (``manifest["source"]["files"]``), so :func:`check_version`
-recomputes the version from the manifest alone, and :func:`check_sources` re-hashes the images and
-names those that changed since.
+A store records the whole table (``Dataset.sources["files"]``, a file beside the arrays:
+:mod:`homogen.store.source_table`), so :func:`check_version` recomputes the version from the
+manifest and that table alone, and :func:`check_sources` re-hashes the images and names those that
+changed since.
 """
 
 from __future__ import annotations
@@ -153,13 +154,17 @@ def dataset_version(config: GenerateConfig, sources: SourceTable) -> str:
     )
 
 
-def manifest_version(manifest: dict) -> str:
+def manifest_version(manifest: dict, sources: dict | None = None) -> str:
     """The version that the manifest's own contents (config, source table, versions) make.
+
+    ``sources``: the store's source section with its table (``Dataset.sources``); default the
+    manifest's own ``source`` (a store written before the table moved out, or a merged dict).
 
     Raises:
         ValueError, KeyError: the manifest lacks what the version is made of (names it).
     """
-    return _manifest_version(manifest, SourceTable.from_manifest(manifest["source"]["files"]))
+    source = manifest["source"] if sources is None else sources
+    return _manifest_version(manifest, SourceTable.from_manifest(source["files"]))
 
 
 def _manifest_version(manifest: dict, table: SourceTable) -> str:
@@ -174,12 +179,14 @@ def _manifest_version(manifest: dict, table: SourceTable) -> str:
     )
 
 
-def check_version(manifest: dict) -> CheckResult:
+def check_version(manifest: dict, sources: dict | None = None) -> CheckResult:
     """``version_matches_content``: the manifest's ``dataset_version`` and ``source.digest`` are
-    those its config, source table and generator/schema versions make (a hand edit fails)."""
+    those its config, source table (``sources``, as :func:`manifest_version`) and generator/schema
+    versions make (a hand edit fails)."""
     name = "version_matches_content"
     try:
-        table = SourceTable.from_manifest(manifest["source"]["files"])
+        source = manifest["source"] if sources is None else sources
+        table = SourceTable.from_manifest(source["files"])
         recomputed = _manifest_version(manifest, table)
     except (KeyError, ValueError, TypeError) as exc:
         what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
@@ -188,7 +195,6 @@ def check_version(manifest: dict) -> CheckResult:
             "older homogen; regenerate the dataset"
         )
         return CheckResult(name, False, checked=1, failed=1, detail=detail)
-    source = manifest["source"]
     problems = []
     if table.list_digest != source.get("digest"):
         problems.append(f"source.digest {source.get('digest')} is not the digest of source.files ({table.list_digest})")
@@ -211,20 +217,21 @@ def check_version(manifest: dict) -> CheckResult:
     return CheckResult(name, True, checked=1, failed=0, detail=detail)
 
 
-def check_sources(manifest: dict, requested: bool, root: str | None = None, threads: int | None = None) -> CheckResult:
-    """``sources_unchanged``: re-hash every source image under ``root`` (default: the manifest's
+def check_sources(sources: dict, requested: bool, root: str | None = None, threads: int | None = None) -> CheckResult:
+    """``sources_unchanged``: re-hash every source image under ``root`` (default: the recorded
     source root) and name each one whose bytes differ from the recorded digest (n/a unless
-    ``requested``: it reads every image)."""
+    ``requested``: it reads every image). ``sources``: the store's source section with its table
+    (``Dataset.sources``)."""
     name = "sources_unchanged"
     if not requested:
         return CheckResult(name, None, 0, 0, "not requested (--sources re-hashes the source images)")
     try:
-        table = SourceTable.from_manifest(manifest["source"]["files"])
+        table = SourceTable.from_manifest(sources["files"])
     except (KeyError, ValueError, TypeError) as exc:
         return CheckResult(name, False, 0, 0, f"the manifest records no image digests ({exc}): regenerate the dataset")
     if table.hash != HASH_NAME:
         return CheckResult(name, None, 0, 0, f"digests were made with {table.hash}, this homogen makes {HASH_NAME}")
-    root = root or manifest["source"]["root"]
+    root = root or sources["root"]
     paths = table.paths(root)
     try:
         changes = changed_files(paths, table.digest, threads)

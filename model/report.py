@@ -39,7 +39,7 @@ def _pair_geometry(ds: Any, split: str | None, limit: int | None) -> dict[str, n
 
 def _image_digests(ds: Any) -> dict[int, str]:
     """Image id -> content digest of its source file, from the manifest (empty when it records none)."""
-    files = (ds.manifest.get("source") or {}).get("files") or {}
+    files = ds.sources.get("files") or {}
     return dict(zip(files.get("image_id", []), files.get("digest", [])))
 
 

@@ -126,6 +126,13 @@ def read_store(path) -> dict[str, np.ndarray]:
     return ds[:]
 
 
+def with_sources(store) -> dict:
+    """A store's manifest with its source section complete (``files``, ``same_bytes``: the table the
+    store keeps beside its arrays), the form the manifest functions take (homogen.versions, diff)."""
+    with open_dataset(str(store), check_chunks=False) as ds:
+        return {**ds.manifest, "source": ds.sources}
+
+
 def assert_same_arrays(a: dict, b: dict) -> None:
     for f in FIELDS:
         assert a[f].dtype == b[f].dtype and a[f].shape == b[f].shape, f

@@ -3,6 +3,7 @@ outputs that cannot be what they claim, symlinked folders, re-runs, the picture 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -103,6 +104,27 @@ def test_info_shows_the_real_chunk_length_when_the_requested_one_is_clamped(tmp_
     res = run("info", str(out))
     assert res.exit_code == 0, res.output
     assert f"{chunk} pairs/chunk" in res.output and "100000000" not in res.output
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_info_says_where_the_per_image_table_is_and_json_sources_prints_it(tmp_path, suffix):
+    """`info` names the table's array and size (it said "no digest per image" once the table left
+    the manifest); `--json` prints the header, `--json --sources` the table too."""
+    out = tmp_path / f"small{suffix}"
+    generate(GenerateConfig(source=SourceConfig(max_images=4), output=str(out)), progress=False)
+    table = open_dataset(str(out)).manifest["source"]["table"]
+    res = run("info", str(out))
+    assert res.exit_code == 0, res.output
+    assert (
+        "4 images" in res.output
+        and f"per-image table in the array source_table, {table['bytes']:,} bytes" in res.output
+    )
+    header = json.loads(run("info", str(out), "--json").output)
+    assert header["source"]["table"] == table and "files" not in header["source"]
+    full = json.loads(run("info", str(out), "--json", "--sources").output)
+    assert (
+        full["source"]["files"] == open_dataset(str(out)).sources["files"] and len(full["source"]["files"]["name"]) == 4
+    )
 
 
 def test_show_by_default_draws_pairs_of_different_images_and_says_which(small_store, tmp_path):

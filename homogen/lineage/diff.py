@@ -140,9 +140,9 @@ def _side(uri: str, m: dict) -> dict[str, Any]:
     return {"version": m["dataset_version"], "uri": redact(uri), "array_digest": bool(m.get("array_digest"))}
 
 
-def _table(m: dict, uri: str) -> dict[int, dict]:
+def _table(source: dict, uri: str) -> dict[int, dict]:
     try:
-        t = SourceTable.from_manifest(m["source"]["files"])
+        t = SourceTable.from_manifest(source["files"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(
             f"{redact(uri)} records no per-image table ({exc}): it was made by an older homogen; regenerate it to diff"
@@ -150,16 +150,23 @@ def _table(m: dict, uri: str) -> dict[int, dict]:
     return {i: {"name": n, "split": s, "digest": d} for i, n, s, d in zip(t.image_id, t.name, t.split, t.digest)}
 
 
-def diff_manifests(a: dict, b: dict, uri_a: str = "A", uri_b: str = "B") -> StoreDiff:
+def diff_manifests(
+    a: dict, b: dict, uri_a: str = "A", uri_b: str = "B", sources_a: dict | None = None, sources_b: dict | None = None
+) -> StoreDiff:
     """The differences between the manifests of two complete stores (module docstring).
+
+    ``sources_a``/``sources_b``: each store's source section with its table (``Dataset.sources``);
+    default the manifest's own ``source`` (a store written before the table moved out).
 
     Raises:
         ValueError: a manifest has no per-image table (names the store).
     """
-    ta, tb = _table(a, uri_a), _table(b, uri_b)
+    sa = a["source"] if sources_a is None else sources_a
+    sb = b["source"] if sources_b is None else sources_b
+    ta, tb = _table(sa, uri_a), _table(sb, uri_b)
     out = StoreDiff(_side(uri_a, a), _side(uri_b, b))
     out.recipe = _changes(_recipe(a), _recipe(b))
-    hashes = a["source"]["files"]["hash"], b["source"]["files"]["hash"]
+    hashes = sa["files"]["hash"], sb["files"]["hash"]
     if hashes[0] != hashes[1]:  # digests of two hash functions: equal bytes would look changed
         out.recipe["source.hash"] = list(hashes)
     for i in sorted(set(tb) - set(ta)):
@@ -198,4 +205,4 @@ def diff_stores(uri_a: str, uri_b: str) -> StoreDiff:
     from homogen.stores import open_dataset
 
     with open_dataset(uri_a, check_chunks=False) as a, open_dataset(uri_b, check_chunks=False) as b:
-        return diff_manifests(a.manifest, b.manifest, a.uri, b.uri)
+        return diff_manifests(a.manifest, b.manifest, a.uri, b.uri, a.sources, b.sources)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from functools import cached_property
 from typing import Iterator
 
 import fsspec
@@ -19,6 +20,9 @@ from homogen.schema import FIELDS, SCHEMA, split_code
 from homogen.store.errors import DamagedChunk, StoreError
 from homogen.store.manifest import ATTR, check_manifest
 from homogen.store.paths import is_local, local_path
+from homogen.store.source_table import NAME as TABLE
+from homogen.store.source_table import decode as decode_table
+from homogen.store.source_table import unreadable as unreadable_table
 from homogen.store.zarr_format import chunk_key, quiet_zarr, read_zarr_manifest
 
 
@@ -36,15 +40,17 @@ class Dataset:
     """A finished store of either format: one array per field, read in row ranges.
 
     ``len(ds)`` pairs; ``ds[i]`` / ``ds[a:b]`` / ``ds.read(a, b)`` give a dict of the schema's
-    arrays; :meth:`chunks` and :meth:`iter_chunks` walk it in storage-aligned blocks. A chunk
+    arrays; ``ds.manifest`` is the header, ``ds.sources`` the source section with its per-image
+    table (read on first use); :meth:`chunks` and :meth:`iter_chunks` walk it in storage-aligned blocks. A chunk
     that fails its checksum is a :class:`DamagedChunk` naming the array, the chunk and its rows.
     """
 
-    def __init__(self, uri: str, manifest: dict, arrays: dict, files: list | None = None):
+    def __init__(self, uri: str, manifest: dict, arrays: dict, files: list | None = None, table=None):
         self.uri = uri
         self._files = list(files or [])  # open HDF5 file, closed by close()
         self.manifest = manifest
         self.arrays = arrays  # {field: zarr.Array or h5py.Dataset}, read lazily
+        self._table = table  # the source table's array (homogen.store.source_table), read on first use
 
     # -- metadata -------------------------------------------------------------------------
     @property
@@ -162,6 +168,48 @@ class Dataset:
 
     def split_counts(self) -> dict[str, int]:
         return dict(self.manifest.get("splits", {}))
+
+    # -- the source table -------------------------------------------------------------------
+    @cached_property
+    def sources(self) -> dict:
+        """The manifest's ``source`` section with the per-image table: ``root``, ``digest``,
+        ``images``, ``files`` (image_id, name, split, digest columns) and ``same_bytes``.
+
+        The table is a file of its own beside the arrays (:mod:`homogen.store.source_table`), read
+        and checked on first use, once per opened store; a store written before it moved holds it
+        in the manifest.
+
+        Raises:
+            StoreError: the table is missing, a link, or not the one the manifest records (names it).
+        """
+        source = dict(self.manifest["source"])
+        ref = source.get("table")
+        if ref is None:  # an older store: the table is in the manifest
+            source.setdefault("same_bytes", [])
+            return source
+        return {**source, **self._read_table(ref)}
+
+    def _read_table(self, ref: dict) -> dict:
+        hdf5 = self.manifest.get("format") == "hdf5"
+        where = f"{self.uri} dataset /{TABLE}" if hdf5 else f"{redact(self.uri)}/{TABLE}"
+        arr = self._table
+        if arr is None:
+            raise unreadable_table(where, "the array is missing")
+        if tuple(arr.shape) != (ref["bytes"],) or np.dtype(arr.dtype) != np.uint8:  # never read an odd one
+            raise StoreError(
+                f"the source table {where} is not the one the manifest records ({arr.dtype}{tuple(arr.shape)}, the "
+                f"manifest says {ref['bytes']} bytes of uint8): it was edited or damaged; regenerate the store or "
+                f"restore it from a copy"
+            )
+        bad = {} if hdf5 else chunk_problems(self.uri, {TABLE: arr}).get(TABLE, {})
+        if bad:
+            k, why = next(iter(bad.items()))
+            raise unreadable_table(where, f"chunk file {redact(self.uri)}/{TABLE}/{chunk_key(k, 1)} is {why}")
+        try:
+            raw = np.asarray(arr[:]).tobytes()
+        except Exception as exc:  # noqa: BLE001 - a failed checksum: zarr's or libhdf5's own error
+            raise unreadable_table(where, f"{type(exc).__name__}: {redact(str(exc))[:120]}") from exc
+        return decode_table(raw, ref, where)
 
 
 def _check_arrays(uri: str, manifest: dict, arrays: dict, where: str) -> None:
@@ -289,6 +337,7 @@ def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
         with quiet_zarr():
             root = zarr.open_group(uri, mode="r")
             arrays = {f: root[f] for f in FIELDS if f in root}
+            table = root[TABLE] if TABLE in root else None
             for a in arrays.values():
                 if not isinstance(a, zarr.Array):
                     raise ValueError(f"{a.path} is a group, not an array")
@@ -309,7 +358,7 @@ def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
             f"{redact(uri)} has {len(files)} chunk file(s) that cannot be read as stored ({', '.join(files[:3])}"
             f"{', ...' if len(files) > 3 else ''}): regenerate the dataset or restore the store from a copy"
         )
-    return Dataset(uri, manifest, arrays)
+    return Dataset(uri, manifest, arrays, table=table)
 
 
 def _h5_file(path: str) -> h5py.File:
@@ -345,6 +394,7 @@ def _open_hdf5(path: str) -> Dataset:
         manifest = _h5_manifest(path, f)
         try:
             arrays = {name: f[name] for name in FIELDS if name in f}
+            table = f[TABLE] if TABLE in f else None
             for a in arrays.values():
                 if not isinstance(a, h5py.Dataset):
                     raise TypeError(f"{a.name} is a group, not a dataset")
@@ -359,4 +409,4 @@ def _open_hdf5(path: str) -> Dataset:
     except BaseException:
         f.close()
         raise
-    return Dataset(path, manifest, arrays, [f])
+    return Dataset(path, manifest, arrays, [f], table)

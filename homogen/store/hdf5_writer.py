@@ -1,4 +1,5 @@
-"""The HDF5 writer: one file, the manifest as JSON in its root attribute, shards staged as files."""
+"""The HDF5 writer: one file, the manifest as JSON in its root attribute, the source table as the
+dataset ``/source_table``, shards staged as files."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from homogen.schema import BY_NAME, FIELDS, shard_name
 from homogen.store.errors import StoreError
 from homogen.store.manifest import ATTR, complete
 from homogen.store.paths import atomic_write, is_local, local_path
+from homogen.store.source_table import CHUNK_BYTES
+from homogen.store.source_table import NAME as TABLE
 from homogen.store.writer import STAGED, StoreWriter, chunk_rows, split_counts, write_failed
 
 
@@ -95,7 +98,7 @@ class HDF5Writer(StoreWriter):
         except OSError as exc:
             raise write_failed(self.url, index, exc) from exc
 
-    def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict) -> None:
+    def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict, table: bytes) -> None:
         tmp = f"{self.url}.tmp-{uuid.uuid4().hex[:8]}"
         try:
             with h5py.File(tmp, "w") as out:
@@ -108,6 +111,14 @@ class HDF5Writer(StoreWriter):
                         if s["pairs"]:
                             with h5py.File(self._part(s["index"]), "r") as part:
                                 _copy_h5_rows(part[name], ds, s["start"])
+                out.create_dataset(  # the source table beside the arrays (homogen.store.source_table)
+                    TABLE,
+                    data=np.frombuffer(table, np.uint8),
+                    chunks=(max(1, min(len(table), CHUNK_BYTES)),),
+                    compression="gzip",
+                    compression_opts=4,
+                    fletcher32=True,
+                )
                 out.attrs[ATTR] = json.dumps(complete(manifest, {name: out[name] for name in FIELDS}))
             os.replace(tmp, self.url)  # the root appears complete or not at all
         finally:

@@ -1,13 +1,18 @@
 """The manifest: what a store records about itself, how it is built, and the check every reader runs.
 
 The manifest is the root attribute ``homogen`` (Zarr: in the root ``zarr.json``; HDF5: JSON in the
-file's root attribute). It is built in two steps by the writer:
+file's root attribute): a small header, read by every open. The per-image source table is a file of
+its own beside the arrays (:mod:`homogen.store.source_table`), which the manifest's ``source.table``
+names with its length and digest. The manifest is built in two steps by the writer:
 
 - :func:`new_manifest` when the store is created (``state: generating``): versions, config,
-  layout, and the source table (``source.files``: image_id, name, split, digest columns;
-  ``source.same_bytes``: groups of ids with identical bytes);
-- at commit, :func:`commit_fields` (shards, quarantine, counts) and then :func:`complete`, which
-  receives the written arrays just before the manifest flips to ``state: complete``.
+  layout, and the source summary (``source``: root, image count, digest of the table);
+- at commit, :func:`commit_fields` (shards, quarantine, counts), the table's reference
+  (``source.table``, written just before), and then :func:`complete`, which receives the written
+  arrays just before the manifest flips to ``state: complete``.
+
+Stores written before the table moved out hold it in the manifest (``source.files`` and
+``source.same_bytes``); they open as they are (:meth:`homogen.store.Dataset.sources`).
 
 **Adding a field**: a value known when the store is created goes into :func:`new_manifest`; one
 known from the shards into :func:`commit_fields`; one computed from the written arrays (a digest of
@@ -32,6 +37,7 @@ from homogen.redaction import redact
 from homogen.schema import SCHEMA, SCHEMA_VERSION, SPLIT_CODES, shard_name
 from homogen.store.errors import StoreError
 from homogen.store.paths import absolute_root
+from homogen.store.source_table import Files, TableRef
 
 if TYPE_CHECKING:
     from homogen.generate import Plan
@@ -137,27 +143,19 @@ class _Shard(_Strict):
     quarantined: list[dict[str, Any]]
 
 
-class _Files(_Strict):
-    hash: StrictStr
-    image_id: list[StrictInt]
-    name: list[StrictStr]
-    split: list[Literal["train", "val", "test"]]
-    digest: list[StrictStr | None]
-
-    @model_validator(mode="after")
-    def _same_length(self) -> "_Files":
-        lengths = {len(self.image_id), len(self.name), len(self.split), len(self.digest)}
-        if len(lengths) != 1:
-            raise ValueError("the columns image_id, name, split and digest differ in length")
-        return self
-
-
 class _Source(_Strict):
     root: StrictStr
     digest: StrictStr
     images: StrictInt = Field(ge=0)
-    files: _Files
+    table: TableRef | None = None  # where the per-image table is (homogen.store.source_table)
+    files: Files | None = None  # a store of an older homogen: the table inside the manifest
     same_bytes: list[list[StrictInt]] = []
+
+    @model_validator(mode="after")
+    def _one_table(self) -> "_Source":
+        if (self.table is None) == (self.files is None):
+            raise ValueError("the manifest must record exactly one of source.table and source.files")
+        return self
 
 
 class _Quarantined(_Strict):

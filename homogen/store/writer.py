@@ -21,7 +21,6 @@ is refused before any write.
 from __future__ import annotations
 
 import errno
-import os
 import re
 from typing import TYPE_CHECKING
 
@@ -35,15 +34,13 @@ from homogen.store.errors import StoreConflict, StoreError
 from homogen.store.lock import output_lock
 from homogen.store.manifest import commit_fields
 from homogen.store.paths import check_replaceable, check_writable
+from homogen.store.source_table import reference
 
 if TYPE_CHECKING:
     from homogen.generate import Plan, ShardResult
 
 STAGED = re.compile(r"\.?(tmp-)?shard-\d{5,}(\.h5)?(\.tmp-[0-9a-f]{8}|-[0-9a-f]{8})?")
 """Names in ``OUT.parts`` (and in a schema-1 root): staged shards and their temporaries."""
-
-_HEADER_CACHE: dict = {}
-"""The last header :meth:`StoreWriter.shard_info` parsed, with the identity of its file."""
 
 
 class StoreWriter:
@@ -141,7 +138,7 @@ class StoreWriter:
         In a complete store every shard is done (its entry in the manifest, or an empty one when
         the store was made with another shard size).
         """
-        header = self._header_for_shards()
+        header = self.read_header()  # a small header: the source table is a file of its own
         if header is not None and header.get("state") == "complete":
             shards = {s["index"]: s for s in header.get("shards", [])}
             if index not in shards:
@@ -153,27 +150,6 @@ class StoreWriter:
     def header_file(self) -> str | None:
         """The local file that holds the header (its identity changes with every header write), or None."""
         return None
-
-    def _header_for_shards(self) -> dict | None:
-        """The header, parsed once per process while its file stays the same.
-
-        Every shard asks whether the store is complete, and the header holds the per-image source
-        table (~10 MB of JSON for full COCO): parsing it per shard would cost minutes. Headers are
-        replaced by rename, so (inode, mtime, size) changes with every write; remote stores are
-        read each time.
-        """
-        path = self.header_file()
-        try:
-            st = os.stat(path) if path else None
-        except FileNotFoundError:
-            st = None
-        if st is None:
-            return self.read_header()
-        key = (path, st.st_ino, st.st_mtime_ns, st.st_size)
-        if _HEADER_CACHE.get("key") != key:
-            _HEADER_CACHE.clear()
-            _HEADER_CACHE.update(key=key, header=self.read_header())
-        return _HEADER_CACHE["header"]
 
     def commit(self, plan: "Plan", results: list["ShardResult"] | None = None) -> dict:
         """Put every staged shard into the root arrays, mark the store complete, return the manifest.
@@ -207,8 +183,10 @@ class StoreWriter:
                 f"fix or replace the images, then re-run with --overwrite (overwrite=True): changed images make a "
                 f"new dataset version, which replaces this unfinished store"
             )
+        table = plan.table_file()
+        manifest["source"]["table"] = reference(table)
         try:
-            self.assemble(manifest["shards"], manifest["num_pairs"], plan.config.sampling.patch_size, manifest)
+            self.assemble(manifest["shards"], manifest["num_pairs"], plan.config.sampling.patch_size, manifest, table)
         except OSError as exc:
             raise StoreError(
                 f"could not write the arrays of {redact(self.url)} ({os_reason(exc)}): free space or fix the output, "
@@ -232,9 +210,10 @@ class StoreWriter:
     def remove(self) -> None: ...
     def staged_info(self, index: int) -> dict | None: ...
     def write_shard(self, index: int, arrays: dict[str, np.ndarray], info: dict) -> None: ...
-    def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict) -> None:
-        """Write the root arrays (``n`` rows) from the staged ``shards``, then, last and in one
-        write, :func:`homogen.store.manifest.complete` of ``manifest`` and those arrays."""
+    def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict, table: bytes) -> None:
+        """Write the root arrays (``n`` rows) from the staged ``shards`` and the source table's bytes
+        (``table``, :mod:`homogen.store.source_table`), then, last and in one write,
+        :func:`homogen.store.manifest.complete` of ``manifest`` and those arrays."""
 
     def remove_debris(self) -> None:
         """Delete the staged parts and temporaries (after commit, or left by a killed process)."""

@@ -16,6 +16,8 @@ from homogen.redaction import redact
 from homogen.schema import BY_NAME
 from homogen.store.errors import StoreError
 from homogen.store.manifest import ATTR
+from homogen.store.source_table import CHUNK_BYTES
+from homogen.store.source_table import NAME as TABLE
 from homogen.store.writer import chunk_rows
 
 
@@ -56,6 +58,24 @@ def create_zarr_array(group, name: str, n: int, patch_size: int, chunk_size: int
         # every chunk holds data: skip zarr's scan of each chunk for all-fill-value (~30% of the write)
         config={"write_empty_chunks": True},
     )
+
+
+def create_table_array(group, table: bytes):
+    """The source table's bytes as the 1-D uint8 array ``source_table`` (homogen.store.source_table)."""
+    arr = group.create_array(
+        TABLE,
+        shape=(len(table),),
+        dtype=np.uint8,
+        chunks=(max(1, min(len(table), CHUNK_BYTES)),),
+        compressors=[ZstdCodec(level=3), Crc32cCodec()],
+        dimension_names=("table_byte",),
+        fill_value=0,
+        chunk_key_encoding={"name": "default", "separator": "/"},
+        overwrite=True,
+        config={"write_empty_chunks": True},
+    )
+    arr[...] = np.frombuffer(table, np.uint8)
+    return arr
 
 
 def chunk_key(index: int, ndim: int) -> str:

@@ -14,11 +14,13 @@ import zarr
 from homogen.schema import FIELDS, shard_name
 from homogen.store.manifest import complete
 from homogen.store.paths import is_local, local_path
+from homogen.store.source_table import NAME as TABLE
 from homogen.store.writer import STAGED, StoreWriter, split_counts, write_failed
 from homogen.store.zarr_format import (
     ATTR,
     chunk_key,
     chunk_len,
+    create_table_array,
     create_zarr_array,
     has_attributes,
     quiet_zarr,
@@ -67,7 +69,7 @@ class ZarrWriter(StoreWriter):
 
     def store_names(self) -> set[str]:
         # schema 2: zarr.json and one folder per field; schema 1: one group per shard
-        return {"zarr.json", *FIELDS} | {n for n in self._names(self.url) if STAGED.fullmatch(n)}
+        return {"zarr.json", TABLE, *FIELDS} | {n for n in self._names(self.url) if STAGED.fullmatch(n)}
 
     def _names(self, url: str) -> set[str]:
         fs, path = self._fs(url)
@@ -128,9 +130,10 @@ class ZarrWriter(StoreWriter):
                 arr[...] = arrays[name]
         g.attrs["complete"] = info  # last: on object stores this marks the shard complete
 
-    def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict) -> None:
+    def assemble(self, shards: list[dict], n: int, patch_size: int, manifest: dict, table: bytes) -> None:
         with quiet_zarr():
             root = zarr.open_group(self.url, mode="r+", use_consolidated=False)
+            create_table_array(root, table)
             arrays = {}
             for name in FIELDS:
                 arr = arrays[name] = create_zarr_array(root, name, n, patch_size, self.chunk_size)

@@ -37,7 +37,7 @@ def check_counts(ds: Dataset, walk: Walk) -> CheckResult:
     if m.get("split_codes") != SPLIT_CODES:
         problems.append(f"the manifest's split_codes {m.get('split_codes')} are not this schema's {SPLIT_CODES}")
     try:
-        planned = len(m["source"]["files"]["image_id"])
+        planned = len(ds.sources["files"]["image_id"])
         if m.get("num_images") != planned - len(m.get("quarantine", [])):
             problems.append(
                 f"num_images {m.get('num_images')} is not the {planned} planned images less "
@@ -65,7 +65,7 @@ def check_images(ds: Dataset, walk: Walk) -> CheckResult:
     if walk.tallies["readable"].failed:
         return CheckResult(name, None, 0, 0, "not checked: damaged chunks (see readable)")
     try:
-        planned = np.asarray(m["source"]["files"]["image_id"], np.int64)
+        planned = np.asarray(ds.sources["files"]["image_id"], np.int64)
         quarantined = np.asarray([q["image_id"] for q in m.get("quarantine", [])], np.int64)
     except (KeyError, TypeError, ValueError) as exc:
         return CheckResult(
@@ -183,7 +183,7 @@ def check_splits(ds: Dataset, walk: Walk) -> CheckResult:
         problems.append(f"{len(both)} source images have pairs in more than one split")
         examples += [{"image_id": int(i), "why": "pairs in several splits"} for i in both[:MAX_EXAMPLES]]
     try:
-        files = ds.manifest["source"]["files"]
+        files = ds.sources["files"]
         table_split = {int(i): SPLIT_CODES.get(s, -1) for i, s in zip(files["image_id"], files["split"])}
         digest_of = {int(i): d for i, d in zip(files["image_id"], files["digest"])}
     except (KeyError, TypeError, ValueError) as exc:

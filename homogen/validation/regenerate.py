@@ -33,9 +33,9 @@ def check_regenerate(
             name, None, 0, 0, "not requested (pass regenerate=k (--regenerate K) to remake k pairs from the source)"
         )
     cfg = ds.manifest["config"]
-    root = source_root or ds.manifest["source"]["root"]
+    root = source_root or ds.sources["root"]
     sampling = SamplingConfig.model_validate(cfg["sampling"])
-    table = SourceTable.from_manifest(ds.manifest["source"]["files"])
+    table = SourceTable.from_manifest(ds.sources["files"])
     by_id = {i: (n, d, s) for i, n, d, s in zip(table.image_id, table.paths(root), table.digest, table.split)}
     pool = np.concatenate([np.arange(a, b) for a, b in readable]) if readable else np.empty(0, np.int64)
     if pool.size == 0:

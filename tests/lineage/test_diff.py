@@ -16,6 +16,8 @@ from homogen.generate import generate
 from homogen.lineage.diff import diff_stores
 from homogen.splits import hashed_split
 
+from helpers import with_sources
+
 TEST_FRACTION = 0.25
 SAMPLING = SamplingConfig(pairs_per_image=2, patch_size=64, rho=16)
 
@@ -26,7 +28,8 @@ def make(folder, output, val_fraction: float) -> dict:
         sampling=SAMPLING,
         output=str(output),
     )
-    return generate(cfg, progress=False)
+    generate(cfg, progress=False)
+    return with_sources(output)
 
 
 @pytest.fixture(scope="module")

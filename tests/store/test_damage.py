@@ -70,7 +70,8 @@ def one_line(res) -> str:
         (lambda m: m.update(schema_version="2"), ["schema_version '2', not an integer"]),
         (lambda m: m.update(schema_version=True), ["schema_version True, not an integer"]),
         (lambda m: m.update(num_pairs=-1), ["num_pairs: Input should be greater than or equal to 0"]),
-        (lambda m: m["source"]["files"]["image_id"].pop(), ["columns image_id, name, split and digest differ"]),
+        (lambda m: m["source"].pop("table"), ["exactly one of source.table and source.files"]),
+        (lambda m: m["source"]["table"].update(bytes="12"), ["source.table.bytes: Input should be a valid integer"]),
         (lambda m: m["config"]["sampling"].update(patch_size="128"), ["config.sampling.patch_size"]),
         (lambda m: m.update(quarantine={"a": 1}), ["quarantine: Input should be a valid list"]),
     ],
@@ -208,3 +209,138 @@ def test_generate_over_an_edited_complete_store_is_one_line(stores, tmp_path, fm
     edit_manifest(store, lambda m: m.update(shards=[1, 2, 3]))
     line = one_line(cli("generate", "--max-images", "4", "--chunk-size", "8", "-o", store))
     assert "was edited or damaged (shards.0: Input should be a valid dictionary" in line
+
+
+# ---------------------------------------------------------------------- the source table
+
+
+def read_table(store: str) -> dict:
+    """The source table as plain zarr / h5py read it (no homogen)."""
+    if store.endswith(".h5"):
+        with h5py.File(store, "r") as f:
+            return json.loads(f["source_table"][()].tobytes())
+    return json.loads(zarr.open_group(store, mode="r")["source_table"][:].tobytes())
+
+
+def rewrite_table(store: str, doc: dict) -> bytes:
+    """Write ``doc`` as the store's source table through the format's own API (valid checksums)."""
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    if store.endswith(".h5"):
+        with h5py.File(store, "r+") as f:
+            del f["source_table"]
+            f.create_dataset("source_table", data=np.frombuffer(raw, np.uint8), compression="gzip", fletcher32=True)
+    else:
+        g = zarr.open_group(store, mode="r+", use_consolidated=False)
+        g.create_array(
+            "source_table",
+            shape=(len(raw),),
+            dtype=np.uint8,
+            chunks=(len(raw),),
+            compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()],
+            dimension_names=("table_byte",),
+            chunk_key_encoding={"name": "default", "separator": "/"},
+            overwrite=True,
+        )[...] = np.frombuffer(raw, np.uint8)
+        zarr.consolidate_metadata(store)
+    return raw
+
+
+def moved_image(doc: dict) -> dict:
+    """The table with its first image put in another split."""
+    split = doc["files"]["split"]
+    split[0] = "train" if split[0] != "train" else "test"
+    return doc
+
+
+def other_digest(doc: dict) -> dict:
+    """The table with one image's recorded digest changed in one hex digit (the same length)."""
+    d = doc["files"]["digest"][0]
+    doc["files"]["digest"][0] = ("1" if d[0] == "0" else "0") + d[1:]
+    return doc
+
+
+def flip_table_bit(store: str) -> None:
+    if store.endswith(".h5"):
+        with h5py.File(store, "r") as f:
+            info = f["source_table"].id.get_chunk_info(0)
+        _flip(store, info.byte_offset + info.size // 2, 3)
+    else:
+        chunk = os.path.join(store, "source_table", "c", "0")
+        _flip(chunk, os.path.getsize(chunk) // 2, 3)
+
+
+def remove_table(store: str) -> None:
+    if store.endswith(".h5"):
+        with h5py.File(store, "r+") as f:
+            del f["source_table"]
+    else:
+        shutil.rmtree(os.path.join(store, "source_table"))  # the consolidated metadata still names it
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (flip_table_bit, ["cannot be read", "damaged"]),
+        (remove_table, ["cannot be read", "damaged"]),
+        (lambda store: rewrite_table(store, moved_image(read_table(store))), ["not the one the manifest records"]),
+        (lambda store: rewrite_table(store, {"files": {"hash": "xxh3-128"}}), ["not the one the manifest records"]),
+        (lambda store: rewrite_table(store, other_digest(read_table(store))), ["not the one the manifest records"]),
+    ],
+)
+def test_a_damaged_or_replaced_source_table_is_one_line_for_validate_and_diff(stores, tmp_path, fmt, damage, words):
+    """The table is read only by what needs it: `info` and `show` still work; `validate` and `diff`
+    say in one line which array is damaged and what to do."""
+    store = copy(stores[fmt], tmp_path)
+    damage(store)
+    assert cli("info", store).exit_code == 0
+    for res in (cli("validate", store), cli("diff", store, stores[fmt])):
+        line = one_line(res)
+        assert "source table" in line and "source_table" in line and "regenerate" in line, line
+        for w in words:
+            assert w in line, line
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_a_source_table_edited_together_with_its_recorded_digest_fails_validation(stores, tmp_path, fmt):
+    """An edit that also rewrites the manifest's length and digest of the table still fails: the
+    version and source digest are computed from the table, and the pairs' splits no longer match it."""
+    import xxhash
+
+    store = copy(stores[fmt], tmp_path)
+    raw = rewrite_table(store, moved_image(read_table(store)))
+    edit_manifest(store, lambda m: m["source"]["table"].update(bytes=len(raw), xxh3_128=xxhash.xxh3_128_hexdigest(raw)))
+    report = validate_dataset(store, progress=False)
+    assert report.passed is False
+    assert report.check("version_matches_content").passed is False
+    assert report.check("split_disjoint").passed is False
+    assert cli("validate", store).exit_code == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_source_table_chunk_linked_to_dev_zero_is_refused_and_never_read(stores, tmp_path):
+    store = copy(stores["zarr"], tmp_path)
+    chunk = os.path.join(store, "source_table", "c", "0")
+    os.remove(chunk)
+    os.symlink("/dev/zero", chunk)
+    line = one_line(cli("validate", store))
+    assert "source_table/c/0 is a symbolic link (never followed" in line, line
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_a_store_with_the_table_inside_its_manifest_still_opens_and_validates(stores, tmp_path, fmt):
+    """Stores written before the table moved out hold it in the manifest (source.files, same_bytes)."""
+    store = copy(stores[fmt], tmp_path)
+    doc = read_table(store)
+    remove_table(store)
+    if fmt == "zarr":
+        zarr.consolidate_metadata(store)
+
+    def inline(m):
+        del m["source"]["table"]
+        m["source"].update(files=doc["files"], same_bytes=doc["same_bytes"])
+
+    edit_manifest(store, inline)
+    with open_dataset(store) as ds:
+        assert ds.sources["files"] == doc["files"]
+        assert validate_dataset(ds, regenerate=2, progress=False).passed

@@ -110,7 +110,8 @@ def test_manifest_records_what_made_the_dataset(both_formats):
     ds = open_dataset(both_formats["zarr"])
     m = ds.manifest
     cfg = GenerateConfig(output=both_formats["zarr"], **SMALL)
-    assert m["source"]["files"]["image_id"] == [r.image_id for r in list_images(cfg.source)]  # the planned list
+    assert ds.sources["files"]["image_id"] == [r.image_id for r in list_images(cfg.source)]  # the planned list
+    assert "files" not in m["source"] and m["source"]["table"]["array"] == "source_table"  # beside the arrays
     assert m["schema_version"] == SCHEMA_VERSION and m["state"] == "complete"
     assert m["dataset_version"] == plan(cfg).version == ds.version
     assert m["config"] == cfg.model_dump(mode="json")
@@ -386,15 +387,15 @@ def test_every_field_is_one_array_at_the_root_with_dimension_names(both_formats,
     path = both_formats[fmt]
     if fmt == "zarr":
         root = zarr.open_group(path, mode="r")
-        assert sorted(k for k, _ in root.arrays()) == sorted(FIELDS)
+        assert sorted(k for k, _ in root.arrays()) == sorted((*FIELDS, "source_table"))
         dims = {f.name: tuple(root[f.name].metadata.dimension_names) for f in SCHEMA}
         assert [k for k, _ in root.groups()] == []  # no shard groups left behind
         assert not os.path.exists(path + ".parts")
     else:
         with h5py.File(path, "r") as f:
-            assert sorted(f.keys()) == sorted(FIELDS)
+            assert sorted(f.keys()) == sorted((*FIELDS, "source_table"))
             dims = {f_.name: tuple(d.label for d in f[f_.name].dims) for f_ in SCHEMA}
-            assert all(f[name].fletcher32 for name in FIELDS)
+            assert all(f[name].fletcher32 for name in (*FIELDS, "source_table"))
     assert dims == {f.name: f.dims for f in SCHEMA}
 
 
@@ -860,30 +861,28 @@ def test_a_file_url_output_is_the_same_as_its_path(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
-def test_shards_parse_the_header_once_until_it_is_rewritten(tmp_path, monkeypatch, fmt):
-    """Every shard asks whether the store is complete, and the header holds the per-image source
-    table (~10 MB of JSON for full COCO): one parse per process until prepare or commit rewrites it."""
+def test_opening_a_store_reads_no_source_table_and_sources_read_it_once(tmp_path, monkeypatch, fmt):
+    """The per-image table (~10 MB of JSON on full COCO) is an array beside the fields: opening a
+    store, reading pairs and every shard's "is the store complete?" read only the small header;
+    ``ds.sources`` reads the table once per open."""
+    import homogen.store.dataset as reader
     from homogen.generate import generate_shard
-    from homogen.store import HDF5Writer
 
     out = str(tmp_path / ("ds.zarr" if fmt == "zarr" else "ds.h5"))
     cfg = GenerateConfig(output=out, **SMALL)
-    p = plan(cfg)
-    open_writer(out, fmt, cfg.chunk_size).prepare(p)
-    cls = ZarrWriter if fmt == "zarr" else HDF5Writer
-    real, parses = cls.read_header, []
-    monkeypatch.setattr(cls, "read_header", lambda self: parses.append(1) or real(self))
-
-    results = [generate_shard(open_writer(out, fmt, cfg.chunk_size), s, cfg.sampling) for s in p.shards]
-    assert len(p.shards) >= 3 and len(parses) == 1
-    assert not any(r.skipped for r in results)
-
-    open_writer(out, fmt, cfg.chunk_size).commit(p)  # rewrites the header: complete
-    parses.clear()
-    again = [generate_shard(open_writer(out, fmt, cfg.chunk_size), s, cfg.sampling) for s in p.shards]
-    assert all(r.skipped for r in again), "the rewritten (complete) header was not seen"
-    assert [r.pairs for r in again] == [r.pairs for r in results]
-    assert len(parses) == 1
+    generate(cfg, progress=False)
+    reads = []
+    real = reader.decode_table
+    monkeypatch.setattr(reader, "decode_table", lambda *a: reads.append(1) or real(*a))
+    header = open_writer(out, fmt).read_header()
+    assert "files" not in header["source"] and "same_bytes" not in header["source"]
+    again = [generate_shard(open_writer(out, fmt, cfg.chunk_size), s, cfg.sampling) for s in plan(cfg).shards]
+    assert all(r.skipped for r in again)
+    with open_dataset(out) as ds:
+        ds[:]
+        assert reads == []
+        assert ds.sources["files"]["image_id"] == ds.sources["files"]["image_id"]
+        assert len(reads) == 1 and ds.sources["images"] == 8
 
 
 def test_the_old_import_paths_still_work():
