@@ -1,12 +1,14 @@
 """Per-pair label geometry: H re-derived from the offsets by an independent DLT, corners mapped
-by H, and whether the stored corners are the recipe's square inside the frame."""
+by H, and whether the stored corners are the recipe's square inside the frame. The DLT here is
+OpenCV's least-squares ``findHomography``, not the generator's ``getPerspectiveTransform``
+(:func:`homogen.geometry.patch_homography`), so that the check does not share the code it checks."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from homogen.sampling import patch_corners
+from homogen.geometry import map_points, patch_corners
 
 REPROJECTION_TOL_PX = 1e-3
 """Largest distance between patch corners mapped by the stored and the re-derived H."""
@@ -28,14 +30,6 @@ def rederived_homographies(offsets: np.ndarray, patch_size: int) -> list[np.ndar
         h, _ = cv2.findHomography(src, src + o.reshape(4, 2), 0)
         out.append(h)
     return out
-
-
-def map_points(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """Points mapped by homographies: (N, 3, 3) x (K, 2) -> (N, K, 2)."""
-    hom = np.concatenate([pts, np.ones((len(pts), 1))], axis=1)
-    m = np.einsum("nij,kj->nki", np.asarray(h, np.float64), hom)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return m[..., :2] / m[..., 2:]
 
 
 def reprojection_gap(homography: np.ndarray, offsets: np.ndarray, patch_size: int) -> np.ndarray:

@@ -9,6 +9,7 @@ import functools
 import cv2
 import numpy as np
 
+from homogen.geometry import warp_by_h
 from homogen.sampling import PHOTOMETRIC_LEVELS
 
 INTERIOR_MARGIN_PX = 2
@@ -55,11 +56,9 @@ def interior_mask(h: np.ndarray, patch_size: int, margin: float = INTERIOR_MARGI
 
 
 def warp_a_by_h(a: np.ndarray, h: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
-    """``A(H q)`` for every pixel q of B (bilinear): what B should be. (P, P) same dtype as ``a``."""
-    p = a.shape[0]
-    return cv2.warpPerspective(
-        a, np.asarray(h, np.float64), (p, p), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border
-    )
+    """``A(H q)`` for every pixel q of B (bilinear): what B should be. (P, P) same dtype as ``a``
+    (:func:`homogen.geometry.warp_by_h` on the patch)."""
+    return warp_by_h(a, h, (a.shape[1], a.shape[0]), borderMode=border)
 
 
 def pixel_residual(a: np.ndarray, b: np.ndarray, h: np.ndarray, level: str = "none") -> tuple[float, int]:
