@@ -2,7 +2,8 @@
 
 Each calls one ``homogen.model`` function and adds logging and artifacts. They run in the flow's
 process (training owns the whole machine or GPU; there is nothing to fan out), so they pass live
-objects (the MLflow run, the trained network) to one another. ``task.fn`` is the plain function.
+objects (the opened store, the MLflow run, the trained network) to one another. ``task.fn`` is the
+plain function.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from homogen.flows.ui import run_logger
 from homogen.model.evaluate import NETWORK, TestScores, score_test
 from homogen.model.mlflow_run import Registered, TrainingRun
 from homogen.model.train import TrainConfig, TrainResult, train
+from homogen.store import Dataset
 
 
 def epoch_line(record: dict[str, Any]) -> str:
@@ -29,12 +31,12 @@ def epoch_line(record: dict[str, Any]) -> str:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(
-    uri: str,
+    dataset: str | Dataset,
     config: TrainConfig,
     progress_key: str | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train HomographyNet on the store at ``uri`` (selected on its val split); logs every epoch.
+    """Train HomographyNet on the store ``dataset`` (opened, path or URL), selected on its val split; logs every epoch.
 
     ``on_epoch`` (e.g. the MLflow run's ``log_epoch``) is called after each epoch; with
     ``progress_key`` a progress artifact shows the epochs done.
@@ -51,7 +53,7 @@ def train_task(
         if artifact is not None:
             update_progress_artifact(artifact, min(100.0, 100.0 * record["epoch"] / config.epochs))
 
-    result = train(uri, config, progress=False, on_epoch=each_epoch)
+    result = train(dataset, config, progress=False, on_epoch=each_epoch)
     log.info(
         "trained on %s: best val MACE %.3f px at epoch %s, device %s",
         result.dataset_version,
@@ -64,13 +66,13 @@ def train_task(
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(
-    uri: str, model: Any, methods: tuple[str, ...], limit: int | None = None, version: str | None = None
+    dataset: str | Dataset, model: Any, methods: tuple[str, ...], limit: int | None = None, version: str | None = None
 ) -> TestScores:
     """Score the network and the methods on the same test pairs (the first ``limit`` of the test split), once.
 
     ``version``: the dataset version trained on; a store regenerated since is refused (nothing registered).
     """
-    scores = score_test(uri, model, methods, limit=limit, version=version)
+    scores = score_test(dataset, model, methods, limit=limit, version=version)
     run_logger().info("test MACE %.3f px on %d pairs", scores.results[NETWORK]["mean"], len(scores.pairs))
     return scores
 

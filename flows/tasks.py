@@ -1,4 +1,4 @@
-"""Prefect tasks over the dataset library: plan, prepare, the shards, commit, validate, report.
+"""Prefect tasks over the dataset library: plan, prepare, the shards, commit, open, validate, report.
 
 Each task calls one ``homogen`` function and adds only orchestration (logging, artifacts). They
 run in the flow's process; ``generate-shards`` hands the shards to Dask as plain Dask tasks
@@ -12,6 +12,13 @@ Dask's spawned workers).
 Retries: declared on the decorators (``retries``, ``retry_delay_seconds``, ``retry_jitter_factor``),
 for the errors a second attempt can cure (:func:`transient_error`): a flaky network or object
 store. Bad input (a missing source, a store of another version, a held lock) fails at once.
+
+A finished store is opened once per flow run (:func:`open_store`) and the opened
+:class:`~homogen.store.Dataset` is handed to the tasks that read it (each open reads the manifest and
+every array's metadata, and lists the chunks: several LIST and GET calls on object storage). The
+flows pass it as ``opaque(ds)``, as the plan: Prefect links the tasks in the run graph without
+walking into it; the tasks run in the flow's process and the handle is never serialised (no result
+cache, results not persisted), so a retried task reuses it.
 
 Caching: the store is the cache. A shard that is already complete is skipped by the library
 (:func:`homogen.generate.generate_shard`), whatever run wrote it, so Prefect's result cache is
@@ -129,6 +136,16 @@ def as_dataset(store: str | Dataset) -> Dataset:
     return store if isinstance(store, Dataset) else open_dataset(store)
 
 
+@task(name="open-store", cache_policy=NO_CACHE, **RETRIES)
+def open_store(uri: str, check_chunks: bool = True) -> Dataset:
+    """Open the finished store at ``uri`` (path or URL) for the tasks of this flow run.
+
+    ``check_chunks``: refuse a store with a missing or linked chunk file (False for validation,
+    which reports every damaged chunk itself). Raises :class:`homogen.store.StoreError` in one line.
+    """
+    return open_dataset(uri, check_chunks=check_chunks)
+
+
 SAMPLE_GRID_COLUMNS = 2
 """Pairs a row in the UI's sample grid: 848 px wide, shown at its own size in the Prefect UI's artifact
 pane (about 850 px in a 1400 px window); 4 a row (1,684 px) were shrunk to half, captions unreadable."""
@@ -152,11 +169,12 @@ def data_url(png: bytes) -> str:
 
 
 @task(name="validate", cache_policy=NO_CACHE, **RETRIES)
-def validate_task(uri: str, regenerate: int = 0, source_root: str | None = None):
-    """Every check of :func:`homogen.validate.validate_dataset` on a finished store; returns the report."""
-    from homogen.validate import validate_dataset
+def validate_task(store: str | Dataset, regenerate: int = 0, source_root: str | None = None):
+    """Every check of :func:`homogen.validation.validate_dataset` on a finished store (path, URL or opened
+    without the chunk check: :func:`open_store` with ``check_chunks=False``); returns the report."""
+    from homogen.validation import validate_dataset
 
-    return validate_dataset(uri, regenerate=regenerate, source_root=source_root, progress=False)
+    return validate_dataset(store, regenerate=regenerate, source_root=source_root, progress=False)
 
 
 def label_statistics(store: str | Dataset) -> list[dict]:

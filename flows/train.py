@@ -29,6 +29,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
+from prefect.utilities.annotations import opaque
 
 from homogen.config import workdir
 from homogen.flows.config import QUICK_TRAIN, EvaluateConfig, InvalidParameters, TrackingConfig, shareable_tracking_uri
@@ -36,11 +37,11 @@ from homogen.flows.entry import prefect_settings
 from homogen.flows.events import model_registered
 from homogen.flows.lineage import models_key, publish_dataset_models
 from homogen.flows.model_tasks import evaluate_task, register_task, train_task
+from homogen.flows.tasks import open_store
 from homogen.flows.ui import artifact_key, rename_current_run
 from homogen.model.config import TrainConfig
 from homogen.model.evaluate import NETWORK, format_table
 from homogen.redaction import redact
-from homogen.stores import open_dataset
 
 FLOW_RUN_TAG = "prefect_flow_run_id"
 """MLflow run tag holding the ``train-model`` flow run id (how a parent finds a remote run's model)."""
@@ -137,7 +138,7 @@ def train_model(
 
     if _run_from_a_deployment():  # dispatched to a worker: refuse now what would lose the model after training
         check_worker_keeps_model(config, tracking)
-    ds = open_dataset(dataset)
+    ds = open_store(dataset)  # once: every task below reads this handle (the pins reread only the manifest)
     version = ds.version
     rename_current_run(run_name(config, version))
     tags = {FLOW_RUN_TAG: str(flow_run.id)} if flow_run.id else {}
@@ -152,11 +153,15 @@ def train_model(
         source="homogen flow train-model",
     ) as run:
         with concurrency(GPU_LIMIT, occupy=1):
+            # opaque(ds), as the plan in generate-dataset: the run graph links these tasks to open-store,
+            # and Prefect does not walk into the handle
             result = train_task(
-                dataset, config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch
+                opaque(ds), config, progress_key=artifact_key("train", version, "epochs"), on_epoch=run.log_epoch
             )
             try:
-                scores = evaluate_task(dataset, result.model, evaluate.methods, evaluate.limit, result.dataset_version)
+                scores = evaluate_task(
+                    opaque(ds), result.model, evaluate.methods, evaluate.limit, result.dataset_version
+                )
             except Exception as exc:  # the run fails saying where the trained weights are
                 raise not_registered(exc, result) from exc
         try:

@@ -120,9 +120,12 @@ def _split_order(name: str) -> tuple[int, str]:
     return (("train", "val", "test").index(name) if name in ("train", "val", "test") else 3, name)
 
 
-def label_statistics_markdown(stats: list[dict], rho: float) -> str:
-    """The label statistics table; a uniform law on [-rho, rho] has mean 0 and std rho/sqrt(3)."""
+def label_statistics_markdown(stats: list[dict] | None, rho: float) -> str:
+    """The label statistics table; a uniform law on [-rho, rho] has mean 0 and std rho/sqrt(3).
+    ``stats`` None: not computed, the store has chunks that cannot be read (the check ``readable``)."""
     expected = f"uniform on [-{rho:g}, {rho:g}]: mean 0, std {rho / 3**0.5:.2f}"
+    if stats is None:
+        return f"## Label statistics (px; {expected})\n\nNot computed: chunks of the store cannot be read (`readable`)."
     rows = ((s["label"], f"{s['mean']:.2f}", f"{s['std']:.2f}", f"{s['min']:.2f}", f"{s['max']:.2f}") for s in stats)
     return "\n".join(
         [f"## Label statistics (px; {expected})", "", markdown_table(("label", "mean", "std", "min", "max"), rows)]
@@ -169,7 +172,7 @@ def samples_markdown(grid_url: str) -> str:
     )
 
 
-def dataset_report_markdown(manifest: dict, checks: str, stats: list[dict], grid_url: str | None) -> str:
+def dataset_report_markdown(manifest: dict, checks: str, stats: list[dict] | None, grid_url: str | None) -> str:
     """The dataset report: summary and quarantine, label statistics, ``checks`` (:func:`checks_markdown`), the sample grid."""
     parts = [
         dataset_summary_markdown(manifest),

@@ -15,9 +15,10 @@ import sys
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import opaque
 
 from homogen.flows.entry import prefect_settings
-from homogen.flows.tasks import data_url, label_statistics, sample_grid_png, validate_task
+from homogen.flows.tasks import data_url, label_statistics, open_store, sample_grid_png, validate_task
 from homogen.flows.ui import (
     artifact_key,
     checks_markdown,
@@ -25,7 +26,7 @@ from homogen.flows.ui import (
     rename_current_run,
     samples_markdown,
 )
-from homogen.stores import open_dataset
+from homogen.store import Dataset
 
 
 class ValidationFailed(RuntimeError):
@@ -33,11 +34,17 @@ class ValidationFailed(RuntimeError):
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish_report(uri: str, report) -> str:
-    """Attach the dataset report and the sample grid (markdown artifacts) to this run; returns the report."""
-    ds = open_dataset(uri)
-    grid = data_url(sample_grid_png(ds, n=8)) if len(ds) else None
-    markdown = dataset_report_markdown(ds.manifest, checks_markdown(report), label_statistics(ds), grid)
+def publish_report(ds: Dataset, report) -> str:
+    """Attach the dataset report and the sample grid of the opened store ``ds`` (markdown artifacts) to this
+    run; returns the report.
+
+    The pairs are read only when the report found every chunk readable: ``ds`` is opened without the
+    chunk check, and a chunk file linked to ``/dev/zero`` would be read until memory runs out.
+    """
+    readable = report.check("readable").passed is not False
+    stats = label_statistics(ds) if readable else None
+    grid = data_url(sample_grid_png(ds, n=8)) if readable and len(ds) else None
+    markdown = dataset_report_markdown(ds.manifest, checks_markdown(report), stats, grid)
     verdict = "passed" if report.passed else "FAILED: " + ", ".join(report.failed_checks)
     create_markdown_artifact(
         markdown,
@@ -62,9 +69,11 @@ def validate_dataset_flow(uri: str, regenerate: int = 8, source_root: str | None
         regenerate: pairs remade from the source images and compared byte for byte (0: skip).
         source_root: where the source images are now, if not where the manifest says.
     """
-    report = validate_task(uri, regenerate, source_root)
-    rename_current_run(f"validate v={report.dataset_version}")
-    publish_report(uri, report)
+    # opened once, without the chunk check: the validation lists the chunks and reports each damaged one
+    with open_store(uri, check_chunks=False) as ds:
+        report = validate_task(opaque(ds), regenerate, source_root)
+        rename_current_run(f"validate v={report.dataset_version}")
+        publish_report(opaque(ds), report)
     log = get_run_logger()
     if not report.passed:
         raise ValidationFailed(

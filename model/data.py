@@ -169,8 +169,8 @@ class PairStream(IterableDataset):
 
     @property
     def ds(self):
-        if self._ds is None:
-            self._ds = open_dataset(self.uri)
+        if self._ds is None:  # in a worker: the parent listed the chunks (as Dataset.__reduce__ says)
+            self._ds = open_dataset(self.uri, check_chunks=False)
         return self._ds
 
     # -- order ---------------------------------------------------------------------------------

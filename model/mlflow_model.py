@@ -28,7 +28,6 @@ falls back to full unpickling for some entries): a tampered archive is refused, 
 from __future__ import annotations
 
 import copy
-import warnings
 import os
 from typing import Any, Mapping
 
@@ -86,7 +85,8 @@ def log_network(
         metadata: ``patch_size``, ``width``, ``rho``, ``dataset_version`` (stored in the MLmodel
             file, with ``archive_sha256`` added).
         model_id: an MLflow LoggedModel created when training started (its metrics link to it).
-        batch_size: pairs per forward pass of the pyfunc's ``predict``.
+        batch_size: pairs per forward pass of the pyfunc's ``predict`` (``predict_batch_size`` in the
+            model config; a loader may pass another).
 
     Raises:
         ValueError: ``example`` is not uint8 with at least two pairs of the model's patch size.
@@ -109,24 +109,24 @@ def log_network(
         program = torch.export.export(cpu, (torch.from_numpy(example),), dynamic_shapes=({0: batch},))
         torch.export.save(program, archive)
         digest = mlflow_pyfunc.file_sha256(archive)
-        config = {"archive_sha256": digest, "patch_size": p, "batch_size": int(batch_size)}
-        with warnings.catch_warnings():  # MLflow advises type hints on predict (see mlflow_pyfunc)
-            warnings.simplefilter("ignore", UserWarning)
-            return mlflow.pyfunc.log_model(
-                name=name,
-                python_model=mlflow_pyfunc.__file__,
-                artifacts={mlflow_pyfunc.ARTIFACT: archive},
-                model_config=config,
-                signature=signature(p),
-                input_example=example,
-                metadata={**dict(metadata), "archive_sha256": digest},
-                pip_requirements=[
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    "numpy",
-                    f"mlflow=={mlflow.__version__}",
-                ],
-                model_id=model_id,
-            )
+        # MLflow logs model_config as params of the run, and overrides at load only keys logged here:
+        # "predict_batch_size", since "batch_size" is the training's param (homogen.model.mlflow_pyfunc)
+        config = {"archive_sha256": digest, "patch_size": p, "predict_batch_size": int(batch_size)}
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=mlflow_pyfunc.__file__,
+            artifacts={mlflow_pyfunc.ARTIFACT: archive},
+            model_config=config,
+            signature=signature(p),
+            input_example=example,
+            metadata={**dict(metadata), "archive_sha256": digest},
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                "numpy",
+                f"mlflow=={mlflow.__version__}",
+            ],
+            model_id=model_id,
+        )
 
 
 def archive_path(folder: str | os.PathLike) -> str:

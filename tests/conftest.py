@@ -1,5 +1,5 @@
-"""Shared fixtures: the bundled photographs, folders built from them, a small store, one torch
-thread. Plain helper functions live in ``tests/helpers.py`` (``from helpers import ...``)."""
+"""Shared fixtures: the bundled photographs, folders built from them, a small store, a temporary
+Prefect API, one torch thread. Plain helper functions live in ``tests/helpers.py`` (``from helpers import ...``)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,15 @@ def small_store(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("small") / "small.zarr"
     cfg = GenerateConfig(source=SourceConfig(max_images=8), output=str(out), shard_size=3, chunk_size=5)
     return out, generate(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """A temporary Prefect API (SQLite) for the flow runs of one test module (``prefect_test_harness``)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
 
 
 @pytest.fixture

@@ -280,15 +280,6 @@ def test_tracking_store_unreachable_at_start_fails_before_training(tmp_path, p12
 # ---------------------------------------------------------------------------- Dask worker lost
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    """A temporary Prefect API (SQLite) for the flow runs of this module."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 def kill_a_worker_when(output, cluster, shards_done: int, timeout: float = 120) -> dict:
     """Start a thread that SIGKILLs one Dask worker process once ``shards_done`` shards of
     ``output`` are complete; returns what it saw (the pid killed, shards complete at that moment)."""

@@ -150,9 +150,9 @@ def test_a_shard_failing_every_attempt_raises_its_error_and_keeps_the_other_shar
 def test_storage_tasks_declare_retries_for_transient_errors_only():
     from prefect.states import Failed
 
-    from homogen.flows.tasks import commit_dataset, transient_error, validate_task
+    from homogen.flows.tasks import commit_dataset, open_store, transient_error, validate_task
 
-    for t in (list_shards, prepare_store, commit_dataset, validate_task):
+    for t in (list_shards, prepare_store, commit_dataset, open_store, validate_task):
         assert t.retries == 3 and t.retry_delay_seconds == [2, 5, 15] and t.retry_condition_fn is transient_error
     assert generate_shards.retries == 0  # its shards are retried by Dask, one by one
     for error, retried in (

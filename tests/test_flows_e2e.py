@@ -21,7 +21,6 @@ from prefect.client.schemas.filters import (
     TaskRunFilterFlowRunId,
 )
 from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
-from prefect.testing.utilities import prefect_test_harness
 
 import homogen.flows.shards as flow_shards
 from homogen.flows.config import DaskConfig, InvalidParameters, PipelineConfig
@@ -31,14 +30,9 @@ from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
 from homogen.generate import generate, plan
 from homogen.stores import FIELDS, StoreLocked, open_dataset, open_writer
 
+from helpers import latest_artifact
+
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    """One temporary Prefect API (SQLite) for every flow in this module."""
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
 
 
 @pytest.fixture
@@ -84,21 +78,6 @@ def child_runs(client, parent_id) -> list:
         limit=200,
     )
     return subflows, tasks
-
-
-def latest_artifact(client, key: str) -> dict:
-    """The latest version of the artifact ``key`` as JSON.
-
-    Posted by hand: with FastAPI 0.154 the server refuses the explicit nulls that Prefect's client
-    methods (``read_artifacts``, ``Artifact.get``) send for the filters they are not given.
-    """
-    response = client._client.post(
-        "/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}, "sort": "UPDATED_DESC", "limit": 1}
-    )
-    response.raise_for_status()
-    found = response.json()
-    assert found, f"no artifact {key!r}"
-    return found[0]
 
 
 # ------------------------------------------------------------------------------------ end to end

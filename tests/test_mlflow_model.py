@@ -52,6 +52,29 @@ def logged(tmp_path_factory) -> tuple[Path, HomographyNet]:
     return Path(folder), model
 
 
+def test_logging_and_loading_a_model_beside_a_training_batch_size_is_quiet(tmp_path, caplog, recwarn):
+    """A training run logs its ``batch_size`` param; logging the model in that run, then loading it,
+    gave two pieces of MLflow advice on every training ("Failed to log model config as params:
+    Changing param values is not allowed", "Add type hints to the `predict` method"). Neither now,
+    and the pyfunc's batch is still set when it is loaded."""
+    import logging
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = mlflow.create_experiment("quiet", artifact_location=(tmp_path / "art").as_uri())
+    caplog.set_level(logging.WARNING)
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_param("batch_size", 32)  # as training logs it
+        info = log_network(net(), pairs(2), {"patch_size": P, "width": 0.125, "rho": 8, "dataset_version": "v"})
+    model = mlflow.pyfunc.load_model(info.model_uri, model_config={"predict_batch_size": 3})
+    out = model.predict(pairs(7))
+    assert out.shape == (7, 8) and model.unwrap_python_model().batch_size == 3
+    said = [str(w.message) for w in recwarn] + [r.getMessage() for r in caplog.records]
+    assert not [m for m in said if "model config as params" in m or "Add type hints" in m], said
+    assert mlflow.get_run(run.info.run_id).data.params["batch_size"] == "32"
+
+
 def copy_of(folder: Path, tmp_path: Path) -> Path:
     out = tmp_path / "copy"
     shutil.copytree(folder, out)
@@ -135,7 +158,7 @@ MEMORY = textwrap.dedent("""
     import numpy as np, mlflow, psutil, torch
     torch.set_num_threads(1)
     folder, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    model = mlflow.pyfunc.load_model(folder, model_config={"batch_size": batch})
+    model = mlflow.pyfunc.load_model(folder, model_config={"predict_batch_size": batch})
     x = np.random.default_rng(0).integers(0, 256, (n, 2, 32, 32), dtype=np.uint8)
     model.predict(x[:8])
     # The resident size sampled during predict (the high-water mark ru_maxrss would hide a predict

@@ -11,7 +11,8 @@ version hold the same values iff their digests are equal, whichever machine made
   chunks. A flipped value that still passes its chunk's checksum (the chunk rewritten whole), a
   chunk copied from another store, or a deleted chunk read as zeros all fail it.
 
-Cost: one more decode of every chunk (commit and validate), measured in docs/BENCHMARKS.md.
+Cost: one more decode of every chunk at commit, measured in docs/BENCHMARKS.md; ``validate`` hashes
+the rows its walk reads anyway (:class:`RowDigest` fed block by block).
 """
 
 from __future__ import annotations
@@ -82,9 +83,16 @@ def store_digest(ds: Any) -> dict[str, Any]:
     return digest.result()
 
 
-def check_array_digest(ds: Any):
+def check_array_digest(ds: Any, computed: dict | None = None, unreadable: list[str] | None = None):
     """``arrays_match_digest``: every array's digest recomputed from the store equals the manifest's
-    (a :class:`homogen.validation.report.CheckResult`)."""
+    (a :class:`homogen.validation.report.CheckResult`).
+
+    Args:
+        computed: the store's digest as a pass that already read every chunk made it (validation's
+            walk feeds a :class:`RowDigest`); None: list the chunks and read them here.
+        unreadable: that pass's damaged chunks (``"offsets chunk 3 (missing from storage)"``): the
+            digest is not computed.
+    """
     from homogen.validation.report import CheckResult  # the store imports this module; validation imports the store
 
     name = "arrays_match_digest"
@@ -103,18 +111,19 @@ def check_array_digest(ds: Any):
         return CheckResult(
             name, None, 0, 0, f"digests were made with {recorded.get('hash')}, this homogen makes {HASH_NAME}"
         )
-    if ds.manifest.get("format") == "zarr":  # never read a chunk that is not a regular file (a link to /dev/zero)
-        from homogen.store import chunk_problems
+    bad = list(unreadable or [])
+    if computed is None and not bad and ds.manifest.get("format") == "zarr":
+        from homogen.store import chunk_problems  # never read a chunk that is not a regular file (a link to /dev/zero)
 
         bad = [f"{f} chunk {k} ({why})" for f, ks in chunk_problems(ds.uri, ds.arrays).items() for k, why in ks.items()]
-        if bad:
-            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            detail = (
-                f"not computed: {len(bad)} chunk(s) cannot be read as stored ({', '.join(bad[:3])}{more}; see readable)"
-            )
-            return CheckResult(name, False, len(FIELDS), len(FIELDS), detail)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        detail = (
+            f"not computed: {len(bad)} chunk(s) cannot be read as stored ({', '.join(bad[:3])}{more}; see readable)"
+        )
+        return CheckResult(name, False, len(FIELDS), len(FIELDS), detail)
     try:
-        now = store_digest(ds)
+        now = computed if computed is not None else store_digest(ds)
     except Exception as exc:  # noqa: BLE001 - DamagedChunk names the chunk; codecs raise many types
         return CheckResult(name, False, len(FIELDS), len(FIELDS), f"the arrays cannot be read to the end: {exc}")
     differ = [f for f in FIELDS if recorded["arrays"].get(f) != now["arrays"][f]]

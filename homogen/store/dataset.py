@@ -93,8 +93,13 @@ class Dataset:
         self.close()
 
     def __reduce__(self):
-        # reopen by URI in another process (h5py handles cannot be pickled; this keeps both formats alike)
-        return (open_dataset, (self.uri,))
+        # Reopen by URI in another process (h5py handles cannot be pickled; this keeps both formats alike),
+        # with check_chunks=False: the process that pickles this handle opened the store, and its chunks were
+        # listed and checked there (open_dataset's default; validation opens without it and reports each
+        # damaged chunk itself); a DataLoader worker or a spawned rank would repeat one listing per array (a
+        # LIST each on object storage) and learn nothing new. The manifest, array metadata and codecs are
+        # still checked.
+        return (open_dataset, (self.uri, False))  # open_dataset(uri, check_chunks=False)
 
     # -- data -----------------------------------------------------------------------------
     def chunk_file(self, field: str, k: int) -> str:
