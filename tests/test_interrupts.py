@@ -21,7 +21,7 @@ from homogen.validation import validate_dataset
 pytestmark = pytest.mark.slow
 
 
-def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+def start_cli(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", "from homogen.cli import main; main()", *args],
         cwd=cwd,
@@ -29,6 +29,7 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **popen,
     )
 
 
@@ -137,15 +138,9 @@ def test_ctrl_c_to_a_training_on_two_processes_is_the_same_line_not_the_launcher
     args = ["train", "ds.zarr", "--max-samples", "256", "--width", "0.25", "--batch-size", "8", "--nproc-per-node", "2"]
     args += ["--checkpoint-every", "1", "--methods", "none", "--no-track", "--checkpoint-dir", "ck"]
     last = tmp_path / "ck" / "last.pt"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from homogen.cli import main; main()", *args],
-        cwd=tmp_path,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, signalled whole as a terminal does
-    )
+    proc = start_cli(
+        args, tmp_path, start_new_session=True
+    )  # its own process group, signalled whole as a terminal does
     deadline = time.monotonic() + 120
     while not last.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
