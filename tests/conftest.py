@@ -14,7 +14,7 @@ import pytest
 from homogen.config import GenerateConfig, SourceConfig
 from homogen.generate import generate
 
-from helpers import PHOTOS, SAMPLE_ANNOTATIONS
+from helpers import PHOTOS, SAMPLE_ANNOTATIONS, stop_prefect_queue_services
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +60,7 @@ def prefect_api():
     """A temporary Prefect API (SQLite) for the flow runs of one test module (``prefect_test_harness``)."""
     from prefect.testing.utilities import prefect_test_harness
 
+    stop_prefect_queue_services()  # none left bound to an earlier server (helpers.stop_prefect_queue_services)
     with prefect_test_harness(server_startup_timeout=180):
         yield
 

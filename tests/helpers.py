@@ -169,3 +169,17 @@ def latest_artifact(client, key: str) -> dict:
     found = response.json()
     assert found, f"no artifact {key!r}"
     return found[0]
+
+
+def stop_prefect_queue_services(timeout: float = 10.0) -> None:
+    """Stop this process's Prefect event and log services, waiting at most ``timeout`` s each.
+
+    They are process-wide and keep the API URL they started with: once a test's server is gone, the
+    next module's flows would send their events there (a 60 s client timeout each), and
+    ``prefect_test_harness`` drains them at its exit with no timeout (a suite stuck in teardown).
+    Stopped, the next event or log starts services bound to the server of that moment."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        service.drain_all(timeout=timeout)

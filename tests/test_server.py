@@ -23,6 +23,8 @@ import pytest
 
 from homogen.deployments.definitions import REGENERATE_CYCLE
 
+from helpers import stop_prefect_queue_services
+
 pytestmark = pytest.mark.slow
 
 _SCRIPT = Path(sys.executable).with_name("prefect")
@@ -146,6 +148,7 @@ def server(tmp_path_factory):
         )
         yield srv
     finally:
+        stop_prefect_queue_services()  # the events this process sent here are delivered; none stay bound to it
         if serve_proc is not None:
             stop(serve_proc)
         stop(server_proc)

@@ -2,8 +2,9 @@
 atomic write, and the checks that an output can be written (:func:`check_writable`) and may be
 replaced by ``--overwrite`` (:func:`protected_reason`, :func:`check_protected`, :func:`check_replaceable`).
 
-A location is local when it has no ``scheme://`` or is a ``file://`` URL (:func:`is_local`); its
-one real name is :func:`real_path` (absolute, symlinks resolved): the lock, the overwrite rules
+A location is local when it has no ``scheme://`` or is a ``file://`` URL (:func:`is_local`); a
+leading ``~`` is the home folder (as fsspec reads it: a quoted ``-o '~/x.zarr'`` once went to a
+folder named ``~`` for zarr and to the home folder for fsspec); its one real name is :func:`real_path` (absolute, symlinks resolved): the lock, the overwrite rules
 and every comparison of two locations use it.
 """
 
@@ -28,17 +29,17 @@ def absolute_root(root: str) -> str:
     """A source root as a manifest records it: a relative local path made absolute (a store validated
     from another working directory must find the same images, never others of the same name); URLs
     unchanged."""
-    return root if "://" in root else os.path.abspath(root)
+    return root if "://" in root else os.path.abspath(os.path.expanduser(root))
 
 
 def local_path(url: str) -> str:
-    """The file-system path of a local output (``file://`` stripped).
+    """The file-system path of a local output (``file://`` stripped, a leading ``~`` expanded).
 
     Raises:
         StoreError: a ``file://`` URL whose path is not absolute (``file://x/y`` names host x).
     """
     if not url.startswith("file://"):
-        return url
+        return os.path.expanduser(url)
     if not url[len("file://") :].startswith("/"):
         raise StoreError(
             f"output {url} is a file:// URL without an absolute path: write file:///abs/path or a plain path"

@@ -207,3 +207,27 @@ def test_a_store_of_another_version_in_the_home_folder_never_suggests_overwrite(
     line = one_line_error(cli("-o", str(home), "--rho", "16"), "holds dataset version", "choose another output")
     assert "is your home folder, which --overwrite never deletes" in line and "pass --overwrite" not in line, line
     assert tree(home) == before
+
+
+def test_a_quoted_tilde_is_the_home_folder_for_every_step(tmp_path, sample_photos, monkeypatch):
+    """`-o '~/t.zarr'` (quoted: the shell leaves the ~) made the shards in a folder named ``~`` under
+    the working directory, then looked for them under the home folder at commit (a wrong "free space"
+    hint, then a raw traceback on the re-run); `--source '~/photos'` and `-o '~' --overwrite` alike."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    (home / "photos").mkdir(parents=True)
+    cwd.mkdir()
+    for p in sample_photos[:4]:
+        shutil.copyfile(p, home / "photos" / p.name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    args = ["--source", "~/photos", "--kind", "folder", "--val-fraction", "0.5"]
+    res = cli(*args, "-o", "~/t.zarr")
+    assert res.exit_code == 0, res.output
+    assert list(cwd.iterdir()) == [] and (home / "t.zarr" / "zarr.json").is_file()
+    with open_dataset(str(home / "t.zarr")) as ds:
+        assert ds.sources["root"] == str(home / "photos") and len(ds) == 8  # --max-images 2, 4 pairs each
+    again = cli(*args, "-o", "~/t.zarr")
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+    before = tree(home)
+    one_line_error(cli(*args, "--rho", "16", "-o", "~", "--overwrite"), str(home), "is your home folder")
+    assert tree(home) == before and list(cwd.iterdir()) == []
