@@ -13,6 +13,9 @@ Compared (each side read through :func:`homogen.stores.open_dataset`, never by p
 - ``pairs``: pair counts, total and per split;
 - ``arrays``: the stored arrays whose digests differ (:mod:`homogen.lineage.array_digest`), when
   both sides record one; ``code``: library versions that differ (:mod:`homogen.lineage.libraries`);
+- ``selection``: the source settings that chose the images (root, kind, categories, max_images):
+  the cause of images added or removed, reported, never a difference of the datasets by itself
+  (the same images chosen another way make the same version);
 - ``storage``: format, chunk and shard size: reported, never a difference of the datasets.
 
 The two are identical (exit 0) when nothing but storage differs: same version and, where both
@@ -33,6 +36,9 @@ __all__ = ["StoreDiff", "diff_manifests", "diff_stores"]
 
 STORAGE_KEYS = ("format", "chunk_size", "shard_size")
 
+SELECTION_KEYS = ("root", "kind", "categories", "max_images")
+"""The source settings that choose which images are read (``config.source``; the split ones are recipe)."""
+
 MAX_LISTED = 20
 """Images listed per kind of change in the text form (``--json`` lists all of them)."""
 
@@ -52,6 +58,7 @@ class StoreDiff:
     pairs: dict[str, list] = field(default_factory=dict)
     arrays: dict[str, list] = field(default_factory=dict)
     code: dict[str, list] = field(default_factory=dict)
+    selection: dict[str, list] = field(default_factory=dict)
     storage: dict[str, list] = field(default_factory=dict)
 
     @property
@@ -78,6 +85,8 @@ class StoreDiff:
             )
         for key, (va, vb) in self.recipe.items():
             lines.append(f"recipe    {key}: {va} -> {vb}")
+        for key, (va, vb) in self.selection.items():
+            lines.append(f"selection {key}: {va} -> {vb}")
         for title, rows, show in (
             ("added  ", self.added, lambda r: f"{r['split']}"),
             ("removed", self.removed, lambda r: f"{r['split']}"),
@@ -133,6 +142,11 @@ def _recipe(m: dict) -> dict[str, Any]:
         "generator_version": m.get("generator_version"),
         "schema_version": m.get("schema_version"),
     }
+
+
+def _selection(m: dict) -> dict[str, Any]:
+    source = m["config"]["source"]
+    return {f"source.{k}": source.get(k) for k in SELECTION_KEYS}
 
 
 def _pairs(m: dict) -> dict[str, Any]:
@@ -203,6 +217,7 @@ def diff_manifests(
     if isinstance(da, dict) and isinstance(db, dict) and da.get("hash") == db.get("hash"):
         out.arrays = _changes(da.get("arrays", {}), db.get("arrays", {}))
     out.code = _changes(a.get("code") or {}, b.get("code") or {})
+    out.selection = _changes(_selection(a), _selection(b))
     out.storage = _changes({k: a.get(k) for k in STORAGE_KEYS}, {k: b.get(k) for k in STORAGE_KEYS})
     return out
 

@@ -180,3 +180,30 @@ def test_a_damaged_copy_quarantined_on_one_side_is_named_quarantined_never_added
         text = d.to_text()
         assert f"quarantined image {q['image_id']} {copy.name}: in {side} ({other}'s source has no such image)" in text
         assert "added" not in text and "removed" not in text and "1 images quarantined on one side" in text, text
+
+
+def test_a_changed_category_filter_is_named_as_the_cause_of_the_images_added_and_removed(tmp_path):
+    """`--category dog` against `--category person` diffed as images added and removed only; the
+    selection that chose them is now named (the trial's case)."""
+    out = {}
+    for cat in ("dog", "person"):
+        cfg = GenerateConfig(source=SourceConfig(categories=(cat,)), sampling=SAMPLING, output=str(tmp_path / cat))
+        generate(cfg, progress=False)
+        out[cat] = str(tmp_path / cat)
+    d = diff_stores(out["dog"], out["person"])
+    assert d.selection == {"source.categories": [["dog"], ["person"]]} and d.added and not d.identical
+    assert "selection source.categories: ['dog'] -> ['person']" in d.to_text()
+
+
+def test_the_same_images_chosen_from_another_root_are_identical_and_the_root_is_reported(tmp_path, sample_photos):
+    """A copy of a folder elsewhere makes the same dataset version: identical (exit 0), the root a
+    selection line, never a difference of the data."""
+    for name in ("here", "elsewhere"):
+        (tmp_path / name).mkdir()
+        for p in sample_photos[:4]:
+            shutil.copyfile(p, tmp_path / name / p.name)
+        make(tmp_path / name, tmp_path / f"{name}.zarr", 0.25)
+    res = CliRunner().invoke(app, ["diff", str(tmp_path / "here.zarr"), str(tmp_path / "elsewhere.zarr")])
+    assert res.exit_code == 0, res.output
+    assert "identical: same dataset version" in res.output
+    assert f"selection source.root: {tmp_path / 'here'} -> {tmp_path / 'elsewhere'}" in res.output
