@@ -212,6 +212,25 @@ class Dataset:
         return decode_table(raw, ref, where)
 
 
+def _own_metadata(uri: str, group, name: str):
+    """The metadata in array ``name``'s own ``zarr.json``.
+
+    Raises:
+        StoreError: that file is missing, unreadable, or not an array's (naming it).
+    """
+    where = f"{redact(uri)}/{name}/zarr.json"
+    fix = "regenerate the store or restore it from a copy"
+    try:
+        node = group[name]
+    except KeyError:
+        raise StoreError(f"{where} is missing (the consolidated copy in zarr.json names the array): {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file raises whatever zarr's parser meets
+        raise StoreError(f"{where} cannot be read ({type(exc).__name__}: {redact(str(exc))[:120]}): {fix}") from exc
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{where} is a group's, not an array's: {fix}")
+    return node.metadata
+
+
 def _check_arrays(uri: str, manifest: dict, arrays: dict, where: str) -> None:
     """Every field present, of the manifest's shape and the schema's dtype, and checksummed
     (Zarr: a ``crc32c`` codec; HDF5: Fletcher-32): a store re-encoded without its checksums would
@@ -341,11 +360,23 @@ def open_dataset(uri: str, check_chunks: bool = True) -> Dataset:
             for a in arrays.values():
                 if not isinstance(a, zarr.Array):
                     raise ValueError(f"{a.path} is a group, not an array")
+            # each array's own zarr.json, as a reader without the consolidated copy opens it
+            own = zarr.open_group(uri, mode="r", use_consolidated=False)
+            names = (*arrays, *([TABLE] if table is not None else []))
+            differ = [n for n in names if _own_metadata(uri, own, n) != root[n].metadata]
+    except StoreError:
+        raise
     except Exception as exc:  # noqa: BLE001 - damaged metadata raises whatever zarr's parser meets
         raise StoreError(
             f"{redact(uri)}: the metadata of an array cannot be read ({type(exc).__name__}: {redact(str(exc))[:160]}): "
             f"a zarr.json in the store is damaged or was edited; regenerate the store or restore it from a copy"
         ) from exc
+    if differ:
+        raise StoreError(
+            f"{redact(uri)}: the metadata of {', '.join(differ)} in {redact(uri)}/{differ[0]}/zarr.json is not its copy in "
+            f"{where} (consolidated): one of them was edited, and readers that open the array by itself would read "
+            f"other codecs or shapes; regenerate the store or restore it from a copy"
+        )
     _check_arrays(uri, manifest, arrays, where)
     bad = chunk_problems(uri, arrays) if check_chunks else {}
     if bad:

@@ -293,6 +293,10 @@ def test_a_damaged_or_replaced_source_table_is_one_line_for_validate_and_diff(st
     say in one line which array is damaged and what to do."""
     store = copy(stores[fmt], tmp_path)
     damage(store)
+    if damage is remove_table and fmt == "zarr":  # its zarr.json goes too: checked at open, like every array's
+        for res in (cli("info", store), cli("validate", store), cli("diff", store, stores[fmt])):
+            assert "source_table/zarr.json is missing" in one_line(res)
+        return
     assert cli("info", store).exit_code == 0
     for res in (cli("validate", store), cli("diff", store, stores[fmt])):
         line = one_line(res)
@@ -344,3 +348,20 @@ def test_a_store_with_the_table_inside_its_manifest_still_opens_and_validates(st
     with open_dataset(store) as ds:
         assert ds.sources["files"] == doc["files"]
         assert validate_dataset(ds, regenerate=2, progress=False).passed
+
+
+@pytest.mark.parametrize("edit", ["drop crc32c", "other chunk length"])
+def test_an_array_whose_own_metadata_differs_from_its_consolidated_copy_is_refused(stores, tmp_path, edit):
+    """The trial removed the crc32c codec from offsets/zarr.json only: homogen read through the intact
+    consolidated copy and passed, while `zarr.open_array(path + "/offsets")` read without checksums."""
+    store = copy(stores["zarr"], tmp_path)
+    meta = os.path.join(store, "offsets", "zarr.json")
+    doc = json.loads(open(meta).read())
+    if edit == "drop crc32c":
+        doc["codecs"] = [c for c in doc["codecs"] if c["name"] != "crc32c"]
+    else:
+        doc["chunk_grid"]["configuration"]["chunk_shape"][0] += 1
+    open(meta, "w").write(json.dumps(doc))
+    for command in ("info", "validate"):
+        line = one_line(cli(command, store))
+        assert "offsets/zarr.json is not its copy" in line and "regenerate the store" in line, line
