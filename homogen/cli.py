@@ -134,6 +134,26 @@ def generate(
     for entry in q:
         typer.echo(f"  quarantined {entry['path']}: {entry['reason']}")
     typer.echo(f"store: {manifest['config']['output']}")
+    for line in empty_split_notes(manifest["splits"]):
+        typer.echo(line)
+
+
+EMPTY_SPLIT = {
+    "train": "training has nothing to learn from",
+    "val": "training cannot select a model without looking at the test pairs, and refuses the store",
+    "test": "evaluation has no pairs to score",
+}
+
+
+def empty_split_notes(splits: dict) -> list[str]:
+    """A line per empty split, saying what it stops and how to fill it (before a training run finds out)."""
+    return [
+        f"note: no {name} pairs, so {why}: use more images (--max-images), or change --{name}-fraction"
+        if name != "train"
+        else f"note: no {name} pairs, so {why}: use more images, or lower --val-fraction and --test-fraction"
+        for name, why in EMPTY_SPLIT.items()
+        if not splits.get(name)
+    ]
 
 
 def _open(store: str, check_chunks: bool = True):
@@ -148,13 +168,13 @@ def info(
     store: str,
     as_json: bool = typer.Option(False, "--json", help="print the whole manifest as JSON"),
     sources: bool = typer.Option(
-        False, "--sources", help="with --json: include the per-image source table (read from its array)"
+        False, "--sources", help="print the manifest as JSON with the per-image source table (read from its array)"
     ),
 ) -> None:
     """Print a store's version, counts and manifest."""
     ds = _open(store)
     m = ds.manifest
-    if as_json:
+    if as_json or sources:
         try:
             typer.echo(json.dumps({**m, "source": ds.sources} if sources else m, indent=2))
         except StoreError as exc:  # the source table is missing or damaged
@@ -179,7 +199,7 @@ def info(
     table = src.get("table")
     where = f"the array {table['array']}, {table['bytes']:,} bytes" if table else "the manifest"
     typer.echo(
-        f"source            {src['root']}  ({src['images']} images, table digest {src['digest'][:16]}; "
+        f"source            {src['root']}  ({src['images']} images, source digest {src['digest'][:16]}; "
         f"per-image table in {where})"
     )
     code = m.get("code")

@@ -121,10 +121,25 @@ def test_info_says_where_the_per_image_table_is_and_json_sources_prints_it(tmp_p
     )
     header = json.loads(run("info", str(out), "--json").output)
     assert header["source"]["table"] == table and "files" not in header["source"]
-    full = json.loads(run("info", str(out), "--json", "--sources").output)
+    full = json.loads(run("info", str(out), "--sources").output)  # --sources implies --json
     assert (
         full["source"]["files"] == open_dataset(str(out)).sources["files"] and len(full["source"]["files"]["name"]) == 4
     )
+
+
+def test_generate_says_when_a_split_is_empty_and_what_that_stops(tmp_path):
+    """4 bundled images give no val pairs: training would refuse the store later; generate says so now."""
+    res = run("generate", "--max-images", "4", "-o", str(tmp_path / "four.zarr"))
+    assert res.exit_code == 0, res.output
+    splits = open_dataset(str(tmp_path / "four.zarr")).manifest["splits"]
+    assert splits["val"] == 0 and splits["train"] and splits["test"]
+    notes = [line for line in res.output.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        "note: no val pairs, so training cannot select a model without looking at the test pairs, and refuses "
+        "the store: use more images (--max-images), or change --val-fraction"
+    ], res.output
+    many = run("generate", "--max-images", "32", "-o", str(tmp_path / "all.zarr"))
+    assert many.exit_code == 0 and "note: " not in many.output, many.output
 
 
 def test_show_by_default_draws_pairs_of_different_images_and_says_which(small_store, tmp_path):
