@@ -19,6 +19,7 @@ Run directly: ``python -m homogen.flows.train STORE``.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import tempfile
@@ -50,6 +51,30 @@ GPU_LIMIT = "gpu"
 """Prefect global concurrency limit held while a run trains and evaluates (one slot): with the limit
 created (``python -m homogen.deployments.automations`` makes it, limit 1), two runs never train on
 one GPU at once, the second waits. Without it (ephemeral mode), training does not wait."""
+
+
+def gpu_slot():
+    """One slot of the global concurrency limit ``gpu`` while training, where the server has it.
+
+    Without it (ephemeral mode; a server where ``python -m homogen.deployments.automations`` never ran)
+    training does not wait for other runs, and says so in one INFO line: Prefect's own answer is a
+    WARNING on every run ("Concurrency limits ['gpu'] do not exist - skipping acquisition").
+    """
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.logging import get_run_logger
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except ObjectNotFound:
+            get_run_logger().info(
+                "no %r concurrency limit on this Prefect server: this training does not wait for other runs "
+                "(python -m homogen.deployments.automations creates it)",
+                GPU_LIMIT,
+            )
+            return contextlib.nullcontext()
+    return concurrency(GPU_LIMIT, occupy=1)
 
 
 def not_registered(exc: Exception, result) -> RuntimeError:
@@ -152,7 +177,7 @@ def train_model(
         tags=tags,
         source="homogen flow train-model",
     ) as run:
-        with concurrency(GPU_LIMIT, occupy=1):
+        with gpu_slot():
             # opaque(ds), as the plan in generate-dataset: the run graph links these tasks to open-store,
             # and Prefect does not walk into the handle
             result = train_task(
