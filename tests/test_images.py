@@ -337,7 +337,7 @@ def test_a_source_whose_every_image_is_quarantined_is_an_error_not_an_empty_data
     with pytest.raises(
         StoreError,
         match=r"no usable images: all 3 images of the source were quarantined \(first: .*corrupt JPEG data.*"
-        r"then re-run with --overwrite",
+        r"then re-run with overwrite=True",  # the Python spelling: generate() was called from Python
     ):
         generate(GenerateConfig(source=SourceConfig(root=str(src), kind="folder"), output=str(out)), progress=False)
     with pytest.raises(StoreError):  # nothing a reader or `validate` could take for a dataset
