@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from homogen.config import GenerateConfig, SamplingConfig
 from homogen.images import BadImage, check_texture, load_gray
+from homogen.lineage.array_digest import shard_row_hashes
 from homogen.lineage.libraries import pixel_versions
 from homogen.redaction import redact
 from homogen.sampling import pair_rng, patch_corners, patch_homography, photometric, sample_geometry
@@ -96,6 +97,7 @@ def generate_shard(writer: StoreWriter, shard: Shard, cfg: SamplingConfig) -> Sh
     arrays, quarantined = shard_arrays(shard.records, cfg)
     info = {"pairs": len(arrays["image_id"]), "images": len(shard.records), "quarantined": quarantined}
     info["code"] = pixel_versions()  # this process's pixel libraries: commit checks them (homogen.lineage.libraries)
+    info["row_hashes"] = shard_row_hashes(arrays)  # the commit's array digest, without decoding (array_digest)
     writer.write_shard(shard.index, arrays, info)
     return ShardResult(shard.index, info["pairs"], info["images"], quarantined)
 

@@ -1,43 +1,79 @@
 """One digest per stored array: what a store holds, named in its manifest (``array_digest``).
 
-The digest of a field is xxh3-128 of its name, dtype and row shape, then of its rows in order
-(C order, decoded values: not the compressed chunks), so it depends on the values alone: not on
-the format (Zarr or HDF5), the codecs, the chunk or the shard size. Two stores of one dataset
-version hold the same values iff their digests are equal, whichever machine made them.
+The digest of a field is xxh3-128 of its name, dtype and row shape, then of the xxh3-64 of each of
+its rows in order (8 bytes little-endian; a row is its decoded values in C order, not the compressed
+chunks), so it depends on the values alone: not on the format (Zarr or HDF5), the codecs, the chunk
+or the shard size. Two stores of one dataset version hold the same values iff their digests are
+equal, whichever machine made them.
 
-- :func:`arrays_digest`: computed at commit from the root arrays' chunks just written, before the
-  manifest says ``complete`` (:func:`homogen.store.manifest.complete`);
+Why rows first: a shard's row hashes are made where its rows are made, in memory (staged with the
+shard, ``row_hashes`` in its info), and the commit concatenates them in order, so it never decodes
+the arrays it has just written (it did: ~0.23 ms an image, a third of the commit). Stores committed
+before hash their rows' bytes as one stream (:data:`LEGACY`); they are checked that way.
+
+- :func:`shard_row_hashes` (generation) and :func:`digest_from_shards` (commit); :func:`arrays_digest`
+  reads the arrays back instead, where a staged shard records no row hashes (staged by an older
+  homogen) (:func:`homogen.store.manifest.complete`);
 - :func:`check_array_digest`: ``validate``'s ``arrays_match_digest``, recomputed from the store's
-  chunks. A flipped value that still passes its chunk's checksum (the chunk rewritten whole), a
-  chunk copied from another store, or a deleted chunk read as zeros all fail it.
-
-Cost: one more decode of every chunk at commit, measured in docs/BENCHMARKS.md; ``validate`` hashes
-the rows its walk reads anyway (:class:`RowDigest` fed block by block).
+  chunks (the rows validation's walk reads anyway). A flipped value that still passes its chunk's
+  checksum (the chunk rewritten whole), a chunk copied from another store, or a deleted chunk read
+  as zeros all fail it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import xxhash
 
 from homogen.schema import BY_NAME, FIELDS
 
-__all__ = ["HASH_NAME", "RowDigest", "arrays_digest", "check_array_digest", "store_digest"]
+__all__ = [
+    "HASH_NAME",
+    "LEGACY",
+    "RowDigest",
+    "arrays_digest",
+    "check_array_digest",
+    "digest_from_shards",
+    "shard_row_hashes",
+    "store_digest",
+]
 
-HASH_NAME = "xxh3_128"
-"""The hash of the array digests (the same family as the source images', chosen by bench/hashing.py)."""
+HASH_NAME = "xxh3_128/rows"
+"""The array digests: xxh3-128 over each row's xxh3-64 (the family of the source images' digests,
+chosen by bench/hashing.py)."""
+
+LEGACY = "xxh3_128"
+"""The array digests of stores committed before row hashes: xxh3-128 over the rows' bytes."""
+
+SCHEMES = (HASH_NAME, LEGACY)
 
 MANIFEST_KEY = "array_digest"
 """``manifest["array_digest"]`` = ``{"hash": ..., "pairs": N, "arrays": {field: hex digest}}``."""
 
 
-class RowDigest:
-    """The digests of the schema's arrays, fed rows in order, any number at a time."""
+def row_hashes(field: str, rows: Any) -> np.ndarray:
+    """xxh3-64 of each row of ``field`` (its values as the schema's dtype, C order): (n,) uint64."""
+    a = np.ascontiguousarray(rows, dtype=BY_NAME[field].dtype)
+    if not len(a):
+        return np.empty(0, np.uint64)
+    flat = a.reshape(len(a), -1).view(np.uint8)
+    return np.fromiter((xxhash.xxh3_64_intdigest(r) for r in flat), np.uint64, len(a))
 
-    def __init__(self, patch_size: int):
-        self.pairs = 0
+
+def shard_row_hashes(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """A shard's row hashes, per field as hex of little-endian uint64 (staged with the shard)."""
+    return {f: row_hashes(f, arrays[f]).astype("<u8").tobytes().hex() for f in FIELDS}
+
+
+class RowDigest:
+    """The digests of the schema's arrays, fed rows (or their row hashes) in order, any number at a time."""
+
+    def __init__(self, patch_size: int, scheme: str = HASH_NAME):
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown array digest {scheme!r}: this homogen makes {HASH_NAME} (and checks {LEGACY})")
+        self.scheme = scheme
         self._rows: dict[str, int] = {f: 0 for f in FIELDS}
         self._h = {}
         for name in FIELDS:
@@ -48,22 +84,50 @@ class RowDigest:
 
     def update(self, field: str, rows: np.ndarray) -> None:
         """The next ``rows`` of ``field`` (any array-like of the field's dtype)."""
+        if self.scheme == HASH_NAME:
+            self.update_hashes(field, row_hashes(field, rows))
+            return
         a = np.ascontiguousarray(rows, dtype=BY_NAME[field].dtype)
         self._h[field].update(memoryview(a).cast("B"))
         self._rows[field] += len(a)
+
+    def update_hashes(self, field: str, hashes: np.ndarray) -> None:
+        """The next rows of ``field`` by their :func:`row_hashes` (:data:`HASH_NAME` only)."""
+        h = np.ascontiguousarray(hashes, dtype="<u8")
+        self._h[field].update(h.tobytes())
+        self._rows[field] += len(h)
 
     def result(self) -> dict[str, Any]:
         """``{"hash", "pairs", "arrays": {field: 32 hex}}``; ValueError if the fields got different row counts."""
         counts = set(self._rows.values())
         if len(counts) != 1:
             raise ValueError(f"the arrays have different row counts: {self._rows}")
-        return {"hash": HASH_NAME, "pairs": counts.pop(), "arrays": {f: h.hexdigest() for f, h in self._h.items()}}
+        return {"hash": self.scheme, "pairs": counts.pop(), "arrays": {f: h.hexdigest() for f, h in self._h.items()}}
 
 
-def arrays_digest(arrays: Mapping[str, Any], patch_size: int) -> dict[str, Any]:
+def scheme_of(manifest: Mapping[str, Any]) -> str:
+    """The digest scheme a store records (:data:`HASH_NAME` where it records none or an unknown one)."""
+    recorded = manifest.get(MANIFEST_KEY)
+    scheme = recorded.get("hash") if isinstance(recorded, dict) else None
+    return scheme if scheme in SCHEMES else HASH_NAME
+
+
+def digest_from_shards(infos: Sequence[Mapping[str, Any]], patch_size: int) -> dict[str, Any] | None:
+    """The digest of the arrays the commit assembles from ``infos`` (the staged shards, in plan order),
+    from their row hashes; None when a shard records none (staged by an older homogen)."""
+    if any(not isinstance(i.get("row_hashes"), dict) for i in infos):
+        return None
+    digest = RowDigest(patch_size)
+    for name in FIELDS:
+        for info in infos:
+            digest.update_hashes(name, np.frombuffer(bytes.fromhex(info["row_hashes"][name]), "<u8"))
+    return digest.result()
+
+
+def arrays_digest(arrays: Mapping[str, Any], patch_size: int, scheme: str = HASH_NAME) -> dict[str, Any]:
     """The digest of the schema's arrays (``{field: zarr.Array | h5py.Dataset | ndarray}``), read in
     blocks of their chunk length (one chunk of one array in memory at a time)."""
-    digest = RowDigest(patch_size)
+    digest = RowDigest(patch_size, scheme)
     for name in FIELDS:
         arr = arrays[name]
         n = int(arr.shape[0])
@@ -76,7 +140,7 @@ def arrays_digest(arrays: Mapping[str, Any], patch_size: int) -> dict[str, Any]:
 
 def store_digest(ds: Any) -> dict[str, Any]:
     """The digest of an open store's arrays, read chunk by chunk (a damaged chunk raises, naming it)."""
-    digest = RowDigest(ds.patch_size)
+    digest = RowDigest(ds.patch_size, scheme_of(ds.manifest))
     for name in FIELDS:
         for a, b in ds.chunks():
             digest.update(name, ds.read_field(name, a, b))
@@ -107,7 +171,7 @@ def check_array_digest(ds: Any, computed: dict | None = None, unreadable: list[s
         return CheckResult(
             name, False, 1, 1, f"the manifest's {MANIFEST_KEY} is malformed: it was edited; regenerate the store"
         )
-    if recorded.get("hash") != HASH_NAME:
+    if recorded.get("hash") not in SCHEMES:
         return CheckResult(
             name, None, 0, 0, f"digests were made with {recorded.get('hash')}, this homogen makes {HASH_NAME}"
         )
@@ -145,5 +209,5 @@ def check_array_digest(ds: Any, computed: dict | None = None, unreadable: list[s
         True,
         len(FIELDS),
         0,
-        f"{len(FIELDS)} arrays of {now['pairs']} pairs hash ({HASH_NAME}) as recorded at commit",
+        f"{len(FIELDS)} arrays of {now['pairs']} pairs hash ({recorded['hash']}) as recorded at commit",
     )

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from homogen.lineage.array_digest import MANIFEST_KEY as ARRAY_DIGEST
+from homogen.lineage.array_digest import digest_from_shards
 from homogen.lineage.libraries import resume_mismatch, shards_mismatch
 from homogen.redaction import redact
 from homogen.schema import SCHEMA_VERSION, SPLIT_CODES, shard_name
@@ -190,6 +192,8 @@ class StoreWriter:
             )
         table = plan.table_file()
         manifest["source"]["table"] = reference(table)
+        if digest := digest_from_shards(infos, plan.config.sampling.patch_size):  # no decode of what is written
+            manifest[ARRAY_DIGEST] = digest
         try:
             self.assemble(manifest["shards"], manifest["num_pairs"], plan.config.sampling.patch_size, manifest, table)
         except OSError as exc:

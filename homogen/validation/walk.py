@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from homogen.lineage.array_digest import RowDigest, check_array_digest
+from homogen.lineage.array_digest import RowDigest, check_array_digest, scheme_of
 from homogen.redaction import redact
 from homogen.schema import FIELDS, SPLIT_CODES, empty_arrays
 from homogen.store import Dataset, chunk_problems, open_dataset
@@ -129,7 +129,8 @@ class Walk:
         self.cross_off = np.zeros((8, 8))
         self.readable: list[tuple[int, int]] = []
         self.damaged: list[dict] = []  # every damaged chunk: array, chunk, pairs, file, error
-        self.digest = RowDigest(self.ctx.p)  # the arrays' digest from the rows read here (arrays_match_digest)
+        # the arrays' digest from the rows read here, as the store records it (arrays_match_digest)
+        self.digest = RowDigest(self.ctx.p, scheme_of(ds.manifest))
         self.unreadable = (
             {(f, k): why for f, ks in chunk_problems(ds.uri, ds.arrays).items() for k, why in ks.items()}
             if ds.manifest.get("format") == "zarr"

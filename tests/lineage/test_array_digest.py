@@ -39,7 +39,19 @@ def stores(tmp_path_factory):
 
 
 def by_hand(arrays: dict[str, np.ndarray], patch: int) -> dict[str, str]:
-    """The definition: xxh3-128 of "name<TAB>dtype<TAB>row shape<LF>", then the rows' bytes in C order."""
+    """The definition: xxh3-128 of "name<TAB>dtype<TAB>row shape<LF>", then of each row's xxh3-64
+    (8 bytes little-endian), the row being its values' bytes in C order."""
+    out = {}
+    for f in SCHEMA:
+        h = xxhash.xxh3_128(f"{f.name}\t{f.dtype.str}\t{f.row_shape(patch)}\n".encode())
+        for row in np.ascontiguousarray(arrays[f.name]):
+            h.update(xxhash.xxh3_64_intdigest(np.ascontiguousarray(row).tobytes()).to_bytes(8, "little"))
+        out[f.name] = h.hexdigest()
+    return out
+
+
+def by_hand_legacy(arrays: dict[str, np.ndarray], patch: int) -> dict[str, str]:
+    """The digest of stores committed before row hashes: the rows' bytes as one stream."""
     out = {}
     for f in SCHEMA:
         h = xxhash.xxh3_128(f"{f.name}\t{f.dtype.str}\t{f.row_shape(patch)}\n".encode())
@@ -50,13 +62,50 @@ def by_hand(arrays: dict[str, np.ndarray], patch: int) -> dict[str, str]:
 
 def test_the_digest_recorded_at_commit_is_that_of_the_stored_values_whatever_the_storage(stores):
     path, m = stores["zarr"]
-    assert m["array_digest"]["hash"] == "xxh3_128" and m["array_digest"]["pairs"] == m["num_pairs"] == 18
+    assert m["array_digest"]["hash"] == "xxh3_128/rows" and m["array_digest"]["pairs"] == m["num_pairs"] == 18
     assert m["array_digest"]["arrays"] == by_hand(read_store(path), 64)
     # the same dataset in HDF5, or with 1-image shards and 2-pair chunks: the same values, the same digest
     for other in ("hdf5", "small-chunks"):
         assert stores[other][1]["dataset_version"] == m["dataset_version"]
         assert stores[other][1]["array_digest"] == m["array_digest"]
     assert validate_dataset(str(path), progress=False).check("arrays_match_digest").passed is True
+
+
+def test_the_commit_digests_the_shards_row_hashes_without_decoding_what_it_wrote(tmp_path, monkeypatch):
+    """The shards hash their rows in memory; the commit concatenates them (it decoded every chunk it had
+    just written: a third of its time). A shard staged without row hashes (an older homogen's) makes the
+    commit read the arrays back: the same digest either way."""
+    import homogen.store.manifest as manifests
+
+    read_back = []
+    real = manifests.arrays_digest
+    monkeypatch.setattr(manifests, "arrays_digest", lambda *a, **k: read_back.append(1) or real(*a, **k))
+    m = make(tmp_path / "rows.zarr", shard_size=4)
+    assert read_back == [] and m["array_digest"]["arrays"] == by_hand(read_store(tmp_path / "rows.zarr"), 64)
+    monkeypatch.setattr("homogen.generate.shard_row_hashes", lambda arrays: None)  # as an older homogen staged
+    again = make(tmp_path / "old.zarr", shard_size=4)
+    assert read_back == [1] and again["array_digest"] == m["array_digest"]
+
+
+def test_a_store_committed_with_the_legacy_digest_is_checked_the_legacy_way(stores, tmp_path):
+    """Stores committed before row hashes record "xxh3_128" over the rows' bytes: they still validate,
+    and a row swapped in one still fails."""
+    store = copy(stores["zarr"][0], tmp_path / "legacy.zarr")
+    arrays = read_store(store)
+    meta = store / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["homogen"]["array_digest"] = {
+        "hash": "xxh3_128",
+        "pairs": 18,
+        "arrays": by_hand_legacy(arrays, 64),
+    }
+    meta.write_text(json.dumps(doc))
+    check = validate_dataset(str(store), progress=False).check("arrays_match_digest")
+    assert check.passed is True and "(xxh3_128)" in check.detail, check.detail
+    g = zarr.open_group(str(store), mode="r+")
+    rows = np.asarray(g["offsets"][0:2])
+    g["offsets"][0:2] = rows[::-1]
+    assert validate_dataset(str(store), progress=False).check("arrays_match_digest").passed is False
 
 
 def copy(src, dst):
