@@ -9,8 +9,8 @@
 3. :meth:`StoreWriter.commit` puts the staged rows, in shard order, into the root arrays (only
    the rows of images that decoded: no hole, no padding row is ever visible), then flips the
    manifest to ``complete`` in one write, then deletes the staged parts. Chunks that line up with
-   a shard's chunks are not decoded: copied as stored bytes (Zarr: the chunk file; HDF5: the raw
-   chunk); the rest are re-encoded. Nothing in the store shares storage with a staged file.
+   a shard's chunks are not decoded: moved as stored bytes (Zarr: the chunk file renamed; HDF5: the
+   raw chunk copied); the rest are re-encoded. Nothing in the store shares storage with a staged file.
 
 The rows, and so the dataset, do not depend on the shard size, the chunk size or the number of
 workers. A re-run resumes a store of the same version; a partly generated one with another shard

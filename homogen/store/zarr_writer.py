@@ -11,11 +11,11 @@ import fsspec
 import numpy as np
 import zarr
 
-from homogen.schema import FIELDS, shard_name
+from homogen.schema import BY_NAME, FIELDS, shard_name
 from homogen.store.manifest import complete
 from homogen.store.paths import is_local, local_path
 from homogen.store.source_table import NAME as TABLE
-from homogen.store.writer import STAGED, StoreWriter, split_counts, write_failed
+from homogen.store.writer import STAGED, StoreWriter, chunk_rows, split_counts, write_failed
 from homogen.store.zarr_format import (
     ATTR,
     chunk_key,
@@ -136,7 +136,7 @@ class ZarrWriter(StoreWriter):
             create_table_array(root, table)
             arrays = {}
             for name in FIELDS:
-                arr = arrays[name] = create_zarr_array(root, name, n, patch_size, self.chunk_size)
+                arr = arrays[name] = self._root_array(root, name, n, patch_size)
                 for s in shards:
                     if s["pairs"]:
                         self._copy_rows(arr, name, s)
@@ -148,7 +148,7 @@ class ZarrWriter(StoreWriter):
             zarr.consolidate_metadata(self.url)
 
     def _copy_rows(self, arr, name: str, shard: dict) -> None:
-        """Rows of one staged shard into ``arr`` at ``shard['start']``: whole chunks are copied as
+        """Rows of one staged shard into ``arr`` at ``shard['start']``: whole chunks are moved as
         stored (same codecs and chunk length, so the same bytes), the rest decoded and re-encoded."""
         staged = f"{self.parts}/{shard['name']}/{name}"
         start, n, c = shard["start"], shard["pairs"], arr.chunks[0]
@@ -156,30 +156,50 @@ class ZarrWriter(StoreWriter):
         if start % c == 0 and chunk_len(staged) == c:
             done = (n // c) * c
             for k in range(n // c):
-                self._copy_chunk(
+                self._move_chunk(
                     f"{staged}/{chunk_key(k, arr.ndim)}", f"{self.url}/{name}/{chunk_key(start // c + k, arr.ndim)}"
                 )
         if done < n:  # zarr.open_array only here: it costs ~1 ms, six times a shard
             arr[start + done : start + n] = zarr.open_array(staged, mode="r")[done:n]
 
-    def _copy_chunk(self, src: str, dst: str) -> None:
-        """One stored chunk file from a staged shard into the store, as a copy of its bytes (the
-        kernel's copy_file_range/sendfile; a reflink where the file system has them): a hard link
-        would let a write to a staged file left behind (``OUT.parts``) change the committed store.
-        Zarr's own API cannot move a compressed chunk without decoding it (docs/BENCHMARKS.md)."""
+    def _root_array(self, root, name: str, n: int, patch_size: int):
+        """The root array ``name`` of ``n`` rows: the one a killed commit of this plan created (its
+        moved chunks are in it, and only there), else a new one."""
+        field = BY_NAME[name]
+        want = (n,) + field.row_shape(patch_size)
+        try:
+            old = root[name]
+        except KeyError:
+            old = None
+        if (
+            isinstance(old, zarr.Array)
+            and tuple(old.shape) == want
+            and np.dtype(old.dtype) == field.dtype
+            and tuple(old.chunks) == chunk_rows(n, self.chunk_size, want[1:])
+        ):
+            return old
+        return create_zarr_array(root, name, n, patch_size, self.chunk_size)
+
+    def _move_chunk(self, src: str, dst: str) -> None:
+        """One stored chunk file from a staged shard into the store, renamed: the staged name is gone,
+        so nothing left in ``OUT.parts`` shares a file with the committed store (a hard link did: a
+        write to a staged file left behind changed the store), and no byte is copied. A chunk a killed
+        commit already moved is where it should be. Zarr's own API cannot move a compressed chunk
+        without decoding it (docs/BENCHMARKS.md)."""
         if is_local(self.url):
             s, d = local_path(src), local_path(dst)
             os.makedirs(os.path.dirname(d), exist_ok=True)
-            tmp = f"{d}.tmp-{uuid.uuid4().hex[:8]}"
             try:
-                shutil.copyfile(s, tmp)
-                os.replace(tmp, d)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(tmp)
+                os.replace(s, d)  # atomic, on the same file system (OUT.parts sits beside OUT)
+            except FileNotFoundError:
+                if not os.path.isfile(d):
+                    raise
         else:
             fs, _ = self._fs()
-            fs.copy(src, dst)
+            if fs.exists(src):
+                fs.mv(src, dst)
+            elif not fs.exists(dst):
+                raise FileNotFoundError(src)
 
     def remove_debris(self) -> None:
         fs, parts = self._fs(self.parts)
