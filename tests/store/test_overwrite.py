@@ -67,12 +67,17 @@ def test_overwrite_refuses_the_working_directory_and_its_ancestors(tmp_path, mon
     assert tree(store) == before
 
 
+def store_as_home(home: Path, monkeypatch) -> dict[str, bytes]:
+    """A homogen store generated at ``home``, made the home folder (HOME) from its parent; its files."""
+    generate(GenerateConfig(output=str(home), source=SourceConfig(max_images=2)), progress=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home.parent)
+    return tree(home)
+
+
 def test_overwrite_refuses_the_home_folder_even_if_it_is_a_store(tmp_path, monkeypatch):
     home = tmp_path / "home.zarr"
-    generate(GenerateConfig(output=str(home), source=SourceConfig(max_images=2)), progress=False)
-    before = tree(home)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(tmp_path)
+    before = store_as_home(home, monkeypatch)
     one_line_error(cli("-o", str(home), "--overwrite", "--rho", "16"), str(home), "home folder")
     assert tree(home) == before
 
@@ -200,10 +205,7 @@ def test_overwrite_of_the_home_folder_names_the_home_folder_however_it_is_spelle
 def test_a_store_of_another_version_in_the_home_folder_never_suggests_overwrite(tmp_path, monkeypatch):
     """Without --overwrite the message named --overwrite as the fix, which is then refused: it names the reason."""
     home = tmp_path / "home"
-    generate(GenerateConfig(output=str(home), source=SourceConfig(max_images=2)), progress=False)
-    before = tree(home)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(tmp_path)
+    before = store_as_home(home, monkeypatch)
     line = one_line_error(cli("-o", str(home), "--rho", "16"), "holds dataset version", "choose another output")
     assert "is your home folder, which --overwrite never deletes" in line and "pass --overwrite" not in line, line
     assert tree(home) == before
