@@ -18,7 +18,7 @@ from homogen.config import SAMPLE_ROOT, GenerateConfig, SamplingConfig, SourceCo
 from homogen.param_errors import describe_errors
 from homogen.sources import SourceError
 from homogen.spelling import command_line
-from homogen.store import StoreError, open_dataset
+from homogen.store import StoreError, is_local, local_path, open_dataset
 
 app = typer.Typer(
     help="Versioned synthetic homography datasets from image collections (COCO by default).",
@@ -133,7 +133,8 @@ def generate(
     )
     for entry in q:
         typer.echo(f"  quarantined {entry['path']}: {entry['reason']}")
-    typer.echo(f"store: {manifest['config']['output']}")
+    out = manifest["config"]["output"]
+    typer.echo(f"store: {local_path(out) if is_local(out) else out}")  # a quoted ~ expanded, as it was written
     for line in empty_split_notes(manifest["splits"]):
         typer.echo(line)
 
@@ -148,7 +149,7 @@ EMPTY_SPLIT = {
 def empty_split_notes(splits: dict) -> list[str]:
     """A line per empty split, saying what it stops and how to fill it (before a training run finds out)."""
     return [
-        f"note: no {name} pairs, so {why}: use more images (--max-images), or change --{name}-fraction"
+        f"note: no {name} pairs, so {why}: use more images, or change --{name}-fraction"
         if name != "train"
         else f"note: no {name} pairs, so {why}: use more images, or lower --val-fraction and --test-fraction"
         for name, why in EMPTY_SPLIT.items()

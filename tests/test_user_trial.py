@@ -136,7 +136,7 @@ def test_generate_says_when_a_split_is_empty_and_what_that_stops(tmp_path):
     notes = [line for line in res.output.splitlines() if line.startswith("note: ")]
     assert notes == [
         "note: no val pairs, so training cannot select a model without looking at the test pairs, and refuses "
-        "the store: use more images (--max-images), or change --val-fraction"
+        "the store: use more images, or change --val-fraction"
     ], res.output
     many = run("generate", "--max-images", "32", "-o", str(tmp_path / "all.zarr"))
     assert many.exit_code == 0 and "note: " not in many.output, many.output

@@ -81,7 +81,12 @@ class StoreDiff:
         if self.identical:
             lines.append(
                 "identical: same dataset version"
-                + (", same stored arrays" if a.get("array_digest") and b.get("array_digest") else "")
+                + (
+                    ", same array digests recorded at commit (from the manifests: `homogen validate` checks a "
+                    "store's chunks against them)"
+                    if a.get("array_digest") and b.get("array_digest")
+                    else ""
+                )
             )
         for key, (va, vb) in self.recipe.items():
             lines.append(f"recipe    {key}: {va} -> {vb}")

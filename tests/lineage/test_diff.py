@@ -207,3 +207,22 @@ def test_the_same_images_chosen_from_another_root_are_identical_and_the_root_is_
     assert res.exit_code == 0, res.output
     assert "identical: same dataset version" in res.output
     assert f"selection source.root: {tmp_path / 'here'} -> {tmp_path / 'elsewhere'}" in res.output
+
+
+def test_diff_never_calls_a_damaged_store_the_same_stored_arrays(tmp_path, sample_photos):
+    """diff reads manifests: with a chunk of B deleted it said "identical: same dataset version, same
+    stored arrays". It names what it compared (the digests recorded at commit) and where the chunks are
+    checked; `validate` fails that store."""
+    from homogen.validation import validate_dataset
+
+    (tmp_path / "p").mkdir()
+    for p in sample_photos[:4]:
+        shutil.copyfile(p, tmp_path / "p" / p.name)
+    make(tmp_path / "p", tmp_path / "a.zarr", 0.25)
+    shutil.copytree(tmp_path / "a.zarr", tmp_path / "b.zarr")
+    chunk = next(p for p in sorted((tmp_path / "b.zarr" / "pairs").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.unlink()
+    res = CliRunner().invoke(app, ["diff", str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")])
+    assert "same stored arrays" not in res.output
+    assert "same array digests recorded at commit" in res.output and "homogen validate" in res.output, res.output
+    assert validate_dataset(str(tmp_path / "b.zarr"), progress=False).passed is False
