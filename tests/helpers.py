@@ -126,6 +126,25 @@ def read_store(path) -> dict[str, np.ndarray]:
     return ds[:]
 
 
+def p32_store(path, *, seed: int = 0, pairs_per_image: int = 4, val_fraction: float = 0.25, **config):
+    """A small real store for training tests, opened: 16 bundled images (train, val and test ones),
+    32 x 32 patches, rho 8, chunks of 16 pairs; ``config``: other GenerateConfig fields (shard_size)."""
+    from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
+    from homogen.generate import generate
+
+    generate(
+        GenerateConfig(
+            output=str(path),
+            chunk_size=16,
+            sampling=SamplingConfig(pairs_per_image=pairs_per_image, patch_size=32, rho=8, seed=seed),
+            source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=val_fraction),
+            **config,
+        ),
+        progress=False,
+    )
+    return open_dataset(str(path))
+
+
 def with_sources(store) -> dict:
     """A store's manifest with its source section complete (``files``, ``same_bytes``: the table the
     store keeps beside its arrays), the form the manifest functions take (homogen.versions, diff)."""

@@ -15,12 +15,11 @@ import pytest
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
-from homogen.generate import generate
 from homogen.schema import SPLIT_CODES
-from homogen.stores import open_dataset
 from homogen.model.distributed import LaunchError, launch, process_group, rank
 from homogen.model.train import TrainConfig, load_checkpoint, network_from_checkpoint, train
+
+from helpers import p32_store
 
 # width 0.125 on 32 x 32 patches: a step takes milliseconds; two processes x two workers each
 TINY = dict(width=0.125, patch_size=32, batch_size=8, val_batch_size=64, num_workers=2, device="cpu", patience=None)
@@ -29,18 +28,7 @@ TINY = dict(width=0.125, patch_size=32, batch_size=8, val_batch_size=64, num_wor
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """128 real pairs (P=32) in 8 chunks of 16, with train, val and test images."""
-    out = tmp_path_factory.mktemp("ddp") / "ds.zarr"
-    generate(
-        GenerateConfig(
-            output=str(out),
-            chunk_size=16,
-            shard_size=4,
-            sampling=SamplingConfig(pairs_per_image=8, patch_size=32, rho=8),
-            source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=0.25),
-        ),
-        progress=False,
-    )
-    return open_dataset(str(out))
+    return p32_store(tmp_path_factory.mktemp("ddp") / "ds.zarr", pairs_per_image=8, shard_size=4)
 
 
 def train_rows(ds) -> list[int]:

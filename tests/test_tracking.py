@@ -31,6 +31,8 @@ from homogen.model.tracking import (
 )
 from homogen.model.train import TrainConfig, train
 
+from helpers import p32_store
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = dict(width=0.125, patch_size=32, batch_size=16, val_batch_size=64)
@@ -74,26 +76,10 @@ def const_mace(offsets: np.ndarray, b: float) -> float:
     return zero_mace(np.asarray(offsets, np.float64) - b)
 
 
-def make_store(path, seed: int = 0):
-    from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
-    from homogen.generate import generate
-    from homogen.stores import open_dataset
-
-    generate(
-        GenerateConfig(
-            output=str(path),
-            chunk_size=16,
-            sampling=SamplingConfig(pairs_per_image=4, patch_size=32, rho=8, seed=seed),
-            source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=0.25),
-        )
-    )
-    return open_dataset(str(path))
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracking")
-    stores = [make_store(root / f"ds{seed}.zarr", seed) for seed in (0, 1)]
+    stores = [p32_store(root / f"ds{seed}.zarr", seed=seed) for seed in (0, 1)]
     assert stores[0].version != stores[1].version
     for ds in stores:
         counts = ds.split_counts()

@@ -8,9 +8,6 @@ import torch
 from pydantic import ValidationError
 
 import homogen.model.train as training
-from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
-from homogen.generate import generate
-from homogen.stores import open_dataset
 from homogen.model.data import IncompatibleStoreError, load_split
 from homogen.model.metrics import mace
 from homogen.model.loading import load_model
@@ -23,6 +20,8 @@ from homogen.model.train import (
     train,
 )
 
+from helpers import p32_store
+
 # Small patches (P=32, rho=8) cut from real photographs keep every run to a fraction of a second.
 FAST = dict(width=0.125, patch_size=32, batch_size=16, val_batch_size=64)
 
@@ -31,16 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _make_store(path, val_fraction: float = 0.25) -> object:
-    generate(
-        GenerateConfig(
-            output=str(path),
-            chunk_size=16,
-            shard_size=4,
-            sampling=SamplingConfig(pairs_per_image=8, patch_size=32, rho=8),
-            source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=val_fraction),
-        )
-    )
-    return open_dataset(str(path))
+    return p32_store(path, pairs_per_image=8, val_fraction=val_fraction, shard_size=4)
 
 
 @pytest.fixture(scope="session")

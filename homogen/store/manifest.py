@@ -35,7 +35,7 @@ from homogen.lineage.array_digest import arrays_digest
 from homogen.lineage.libraries import code_versions
 from homogen.redaction import redact
 from homogen.schema import SCHEMA, SCHEMA_VERSION, SPLIT_CODES, shard_name
-from homogen.store.errors import StoreError
+from homogen.store.errors import StoreError, validation_problems
 from homogen.store.paths import absolute_root
 from homogen.store.source_table import Files, TableRef
 
@@ -44,9 +44,6 @@ if TYPE_CHECKING:
 
 ATTR = "homogen"
 """Root attribute holding the manifest."""
-
-MAX_PROBLEMS = 3
-"""Manifest problems named in one error line (the count says how many there are)."""
 
 
 # ------------------------------------------------------------------------------------ building
@@ -193,13 +190,6 @@ class Manifest(_Strict):
     array_digest: _ArrayDigest | None = None  # homogen.lineage.array_digest (absent: an older homogen)
 
 
-def _problems(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    shown = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in errors[:MAX_PROBLEMS])
-    more = f" (and {len(errors) - MAX_PROBLEMS} more)" if len(errors) > MAX_PROBLEMS else ""
-    return shown + more
-
-
 def check_manifest(uri: str, manifest: Any, where: str) -> dict:
     """Refuse a manifest this homogen cannot read, naming the file ``where`` and the fix.
 
@@ -240,7 +230,7 @@ def check_manifest(uri: str, manifest: Any, where: str) -> dict:
         Manifest.model_validate(manifest)
     except ValidationError as exc:
         raise StoreError(
-            f"the manifest in {where} of {redact(uri)} was edited or damaged ({redact(_problems(exc))}): "
+            f"the manifest in {where} of {redact(uri)} was edited or damaged ({redact(validation_problems(exc, 'manifest'))}): "
             f"regenerate the store or restore it from a copy"
         ) from None
     return manifest

@@ -27,15 +27,13 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
 from homogen.redaction import redact
-from homogen.store.errors import StoreError
+from homogen.store.errors import StoreError, validation_problems
 
 NAME = "source_table"
 """The table's array at the root of a store (both formats)."""
 
 CHUNK_BYTES = 1 << 20
 """Bytes per chunk of the table's array."""
-
-MAX_PROBLEMS = 3
 
 
 class _Strict(BaseModel):
@@ -101,7 +99,7 @@ def decode(raw: bytes, ref: dict, where: str) -> dict:
         doc = json.loads(raw)
         Table.model_validate(doc)
     except ValueError as exc:  # JSONDecodeError and ValidationError are both ValueErrors
-        what = _problems(exc) if isinstance(exc, ValidationError) else str(exc)
+        what = validation_problems(exc, "table") if isinstance(exc, ValidationError) else str(exc)
         raise StoreError(f"the source table {where} cannot be read ({redact(what)[:200]}): {fix}") from None
     return doc
 
@@ -112,9 +110,3 @@ def unreadable(where: str, why: str) -> StoreError:
         f"the source table {where} cannot be read ({why}): the store was damaged; regenerate it or restore it "
         f"from a copy"
     )
-
-
-def _problems(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    shown = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'table'}: {e['msg']}" for e in errors[:MAX_PROBLEMS])
-    return shown + (f" (and {len(errors) - MAX_PROBLEMS} more)" if len(errors) > MAX_PROBLEMS else "")

@@ -15,28 +15,15 @@ from homogen.model.train import TrainConfig, train
 from typer.testing import CliRunner
 
 from homogen.cli import app
-from homogen.config import GenerateConfig, SamplingConfig, SourceConfig
-from homogen.generate import generate
 from homogen.stores import open_dataset
+
+from helpers import p32_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 register(app)  # the model commands, as the homogen.cli entry point adds them
 
 NAME = "hn-lineage"
-
-
-def make_store(path, seed: int):
-    generate(
-        GenerateConfig(
-            output=str(path),
-            chunk_size=16,
-            sampling=SamplingConfig(pairs_per_image=4, patch_size=32, rho=8, seed=seed),
-            source=SourceConfig(max_images=16, test_fraction=0.25, val_fraction=0.25),
-        ),
-        progress=False,
-    )
-    return open_dataset(str(path))
 
 
 def fit_on_test_pairs(net, ds, steps: int = 300):
@@ -70,7 +57,7 @@ def tracked(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     stores, runs = [], []
     for seed, experiment in ((0, "homogen"), (1, "other")):
-        ds = make_store(root / f"ds{seed}.zarr", seed)
+        ds = p32_store(root / f"ds{seed}.zarr", seed=seed)
         cfg = TrainConfig(
             epochs=1,
             width=0.125,
